@@ -1,0 +1,188 @@
+"""Training loop: AdamW, EMA, gradient clipping, progress bar, atomic checkpoints, resume."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from flowmap.checkpoint import atomic_write, read_tensors, save_checkpoint, save_tensors
+from flowmap.data import Dataset, load_data
+from flowmap.losses import make_loss
+from flowmap.nets import build_net
+from flowmap.timesamplers import TimeSampler
+from flowmap.interpolants import get_interpolant
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Resolved training options; written as JSON next to the checkpoint."""
+
+    data: str = "gmm8"              # gmm8, digits, a folder of images or an .npz
+    method: str = "esd"             # a key of flowmap.losses.LOSSES
+    out: str = "runs/model.safetensors"
+    arch: str = "mlp"               # mlp or unet
+    width: int = 256                # MLP width / U-Net base channels
+    depth: int = 4                  # MLP residual blocks
+    steps: int = 5000
+    batch_size: int = 256
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"     # constant or cosine (to lr_min_ratio * lr)
+    lr_min_ratio: float = 0.05
+    warmup: int = 200
+    weight_decay: float = 0.0
+    ema: float = 0.999
+    grad_clip: float = 1.0
+    seed: int = 0
+    ckpt_every: int = 1000
+    interpolant: str = "linear"
+    time_dist: str = "logit_normal"
+    time_mean: float = -0.4
+    time_std: float = 1.0
+    diagonal: float | None = None   # fraction of pairs with s = t; None: the method's default
+    adaptive_p: float | None = None
+    label_dropout: float = 0.1
+    guidance: float = 1.0           # guidance scale baked into training (esd)
+    threads: int = 1
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "ckpt_every", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or not 0 <= self.ema < 1:
+            raise ValueError("lr must be > 0 and ema in [0, 1)")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def arch_config(cfg: TrainConfig, data: Dataset) -> dict:
+    arch = {"name": cfg.arch, "shape": data.shape, "width": cfg.width, "num_classes": data.num_classes}
+    if cfg.arch == "mlp":
+        arch["depth"] = cfg.depth
+    return arch
+
+
+def build_loss(cfg: TrainConfig):
+    kwargs = {"interpolant": get_interpolant(cfg.interpolant), "label_dropout": cfg.label_dropout}
+    default = make_loss(cfg.method)
+    diagonal = cfg.diagonal if cfg.diagonal is not None else default.time.diagonal
+    kwargs["time"] = TimeSampler(cfg.time_dist, cfg.time_mean, cfg.time_std, diagonal)
+    if cfg.adaptive_p is not None and hasattr(default, "adaptive_p"):
+        kwargs["adaptive_p"] = cfg.adaptive_p
+    if cfg.guidance != 1.0:
+        if not hasattr(default, "guidance"):
+            raise ValueError(f"method {cfg.method!r} does not support --guidance (baked-in guidance)")
+        kwargs["guidance"] = cfg.guidance
+    return make_loss(cfg.method, **kwargs)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup))
+    if cfg.lr_schedule == "constant":
+        return cfg.lr * warm
+    frac = step / max(1, cfg.steps - 1)
+    cos = cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
+    return cfg.lr * warm * cos
+
+
+def model_config(cfg: TrainConfig, data: Dataset, summary: dict) -> dict:
+    return {"name": Path(cfg.out).stem, "arch": arch_config(cfg, data),
+            "data": {"name": data.name, "shape": data.shape, "num_classes": data.num_classes,
+                     "image": data.image},
+            "interpolant": cfg.interpolant, "method": cfg.method,
+            "guidance": {"baked_scale": cfg.guidance}, "train": summary}
+
+
+def state_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".state.safetensors")
+
+
+def save_state(path: Path, net, ema, opt, step: int, cfg: TrainConfig) -> None:
+    tensors = {f"net.{k}": v for k, v in net.state_dict().items()}
+    tensors |= {f"ema.{k}": v for k, v in ema.state_dict().items()}
+    for i, st in opt.state_dict()["state"].items():
+        tensors |= {f"opt.{i}.{k}": torch.as_tensor(v) for k, v in st.items()}
+    tensors["rng"] = torch.get_rng_state()
+    meta = {"step": str(step), "config": json.dumps(asdict(cfg))}
+    save_tensors(path, tensors, meta)
+
+
+def load_state(path: Path, net, ema, opt) -> int:
+    tensors, meta = read_tensors(path)
+    net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    sd = opt.state_dict()
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, i, name = key.split(".", 2)
+            sd["state"].setdefault(int(i), {})[name] = v
+    opt.load_state_dict(sd)
+    torch.set_rng_state(tensors["rng"])
+    return int(meta["step"])
+
+
+@torch.no_grad()
+def ema_update(ema, net, decay: float) -> None:
+    for pe, p in zip(ema.parameters(), net.parameters()):
+        pe.lerp_(p, 1 - decay)
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Train a flow map; returns the checkpoint path (EMA weights)."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    data = load_data(cfg.data)
+    loss_fn = build_loss(cfg)
+    net = build_net(arch_config(cfg, data))
+    ema = copy.deepcopy(net).requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    out = Path(cfg.out)
+    start = load_state(state_path(out), net, ema, opt) if resume and state_path(out).exists() else 0
+    atomic_write(out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(asdict(cfg), indent=2)))
+    return _loop(cfg, data, net, ema, opt, loss_fn, start, progress)
+
+
+def _loop(cfg, data, net, ema, opt, loss_fn, start: int, progress: bool) -> Path:
+    out, n = Path(cfg.out), len(data.x_train)
+    t0, ema_loss, seen = time.perf_counter(), None, 0
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
+               desc=f"{cfg.method} {data.name}", unit="step", dynamic_ncols=True)
+    for step in bar:
+        idx = torch.randint(0, n, (cfg.batch_size,))
+        y = data.y_train[idx] if data.y_train is not None else None
+        loss = loss_fn(net, data.x_train[idx], y).mean()
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss is {loss.item()} at step {step}; the last good checkpoint "
+                                f"{out} (and {state_path(out).name}) is kept")
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+        ema_update(ema, net, cfg.ema)
+        seen += cfg.batch_size
+        ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{ema_loss:.4f}", samples_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+            summary = {"steps": step + 1, "loss": ema_loss, "batch_size": cfg.batch_size,
+                       "seconds": round(time.perf_counter() - t0, 1), "seed": cfg.seed}
+            save_checkpoint(out, ema, model_config(cfg, data, summary))
+            save_state(state_path(out), net, ema, opt, step + 1, cfg)
+    bar.close()
+    return out
