@@ -2,16 +2,22 @@
 
 Conventions (DESIGN.md): x_s = alpha_s x0 + sigma_s eps, t = 1 noise, t = 0 data;
 X_{s,t}(x) = x + (t - s) u(x, s, t, y). The training loop reduces and steps the optimiser.
+
+A loss that needs more than the student declares it in the class attribute `uses`, and the loop
+passes those as keywords: "ema" (the EMA network, for targets) and "teacher" (a frozen flow map
+whose diagonal u(x, t, t, y) is the teacher velocity; `--teacher CKPT`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from flowmap.interpolants import Linear, expand, interpolate
+from flowmap.teacher import heun_solve, teacher_velocity
 from flowmap.timesamplers import TimeSampler
 
 
@@ -30,6 +36,31 @@ def drop_labels(y: Tensor | None, p: float, null: int) -> Tensor | None:
     if y is None or p <= 0:
         return y
     return torch.where(torch.rand(y.shape, device=y.device) < p, torch.full_like(y, null), y)
+
+
+def eulerian_error(net, x_s: Tensor, s: Tensor, t: Tensor, v: Tensor, y: Tensor | None) -> Tensor:
+    """||u(x_s, s, t) - sg(v - (s - t) d/ds u)||^2, d/ds the total derivative along dx/ds = v (a JVP).
+
+    From d/ds X_{s,t}(x_s) = 0 with X = x + (t - s) u: u = v + (t - s) du/ds. On the diagonal the
+    target is v itself.
+    """
+    u, du_ds = torch.func.jvp(
+        lambda x, a, b: net(x, a, b, y), (x_s, s, t), (v, torch.ones_like(s), torch.zeros_like(t))
+    )
+    target = (v - expand(s - t, v) * du_ds).detach()
+    return sqnorm(u - target)
+
+
+def lagrangian_error(net, x_s: Tensor, s: Tensor, t: Tensor, y: Tensor | None, b) -> Tensor:
+    """||d/dt X_{s,t}(x_s) - sg(b(X_{s,t}(x_s), t))||^2, the t-derivative by a forward-mode JVP."""
+
+    def flow(tau: Tensor) -> Tensor:
+        return x_s + expand(tau - s, x_s) * net(x_s, s, tau, y)
+
+    x_t, dx_dt = torch.func.jvp(flow, (t,), (torch.ones_like(t),))
+    with torch.no_grad():
+        target = b(x_t.detach(), t)
+    return sqnorm(dx_dt - target)
 
 
 @dataclass
@@ -76,10 +107,7 @@ class Eulerian:
         x_s, v = interpolate(self.interpolant, x0, torch.randn_like(x0), s)
         y = drop_labels(y, self.label_dropout, getattr(net, "num_classes", 0))
         v = self.velocity(net, x_s, s, v, y)
-        u, du_ds = torch.func.jvp(lambda x, a, b: net(x, a, b, y), (x_s, s, t),
-                                  (v, torch.ones_like(s), torch.zeros_like(t)))
-        target = (v - expand(s - t, v) * du_ds).detach()
-        return adaptive(sqnorm(u - target), self.adaptive_p)
+        return adaptive(eulerian_error(net, x_s, s, t, v, y), self.adaptive_p)
 
 
 @dataclass
@@ -98,17 +126,183 @@ class Lagrangian:
         x_s, v = interpolate(self.interpolant, x0, torch.randn_like(x0), s)
         y = drop_labels(y, self.label_dropout, getattr(net, "num_classes", 0))
         diag = sqnorm(net(x_s, s, s, y) - v)
-
-        def flow(b: Tensor) -> Tensor:
-            return x_s + expand(b - s, x_s) * net(x_s, s, b, y)
-
-        x_t, dx_dt = torch.func.jvp(flow, (t,), (torch.ones_like(t),))
-        with torch.no_grad():
-            target = net(x_t, t, t, y)
-        return diag + adaptive(sqnorm(dx_dt - target), self.adaptive_p)
+        err = lagrangian_error(net, x_s, s, t, y, lambda x, b: net(x, b, b, y))
+        return diag + adaptive(err, self.adaptive_p)
 
 
-LOSSES = {"fm": FlowMatching, "esd": Eulerian, "lsd": Lagrangian}
+@dataclass
+class Progressive:
+    """psd (shortcut models, Frans et al. 2024; progressive self-distillation, Boffi et al. 2025):
+    X_{s,t} ~ sg(X_{m,t} o X_{s,m}), m = s + lam (t - s), both jumps by the EMA net; diagonal learns v."""
+
+    interpolant: object = field(default_factory=Linear)
+    time: TimeSampler = field(default_factory=lambda: TimeSampler(diagonal=0.5))
+    label_dropout: float = 0.1
+    split: str = "mid"  # mid: lam = 1/2 (shortcut); uniform: lam ~ U(0, 1)
+    ema_targets: bool = True  # False: targets from sg(student) instead of the EMA net
+    uses: ClassVar[tuple[str, ...]] = ("ema",)
+
+    def __call__(self, net, x0: Tensor, y: Tensor | None = None, *, ema) -> Tensor:
+        s, t = self.time(x0.shape[0], x0.device)
+        x_s, v = interpolate(self.interpolant, x0, torch.randn_like(x0), s)
+        y = drop_labels(y, self.label_dropout, getattr(net, "num_classes", 0))
+        lam = torch.full_like(s, 0.5) if self.split == "mid" else torch.rand_like(s)
+        target = torch.where(
+            expand(s == t, v), v, self.composed(ema if self.ema_targets else net, x_s, s, t, lam, y)
+        )
+        return sqnorm(net(x_s, s, t, y) - target)
+
+    @staticmethod
+    @torch.no_grad()
+    def composed(net, x_s: Tensor, s: Tensor, t: Tensor, lam: Tensor, y: Tensor | None) -> Tensor:
+        """u of the two-jump composite: X_{m,t}(X_{s,m}(x)) = x + (t - s) (lam u1 + (1 - lam) u2)."""
+        m = s + lam * (t - s)
+        u1 = net(x_s, s, m, y)
+        u2 = net(x_s + expand(m - s, x_s) * u1, m, t, y)
+        return expand(lam, u1) * u1 + expand(1 - lam, u2) * u2
+
+
+@dataclass
+class ConsistencyTraining:
+    """ct (Song et al. 2023, Eq. 10, with iCT's sg(student) target): X_{s,0}(x_s) ~ sg(X_{r,0}(x_r)),
+    r = s - delta on the same noise, weighted by 1 / (s - r)^2."""
+
+    interpolant: object = field(default_factory=Linear)
+    time: TimeSampler = field(default_factory=lambda: TimeSampler(diagonal=0.0))
+    label_dropout: float = 0.1
+    delta: float = 0.05
+    uses: ClassVar[tuple[str, ...]] = ()
+
+    def __call__(self, net, x0: Tensor, y: Tensor | None = None) -> Tensor:
+        s = self.time.draw(x0.shape[0], x0.device)
+        r = (s - self.delta).clamp_min(0.0)
+        eps = torch.randn_like(x0)
+        x_s, _ = interpolate(self.interpolant, x0, eps, s)
+        x_r, _ = interpolate(self.interpolant, x0, eps, r)
+        y = drop_labels(y, self.label_dropout, getattr(net, "num_classes", 0))
+        return consistency_error(net, x_s, s, x_r, r, y)
+
+
+def to_data(net, x: Tensor, s: Tensor, y: Tensor | None) -> Tensor:
+    """The consistency function f(x, s) = X_{s,0}(x) = x - s u(x, s, 0, y)."""
+    return x - expand(s, x) * net(x, s, torch.zeros_like(s), y)
+
+
+def consistency_error(net, x_s: Tensor, s: Tensor, x_r: Tensor, r: Tensor, y: Tensor | None) -> Tensor:
+    """||f(x_s, s) - sg(f(x_r, r))||^2 / (s - r)^2 (f(x, 0) = x exactly, the boundary condition)."""
+    with torch.no_grad():
+        target = to_data(net, x_r, r, y)
+    return sqnorm(to_data(net, x_s, s, y) - target) / (s - r).clamp_min(1e-4) ** 2
+
+
+@dataclass
+class ConsistencyDistillation:
+    """cd (Song et al. 2023, Eq. 7): as ct, but x_r is one Heun step of the teacher ODE from x_s."""
+
+    interpolant: object = field(default_factory=Linear)
+    time: TimeSampler = field(default_factory=lambda: TimeSampler(diagonal=0.0))
+    label_dropout: float = 0.1
+    delta: float = 0.05
+    guidance: float = 1.0  # CFG scale of the teacher velocity (baked into the student)
+    uses: ClassVar[tuple[str, ...]] = ("teacher",)
+
+    def __call__(self, net, x0: Tensor, y: Tensor | None = None, *, teacher) -> Tensor:
+        s = self.time.draw(x0.shape[0], x0.device)
+        r = (s - self.delta).clamp_min(0.0)
+        x_s, _ = interpolate(self.interpolant, x0, torch.randn_like(x0), s)
+        y = drop_labels(y, self.label_dropout, getattr(net, "num_classes", 0))
+        b = _teacher_field(teacher, y, self.guidance, getattr(net, "num_classes", 0))
+        return consistency_error(net, x_s, s, heun_solve(b, x_s, s, r, 1), r, y)
+
+
+def _teacher_field(teacher, y: Tensor | None, guidance: float, null: int):
+    return lambda x, tau: teacher_velocity(teacher, x, tau, y, guidance, null)
+
+
+@dataclass
+class Distill:
+    """distill (flow-map matching by direct regression, Boffi et al. 2024 Sec. 3.3): X_{s,t}(x_s) ~
+    X^teacher_{s,t}(x_s) by Heun on the teacher ODE, in u units; diagonal pairs learn the teacher velocity."""
+
+    interpolant: object = field(default_factory=Linear)
+    time: TimeSampler = field(default_factory=lambda: TimeSampler(diagonal=0.25))
+    label_dropout: float = 0.1
+    ode_steps: int = 8
+    guidance: float = 1.0
+    uses: ClassVar[tuple[str, ...]] = ("teacher",)
+
+    def __call__(self, net, x0: Tensor, y: Tensor | None = None, *, teacher) -> Tensor:
+        s, t = self.time(x0.shape[0], x0.device)
+        x_s, _ = interpolate(self.interpolant, x0, torch.randn_like(x0), s)
+        y = drop_labels(y, self.label_dropout, getattr(net, "num_classes", 0))
+        b = _teacher_field(teacher, y, self.guidance, getattr(net, "num_classes", 0))
+        x_t = heun_solve(b, x_s, s, t, self.ode_steps)
+        jump = (s - t) > 1e-4
+        gap = torch.where(jump, t - s, -torch.ones_like(s))
+        target = torch.where(expand(jump, x_s), (x_t - x_s) / expand(gap, x_s), b(x_s, s))
+        return sqnorm(net(x_s, s, t, y) - target)
+
+
+@dataclass
+class LagrangianDistill:
+    """lmd (Lagrangian map distillation, Boffi et al. 2024 Eq. 17): lsd with the teacher velocity b in place
+    of the self-diagonal, ||u(x_s, s, s) - b(x_s, s)||^2 + ||d/dt X_{s,t}(x_s) - b(X_{s,t}(x_s), t)||^2."""
+
+    interpolant: object = field(default_factory=Linear)
+    time: TimeSampler = field(default_factory=lambda: TimeSampler(diagonal=0.25))
+    adaptive_p: float = 0.0
+    label_dropout: float = 0.1
+    guidance: float = 1.0
+    uses: ClassVar[tuple[str, ...]] = ("teacher",)
+
+    def __call__(self, net, x0: Tensor, y: Tensor | None = None, *, teacher) -> Tensor:
+        s, t = self.time(x0.shape[0], x0.device)
+        x_s, _ = interpolate(self.interpolant, x0, torch.randn_like(x0), s)
+        y = drop_labels(y, self.label_dropout, getattr(net, "num_classes", 0))
+        b = _teacher_field(teacher, y, self.guidance, getattr(net, "num_classes", 0))
+        diag = sqnorm(net(x_s, s, s, y) - b(x_s, s))
+        return diag + adaptive(lagrangian_error(net, x_s, s, t, y, b), self.adaptive_p)
+
+
+@dataclass
+class EulerianDistill:
+    """emd (Eulerian map distillation, Boffi et al. 2024 Eq. 19): esd/MeanFlow with the teacher velocity b
+    in place of the conditional v: u_tgt = b - (s - t) du/ds along dx/ds = b."""
+
+    interpolant: object = field(default_factory=Linear)
+    time: TimeSampler = field(default_factory=TimeSampler)
+    adaptive_p: float = 1.0
+    label_dropout: float = 0.1
+    guidance: float = 1.0
+    uses: ClassVar[tuple[str, ...]] = ("teacher",)
+
+    def __call__(self, net, x0: Tensor, y: Tensor | None = None, *, teacher) -> Tensor:
+        s, t = self.time(x0.shape[0], x0.device)
+        x_s, _ = interpolate(self.interpolant, x0, torch.randn_like(x0), s)
+        y = drop_labels(y, self.label_dropout, getattr(net, "num_classes", 0))
+        b = teacher_velocity(teacher, x_s, s, y, self.guidance, getattr(net, "num_classes", 0))
+        return adaptive(eulerian_error(net, x_s, s, t, b, y), self.adaptive_p)
+
+
+LOSSES = {
+    "fm": FlowMatching,
+    "esd": Eulerian,
+    "lsd": Lagrangian,
+    "psd": Progressive,
+    "ct": ConsistencyTraining,
+    "cd": ConsistencyDistillation,
+    "distill": Distill,
+    "lmd": LagrangianDistill,
+    "emd": EulerianDistill,
+}
+
+# Methods that learn only X_{t,0}: sample them with the re-noising sampler (samplers.sample_stochastic).
+CONSISTENCY_METHODS = ("ct", "cd")
+
+
+def uses(loss) -> tuple[str, ...]:
+    """What a loss needs besides (net, x0, y): a subset of ("ema", "teacher")."""
+    return tuple(getattr(loss, "uses", ()))
 
 
 def make_loss(method: str, **kwargs):

@@ -12,12 +12,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from flowmap import distributed
 from flowmap.checkpoint import atomic_write, read_tensors, save_checkpoint, save_tensors
 from flowmap.data import Dataset, load_data
-from flowmap.losses import make_loss
-from flowmap.nets import build_net
-from flowmap.timesamplers import TimeSampler
 from flowmap.interpolants import get_interpolant
+from flowmap.losses import make_loss, uses
+from flowmap.nets import build_net
+from flowmap.teacher import load_teacher
+from flowmap.timesamplers import TimeSampler
 
 
 class TrainingError(RuntimeError):
@@ -52,7 +54,8 @@ class TrainConfig:
     diagonal: float | None = None   # fraction of pairs with s = t; None: the method's default
     adaptive_p: float | None = None
     label_dropout: float = 0.1
-    guidance: float = 1.0           # guidance scale baked into training (esd)
+    guidance: float = 1.0           # guidance scale baked into training (esd, cd, distill, lmd, emd)
+    teacher: str | None = None      # teacher checkpoint for cd, distill, lmd, emd
     threads: int = 1
 
     def __post_init__(self):
@@ -89,6 +92,18 @@ def build_loss(cfg: TrainConfig):
             raise ValueError(f"method {cfg.method!r} does not support --guidance (baked-in guidance)")
         kwargs["guidance"] = cfg.guidance
     return make_loss(cfg.method, **kwargs)
+
+
+def loss_extras(loss_fn, cfg: TrainConfig, data: Dataset, ema) -> dict:
+    """The keywords a loss declares in `uses`: the EMA net and/or a frozen teacher fitting the data."""
+    needs = uses(loss_fn)
+    if cfg.teacher and "teacher" not in needs:
+        raise ValueError(f"method {cfg.method!r} does not use a teacher; drop --teacher "
+                         "(distilling methods: cd, distill, lmd, emd)")
+    extras = {"ema": ema} if "ema" in needs else {}
+    if "teacher" in needs:
+        extras["teacher"] = load_teacher(cfg.teacher, data.shape, cfg.method)
+    return extras
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -145,41 +160,67 @@ def ema_update(ema, net, decay: float) -> None:
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train a flow map; returns the checkpoint path (EMA weights)."""
     torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    ctx = distributed.setup()          # torchrun: one process per rank; otherwise single-process
+    try:
+        return _train(cfg, ctx, resume, progress and ctx.main)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(cfg: TrainConfig, ctx: distributed.DistContext, resume: bool, progress: bool) -> Path:
+    distributed.local_batch(cfg.batch_size, ctx)
+    torch.manual_seed(cfg.seed)        # the same initial weights on every rank
     data = load_data(cfg.data)
     loss_fn = build_loss(cfg)
     net = build_net(arch_config(cfg, data))
     ema = copy.deepcopy(net).requires_grad_(False)
+    extras = loss_extras(loss_fn, cfg, data, ema)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     out = Path(cfg.out)
     start = load_state(state_path(out), net, ema, opt) if resume and state_path(out).exists() else 0
-    atomic_write(out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(asdict(cfg), indent=2)))
-    return _loop(cfg, data, net, ema, opt, loss_fn, start, progress)
+    if ctx.enabled:                    # per-rank batches, noise and times; rank 0's weights everywhere
+        torch.manual_seed(distributed.rank_seed(cfg.seed, ctx, start))
+        distributed.broadcast_params(net, ctx)
+        distributed.broadcast_params(ema, ctx)
+    if ctx.main:
+        atomic_write(out.with_suffix(".json"),
+                     lambda tmp: Path(tmp).write_text(json.dumps(asdict(cfg), indent=2)))
+    return _loop(cfg, data, net, ema, opt, (loss_fn, extras, ctx), start, progress)
 
 
-def _loop(cfg, data, net, ema, opt, loss_fn, start: int, progress: bool) -> Path:
-    out, n = Path(cfg.out), len(data.x_train)
+def _step(cfg, net, opt, loss, step: int, out: Path, ctx) -> None:
+    """Backward, average gradients over ranks, clip, step; a non-finite gradient stops training."""
+    for group in opt.param_groups:
+        group["lr"] = lr_at(cfg, step)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    distributed.average_gradients(net, ctx)
+    norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+    if not torch.isfinite(norm):
+        raise TrainingError(f"gradient norm is {norm.item()} at step {step}; the last good checkpoint "
+                            f"{out} (and {state_path(out).name}) is kept")
+    opt.step()
+
+
+def _loop(cfg, data, net, ema, opt, loss_parts, start: int, progress: bool) -> Path:
+    loss_fn, extras, ctx = loss_parts
+    out, n, batch = Path(cfg.out), len(data.x_train), distributed.local_batch(cfg.batch_size, ctx)
     t0, ema_loss, seen = time.perf_counter(), None, 0
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
                desc=f"{cfg.method} {data.name}", unit="step", dynamic_ncols=True)
     for step in bar:
-        idx = torch.randint(0, n, (cfg.batch_size,))
+        idx = torch.randint(0, n, (batch,))
         y = data.y_train[idx] if data.y_train is not None else None
-        loss = loss_fn(net, data.x_train[idx], y).mean()
-        if not torch.isfinite(loss):
+        loss = loss_fn(net, data.x_train[idx], y, **extras).mean()
+        if not torch.isfinite(distributed.mean_scalar(loss, ctx)):
             raise TrainingError(f"loss is {loss.item()} at step {step}; the last good checkpoint "
                                 f"{out} (and {state_path(out).name}) is kept")
-        for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        opt.step()
+        _step(cfg, net, opt, loss, step, out, ctx)
         ema_update(ema, net, cfg.ema)
         seen += cfg.batch_size
         ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
         bar.set_postfix(loss=f"{ema_loss:.4f}", samples_s=f"{seen / (time.perf_counter() - t0):.0f}")
-        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+        if ctx.main and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps):
             summary = {"steps": step + 1, "loss": ema_loss, "batch_size": cfg.batch_size,
                        "seconds": round(time.perf_counter() - t0, 1), "seed": cfg.seed}
             save_checkpoint(out, ema, model_config(cfg, data, summary))

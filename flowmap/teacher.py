@@ -1,0 +1,65 @@
+"""Teachers for distillation: a frozen flow map whose diagonal u(x, t, t, y) is a velocity field.
+
+Any checkpoint works (its diagonal is what is used); an `fm` model is the usual choice. The
+teacher is checked against the data shape before training starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from flowmap.interpolants import expand
+
+Velocity = Callable[..., Tensor]
+
+
+class TeacherError(ValueError):
+    """A teacher that is missing, unreadable or does not fit the data."""
+
+
+def load_teacher(path: str | None, shape: list[int], method: str) -> torch.nn.Module:
+    """Load a frozen teacher for `method`; a clear error if none is given or its shape differs."""
+    from flowmap.checkpoint import CheckpointError, load_model
+
+    if not path:
+        raise TeacherError(f"method {method!r} distils a teacher: pass --teacher CKPT (e.g. an fm model)")
+    try:
+        model = load_model(path)
+    except CheckpointError as e:
+        raise TeacherError(f"teacher: {e}") from None
+    if list(model.shape) != list(shape):
+        raise TeacherError(
+            f"teacher {model.path} was trained on data of shape {model.shape}, "
+            f"but the training data has shape {list(shape)}"
+        )
+    return model.net.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def teacher_velocity(
+    teacher: Velocity, x: Tensor, t: Tensor, y: Tensor | None, guidance: float = 1.0, null: int = 0
+) -> Tensor:
+    """b(x, t) = teacher's u(x, t, t, y); with guidance w != 1 the CFG velocity u_null + w (u_y - u_null)."""
+    u = teacher(x, t, t, y)
+    if guidance == 1.0 or y is None or null == 0:
+        return u
+    u_null = teacher(x, t, t, torch.full_like(y, null))
+    keep = expand((y != null).to(u.dtype), u)  # dropped labels keep the unguided velocity
+    return u + keep * (guidance - 1.0) * (u - u_null)
+
+
+@torch.no_grad()
+def heun_solve(b: Callable[[Tensor, Tensor], Tensor], x: Tensor, s: Tensor, t: Tensor, steps: int) -> Tensor:
+    """Solve dx/dtau = b(x, tau) from tau = s to tau = t per sample (s, t: [B]) with `steps` Heun steps."""
+    h = (t - s) / steps  # [B]; zero where s == t
+    tau = s.clone()
+    for _ in range(steps):
+        d1 = b(x, tau)
+        x_pred = x + expand(h, x) * d1
+        d2 = b(x_pred, tau + h)
+        x = x + expand(h, x) * 0.5 * (d1 + d2)
+        tau = tau + h
+    return x
