@@ -1,0 +1,40 @@
+"""Running estimate of one scheduler iteration's wall time as a function of the rows in the network call."""
+
+from __future__ import annotations
+
+import bisect
+
+
+class CallTimer:
+    """EMA of iteration seconds per observed batch size; linear in between, proportional beyond."""
+
+    def __init__(self, alpha: float = 0.2, default: float = 1e-3):
+        self.alpha, self.default = alpha, default
+        self.sizes: list[int] = []  # sorted observed batch sizes
+        self.ema: dict[int, float] = {}
+
+    def observe(self, rows: int, seconds: float) -> None:
+        if rows < 1 or seconds < 0:
+            return
+        if rows not in self.ema:
+            bisect.insort(self.sizes, rows)
+            self.ema[rows] = seconds
+        else:
+            self.ema[rows] += self.alpha * (seconds - self.ema[rows])
+
+    def predict(self, rows: int) -> float:
+        """Seconds for one iteration of `rows` rows (never below the smallest observation)."""
+        if not self.sizes:
+            return self.default * max(1, rows)
+        rows = max(1, rows)
+        if rows in self.ema:
+            return self.ema[rows]
+        i = bisect.bisect_left(self.sizes, rows)
+        if i == 0:
+            return self.ema[self.sizes[0]]
+        lo = self.sizes[i - 1]
+        if i == len(self.sizes):  # beyond the largest: assume time proportional to rows (pessimistic)
+            return self.ema[lo] * rows / lo
+        hi = self.sizes[i]
+        f = (rows - lo) / (hi - lo)
+        return self.ema[lo] + f * (self.ema[hi] - self.ema[lo])

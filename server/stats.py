@@ -1,0 +1,39 @@
+"""Plain stats records that flow out of the scheduler and the API; only server.metrics turns them into Prometheus."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class IterationStats:
+    """One network call of one model's worker."""
+
+    model: str
+    rows: int  # network evaluations in this call (guided samples count twice)
+    samples: int  # samples advanced one step
+    seconds: float  # engine call + step
+    queue_depth: int  # requests waiting after admission
+    in_flight: int  # samples active after the update
+    ok: bool = True
+
+
+@dataclass(frozen=True)
+class RequestStats:
+    """One finished /v1/generate or v2 infer request."""
+
+    model: str
+    steps: int | None
+    status: int  # HTTP status code sent
+    seconds: float  # total latency
+    queue_seconds: float | None = None
+    num_samples: int = 0
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A request turned away before or instead of being computed."""
+
+    reason: str  # queue_full, draining, not_ready, deadline, cancelled, unauthorized,
+    # invalid, too_large, not_found, failed
+    model: str = ""
