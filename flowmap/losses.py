@@ -38,8 +38,8 @@ def drop_labels(y: Tensor | None, p: float, null: int) -> Tensor | None:
     return torch.where(torch.rand(y.shape, device=y.device) < p, torch.full_like(y, null), y)
 
 
-def eulerian_error(net, x_s: Tensor, s: Tensor, t: Tensor, v: Tensor, y: Tensor | None) -> Tensor:
-    """||u(x_s, s, t) - sg(v - (s - t) d/ds u)||^2, d/ds the total derivative along dx/ds = v (a JVP).
+def eulerian_target(net, x_s: Tensor, s: Tensor, t: Tensor, v: Tensor, y: Tensor | None):
+    """(u(x_s, s, t), sg(v - (s - t) du/ds)), du/ds the total derivative along dx/ds = v (a JVP).
 
     From d/ds X_{s,t}(x_s) = 0 with X = x + (t - s) u: u = v + (t - s) du/ds. On the diagonal the
     target is v itself.
@@ -47,12 +47,17 @@ def eulerian_error(net, x_s: Tensor, s: Tensor, t: Tensor, v: Tensor, y: Tensor 
     u, du_ds = torch.func.jvp(
         lambda x, a, b: net(x, a, b, y), (x_s, s, t), (v, torch.ones_like(s), torch.zeros_like(t))
     )
-    target = (v - expand(s - t, v) * du_ds).detach()
+    return u, (v - expand(s - t, v) * du_ds).detach()
+
+
+def eulerian_error(net, x_s: Tensor, s: Tensor, t: Tensor, v: Tensor, y: Tensor | None) -> Tensor:
+    """||u(x_s, s, t) - sg(v - (s - t) du/ds)||^2 (MeanFlow's loss before adaptive weighting)."""
+    u, target = eulerian_target(net, x_s, s, t, v, y)
     return sqnorm(u - target)
 
 
-def lagrangian_error(net, x_s: Tensor, s: Tensor, t: Tensor, y: Tensor | None, b) -> Tensor:
-    """||d/dt X_{s,t}(x_s) - sg(b(X_{s,t}(x_s), t))||^2, the t-derivative by a forward-mode JVP."""
+def lagrangian_target(net, x_s: Tensor, s: Tensor, t: Tensor, y: Tensor | None, b):
+    """(d/dt X_{s,t}(x_s) by a forward-mode JVP, sg(b(X_{s,t}(x_s), t)))."""
 
     def flow(tau: Tensor) -> Tensor:
         return x_s + expand(tau - s, x_s) * net(x_s, s, tau, y)
@@ -60,6 +65,12 @@ def lagrangian_error(net, x_s: Tensor, s: Tensor, t: Tensor, y: Tensor | None, b
     x_t, dx_dt = torch.func.jvp(flow, (t,), (torch.ones_like(t),))
     with torch.no_grad():
         target = b(x_t.detach(), t)
+    return dx_dt, target
+
+
+def lagrangian_error(net, x_s: Tensor, s: Tensor, t: Tensor, y: Tensor | None, b) -> Tensor:
+    """||d/dt X_{s,t}(x_s) - sg(b(X_{s,t}(x_s), t))||^2."""
+    dx_dt, target = lagrangian_target(net, x_s, s, t, y, b)
     return sqnorm(dx_dt - target)
 
 

@@ -1,0 +1,39 @@
+# flowmap: `make run` (install + serve the shipped digits model), `make test` (install + lint + tests).
+# Everything installs into .venv; the pinned CPU torch build goes in first so no CUDA build is pulled.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: install run sample test lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[serve,export,dev]"
+	touch $@
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/flowmap serve
+
+sample: $(STAMP)
+	$(BIN)/flowmap sample --model digits --steps 1 --n 100 --seed 0 --out samples/digits.png
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q -ra
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,5 @@
+import sys
+
+from flowmap.cli import main
+
+sys.exit(main())

@@ -1,0 +1,155 @@
+"""The `flowmap` command: train, sample, eval; export/bench (engines) and serve (server) plug in."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from flowmap.presets import PRESETS
+
+PLUGINS = ("engines.cli", "server.cli")   # each exposes register(subparsers)
+
+
+def _train_parser(sub) -> None:
+    from flowmap.train import TrainConfig
+
+    p = sub.add_parser("train", help="train a flow map", description="Train a flow map. Options left unset "
+                       "take the data set's preset (flowmap/presets.py), then the TrainConfig default.")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], float)
+        p.add_argument(flag, type=kind, default=None, required=f.name in ("data", "method", "out"),
+                       help=f"(default: {f.default})")
+    p.add_argument("--resume", action="store_true", help="continue from OUT's .state.safetensors")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    from flowmap.train import TrainConfig, train
+
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("func", "command")}
+    cfg = TrainConfig.from_dict(PRESETS.get(given["data"], {}) | given)
+    out = train(cfg, resume=args.resume, progress=not args.no_progress)
+    print(f"wrote {out}")
+    return 0
+
+
+def _sample_parser(sub) -> None:
+    from flowmap.generate import SAMPLER_NAMES
+
+    p = sub.add_parser("sample", help="generate samples to .npy or .png")
+    p.add_argument("--model", default="digits", help="shipped name (digits, gmm8) or checkpoint path")
+    p.add_argument("--steps", type=int, default=1)
+    p.add_argument("--n", type=int, default=None, help="number of samples (default 64, or the rows of --noise)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--class", dest="class_label", type=int, default=None,
+                   help="class label (conditional models; default: cycle through classes)")
+    p.add_argument("--noise", default=None, help=".npy of t=1 noise (N, *shape) to map instead of drawing it")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale at sampling time")
+    p.add_argument("--sampler", default="flowmap", choices=SAMPLER_NAMES)
+    p.add_argument("--gamma", type=float, default=1.0, help="re-noise fraction for --sampler stochastic")
+    p.add_argument("--png-scale", type=int, default=4, help="pixel upscaling of PNG grids")
+    p.add_argument("--out", required=True, help="FILE.npy (float32 samples in model space) or FILE.png")
+    p.set_defaults(func=cmd_sample)
+
+
+def cmd_sample(args) -> int:
+    import numpy as np
+
+    from flowmap.checkpoint import load_model
+    from flowmap.generate import generate, load_noise
+    from flowmap.images import save_png
+    from flowmap.samplers import make_noise
+
+    out = Path(args.out)
+    if out.suffix not in (".npy", ".png"):
+        raise ValueError(f"--out {out}: must end in .npy or .png")
+    if args.n is not None and args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    model = load_model(args.model)
+    if args.noise:
+        noise = load_noise(args.noise, model.shape)
+        if args.n is not None and args.n != len(noise):
+            raise ValueError(f"--n {args.n} but --noise holds {len(noise)} rows")
+    else:
+        noise = make_noise(args.n or 64, model.shape, args.seed)
+    x = generate(model, args.steps, noise, args.class_label, args.guidance, args.sampler, args.gamma, args.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+        np.save(out, x.float().numpy())
+    else:
+        image = bool(model.config["data"].get("image", len(model.shape) == 3))
+        nrow = model.num_classes if model.num_classes and args.class_label is None else None
+        save_png(out, x, image, nrow=nrow, scale=args.png_scale)
+    print(f"wrote {len(x)} samples ({args.steps} step{'s' * (args.steps > 1)}) to {out}")
+    return 0
+
+
+def _eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="measure quality on held-out data")
+    p.add_argument("--model", default="digits")
+    p.add_argument("--steps", default="1,2,4", help="comma-separated step counts")
+    p.add_argument("--n", type=int, default=4096, help="gmm8: noise draws")
+    p.add_argument("--per-class", type=int, default=100, help="images: samples per class")
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="also write the results as JSON here")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args) -> int:
+    from flowmap.checkpoint import load_model
+    from flowmap.evaluate import evaluate, format_table
+
+    steps = [int(s) for s in args.steps.split(",")]
+    if min(steps) < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    result = evaluate(load_model(args.model), steps, args.n, args.per_class, args.seed, args.guidance)
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flowmap", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    _sample_parser(sub)
+    _eval_parser(sub)
+    for name in PLUGINS:
+        try:
+            importlib.import_module(name).register(sub)
+        except ImportError:
+            pass  # the package's extra is not installed; its commands are absent
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    torch.set_num_threads(int(getattr(args, "threads", None) or 1))
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("flowmap: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError) as e:
+        if type(e).__name__ not in USER_ERRORS and not isinstance(e, (ValueError, OSError)):
+            raise
+        print(f"flowmap: error: {e}", file=sys.stderr)
+        return 2
+
+
+# RuntimeError subclasses that are the user's to fix (others keep their traceback)
+USER_ERRORS = {"TrainingError", "EngineError"}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
