@@ -1,0 +1,196 @@
+"""Every loss's target against a direct computation: finite differences, hand-composed jumps, and the
+exact flow map of Gaussian data (at which every distillation residual must vanish)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from flowmap import losses
+from flowmap.interpolants import expand
+from flowmap.samplers import flow_step
+from flowmap.timesamplers import TimeSampler
+
+torch.set_num_threads(1)
+C = 0.7  # data std of the analytic Gaussian case
+
+
+def sigma(t):
+    """Std of x_t = (1 - t) x0 + t eps for x0 ~ N(0, C^2): sqrt((1 - t)^2 C^2 + t^2)."""
+    return torch.sqrt((1 - t) ** 2 * C**2 + t**2)
+
+
+def dsigma(t):
+    return ((t - 1) * C**2 + t) / sigma(t)
+
+
+class GaussFlow(torch.nn.Module):
+    """The exact flow map of N(0, C^2 I) data: X_{s,t}(x) = x sigma_t / sigma_s, in u units."""
+
+    num_classes = 0
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = scale  # scale != 1: a wrong map, so the residuals must not vanish
+
+    def forward(self, x, s, t, y=None):
+        s, t = expand(s.to(x.dtype), x), expand(t.to(x.dtype), x)
+        diag = (s - t).abs() < 1e-12
+        gap = torch.where(diag, torch.ones_like(s), t - s)
+        u = torch.where(diag, dsigma(s) / sigma(s), (sigma(t) / sigma(s) - 1) / gap)
+        return self.scale * u * x
+
+
+def velocity(x, t):
+    """b(x, t) = x sigma'_t / sigma_t, the teacher velocity of the Gaussian case."""
+    return x * expand(dsigma(t.to(x.dtype)) / sigma(t.to(x.dtype)), x)
+
+
+def teacher(x, s, t, y=None):
+    return velocity(x, s)
+
+
+class SmoothNet(torch.nn.Module):
+    """A generic smooth u(x, s, t) in float64 (finite differences need the precision)."""
+
+    num_classes = 0
+
+    def __init__(self):
+        super().__init__()
+        self.f = torch.nn.Sequential(torch.nn.Linear(4, 32), torch.nn.Tanh(), torch.nn.Linear(32, 2))
+
+    def forward(self, x, s, t, y=None):
+        return self.f(torch.cat([x, s[:, None], t[:, None]], dim=1))
+
+
+def mlp():
+    torch.manual_seed(0)
+    return SmoothNet().double()
+
+
+def pairs(n=64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.rand(n, generator=g, dtype=torch.float64), torch.rand(n, generator=g, dtype=torch.float64)
+    s, t = 0.05 + 0.9 * torch.maximum(a, b), 0.05 + 0.9 * torch.minimum(a, b)
+    x = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    return x, s, t
+
+
+def test_eulerian_jvp_matches_finite_differences():
+    net, (x, s, t) = mlp(), pairs()
+    v = torch.randn_like(x)
+    u, target = losses.eulerian_target(net, x, s, t, v, None)
+    h = 1e-5
+    du_ds = (net(x + h * v, s + h, t) - net(x - h * v, s - h, t)) / (2 * h)
+    assert torch.allclose(u, net(x, s, t))
+    assert torch.allclose(target, v - expand(s - t, v) * du_ds, atol=1e-7)
+    assert not torch.allclose(target, v, atol=1e-3)  # the derivative term is really there
+
+
+def test_lagrangian_jvp_matches_finite_differences():
+    net, (x, s, t) = mlp(), pairs()
+    dx_dt, target = losses.lagrangian_target(net, x, s, t, None, lambda z, tau: net(z, tau, tau))
+    h = 1e-5
+    fd = (flow_step(net, x, s, t + h) - flow_step(net, x, s, t - h)) / (2 * h)
+    assert torch.allclose(dx_dt, fd, atol=1e-7)
+    x_t = flow_step(net, x, s, t)
+    assert torch.allclose(target, net(x_t, t, t))
+
+
+@pytest.mark.parametrize("split", ["mid", "uniform"])
+def test_psd_target_is_two_hand_composed_jumps(split):
+    net, (x, s, t) = mlp(), pairs()
+    lam = torch.full_like(s, 0.5) if split == "mid" else torch.rand_like(s)
+    u_tgt = losses.Progressive.composed(net, x, s, t, lam, None)
+    m = s + lam * (t - s)
+    by_hand = flow_step(net, flow_step(net, x, s, m), m, t)  # X_{m,t}(X_{s,m}(x))
+    assert torch.allclose(flow_step(lambda *_: u_tgt, x, s, t), by_hand, atol=1e-12)
+
+
+def test_psd_uses_ema_targets_and_v_on_the_diagonal():
+    net = mlp()
+    ema = copy.deepcopy(net)
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x0 = torch.randn(256, 2, dtype=torch.float64)
+    loss = losses.Progressive(time=TimeSampler("uniform", diagonal=0.0), label_dropout=0.0)
+    torch.manual_seed(3)
+    with_ema = loss(net, x0, ema=ema)
+    torch.manual_seed(3)
+    with_self = loss(net, x0, ema=net)
+    assert not torch.allclose(with_ema, with_self)
+    torch.manual_seed(3)  # all diagonal: the loss is flow matching, whatever the EMA net is
+    diag = losses.Progressive(time=TimeSampler("uniform", diagonal=1.0), label_dropout=0.0)(net, x0, ema=ema)
+    torch.manual_seed(3)
+    fm = losses.FlowMatching(time=TimeSampler("uniform", diagonal=1.0), label_dropout=0.0)(net, x0)
+    assert torch.allclose(diag, fm)
+
+
+def test_consistency_target_by_hand():
+    net, (x0, s, _) = mlp(), pairs()
+    eps = torch.randn_like(x0)
+    r = (s - 0.1).clamp_min(0)
+    x_s, x_r = expand(1 - s, x0) * x0 + expand(s, x0) * eps, expand(1 - r, x0) * x0 + expand(r, x0) * eps
+    f = lambda z, tau: z - expand(tau, z) * net(z, tau, torch.zeros_like(tau))  # X_{tau,0}(z)
+    expected = ((f(x_s, s) - f(x_r, r)) ** 2).mean(1) / (s - r) ** 2
+    assert torch.allclose(losses.consistency_error(net, x_s, s, x_r, r, None), expected)
+    zero = torch.zeros_like(s)  # boundary: X_{0,0} = id, so the target at r = 0 is the data itself
+    assert torch.allclose(losses.to_data(net, x0, zero, None), x0)
+
+
+def gauss_batch(n=512, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return C * torch.randn(n, 2, generator=g, dtype=torch.float64)
+
+
+def residual(loss, net, **extras):
+    torch.manual_seed(5)
+    return float(loss(net, gauss_batch(), None, **extras).mean())
+
+
+@pytest.mark.parametrize(
+    "make, tol",
+    [
+        (lambda: losses.EulerianDistill(adaptive_p=0.0), 1e-12),
+        (lambda: losses.LagrangianDistill(), 1e-12),
+        (lambda: losses.Distill(ode_steps=8), 1e-6),
+        (lambda: losses.ConsistencyDistillation(delta=0.05), 1e-5),
+    ],
+    ids=["emd", "lmd", "distill", "cd"],
+)
+def test_teacher_losses_vanish_at_the_exact_flow_map(make, tol):
+    loss = make()
+    exact = residual(loss, GaussFlow(), teacher=teacher)
+    wrong = residual(loss, GaussFlow(scale=1.1), teacher=teacher)
+    assert exact < tol, exact
+    assert wrong > 100 * max(exact, 1e-12), (exact, wrong)
+
+
+def test_self_distillation_targets_vanish_at_the_exact_flow_map():
+    exact, wrong = GaussFlow(), GaussFlow(scale=1.1)
+    _, s, t = pairs()
+    x = torch.randn(len(s), 2, dtype=torch.float64)
+    lam = torch.rand_like(s)
+    assert torch.allclose(losses.Progressive.composed(exact, x, s, t, lam, None), exact(x, s, t))
+    assert not torch.allclose(losses.Progressive.composed(wrong, x, s, t, lam, None), wrong(x, s, t))
+    for net, small in ((exact, True), (wrong, False)):  # lsd's off-diagonal term, self-diagonal as b
+        err = losses.lagrangian_error(net, x, s, t, None, lambda z, tau, n=net: n(z, tau, tau))
+        assert (float(err.max()) < 1e-12) == small
+    u, target = losses.eulerian_target(exact, x, s, t, velocity(x, s), None)  # esd with v = b
+    assert torch.allclose(u, target, atol=1e-12)
+
+
+def test_make_loss_rejects_unknown_methods_and_registry_is_complete():
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        losses.make_loss("nope")
+    assert set(losses.LOSSES) >= {"fm", "lsd", "esd", "psd", "ct", "cd", "distill", "lmd", "emd"}
+    assert losses.uses(losses.make_loss("psd")) == ("ema",)
+    assert {m for m in losses.LOSSES if "teacher" in losses.uses(losses.make_loss(m))} == {
+        "cd",
+        "distill",
+        "lmd",
+        "emd",
+    }
