@@ -46,7 +46,9 @@ def renoise_ref(x: Tensor, u: Tensor, s: Tensor, t: Tensor, gamma: Tensor, z: Te
     u = u.float()
     x0 = x.float() + (0.0 - s) * u
     eps_old = x0 + u
-    c = torch.sqrt(1.0 - g * g)
+    c = torch.sqrt(
+        (1.0 - g * g).double()
+    ).float()  # correctly rounded like tl.sqrt_rn (torch's fp32 sqrt is not)
     eps = c * eps_old + g * z.float()
     return (1.0 - t) * x0 + t * eps
 
@@ -94,9 +96,9 @@ def noise_ref(seeds: Tensor, step: Tensor, n: int) -> Tensor:
     """Standard normals [B, n] for sample seeds [B] and step indices [B]: Philox + Box-Muller."""
     b1, b2 = philox_bits(seeds, step, n)
     u1 = torch.clamp_min(uint_to_uniform(b1), U1_MIN)
-    th = TWO_PI * uint_to_uniform(b2)
-    r = torch.sqrt(-2.0 * torch.log(u1))
-    return r * torch.cos(th)
+    th = TWO_PI * uint_to_uniform(b2)  # float32, as in the kernel
+    r = torch.sqrt(-2.0 * torch.log(u1.double()))  # float64 then round: within rounding of any fp32 libm
+    return (r * torch.cos(th.double())).float()
 
 
 # ---------------------------------------------------------------- post-processing
