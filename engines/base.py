@@ -2,11 +2,19 @@
 
 An engine is a callable u = engine(x, s, t, y) with x: [B, *shape] float, s, t: [B] float,
 y: [B] long (ignored by unconditional models; the null label C selects the unconditional branch).
+Compiled engines run fixed batch buckets: a batch is padded up to the smallest bucket >= B (batches
+above the largest bucket are split) and the output sliced back (`run_bucketed`, shared by all).
+Every engine but eager is checked against eager when loaded (`check_parity`) and refused on failure.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -19,7 +27,23 @@ DEFAULT_BUCKETS = (1, 8, 32, 128)
 # name -> "module:Class"; imported only when chosen
 ENGINES = {
     "eager": "engines.eager:EagerEngine",
+    "torchscript": "engines.torchscript:TorchScriptEngine",
+    "compile": "engines.compiled:CompileEngine",
+    "onnxruntime": "engines.ort:OnnxRuntimeEngine",
+    "tensorrt": "engines.trt:TensorRTEngine",
 }
+
+# relative error (max |u - u_eager| / max |u_eager|) an engine may have, by its compute precision
+TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+
+# CPU engines fastest first, from `flowmap bench` on the digits model (docs/engines.md); the
+# first whose runtime is installed is the default. GPU: CUDA graphs via torch.compile.
+CPU_PREFERENCE = ("onnxruntime", "torchscript", "eager")
+CUDA_PREFERENCE = ("compile", "eager")
+# engine -> Python package it needs (checked with find_spec, never imported here)
+REQUIRES = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "compile": None}
+
+ARTIFACT_SUFFIXES = (".pt", ".onnx", ".plan")
 
 
 class EngineError(RuntimeError):
@@ -38,13 +62,53 @@ class Engine(Protocol):
     def warmup(self) -> None: ...
 
 
-def load_engine(name: str, model: Model, device: str = "cpu",
-                buckets: tuple[int, ...] = DEFAULT_BUCKETS, **options) -> Engine:
-    """Build the engine `name` for `model` on `device`."""
+def engine_class(name: str) -> type:
+    """The class registered as `name`, imported now (and only now)."""
     if name not in ENGINES:
         raise EngineError(f"unknown engine {name!r}; choose one of {sorted(ENGINES)}")
     module, cls = ENGINES[name].split(":")
-    return getattr(importlib.import_module(module), cls)(model, device=device, buckets=buckets, **options)
+    return getattr(importlib.import_module(module), cls)
+
+
+def load_engine(
+    name: str,
+    model: Model | None = None,
+    device: str = "cpu",
+    buckets: tuple[int, ...] = DEFAULT_BUCKETS,
+    parity: bool = True,
+    **options,
+) -> Engine:
+    """Build the engine `name` for `model` on `device`, checked against eager before it is returned.
+
+    `name` may also be the path of an exported artifact (.pt, .onnx, .plan); see engines.artifacts.
+    """
+    if Path(str(name)).suffix in ARTIFACT_SUFFIXES:
+        from engines.artifacts import load_artifact
+
+        return load_artifact(name, model=model, device=device, buckets=buckets, **options)
+    if model is None:
+        raise EngineError(f"engine {name!r} needs a model")
+    engine = engine_class(name)(model, device=device, buckets=buckets, **options)
+    if parity and name != "eager":
+        check_parity(engine, model)
+    return engine
+
+
+def available(name: str) -> bool:
+    """Whether the runtime engine `name` needs is installed (without importing it)."""
+    package = REQUIRES.get(name)
+    return name in ENGINES and (package is None or importlib.util.find_spec(package) is not None)
+
+
+def default_engine(device: str | torch.device = "cpu") -> str:
+    """The fastest installed engine for `device` (CPU ranking measured by `flowmap bench`)."""
+    preference = CUDA_PREFERENCE if torch.device(device).type == "cuda" else CPU_PREFERENCE
+    return next(name for name in preference if available(name))
+
+
+def cache_root() -> Path:
+    """Where engines keep compiled artifacts between runs: $FLOWMAP_CACHE_DIR or ~/.cache/flowmap."""
+    return Path(os.environ.get("FLOWMAP_CACHE_DIR", Path.home() / ".cache" / "flowmap"))
 
 
 def example_inputs(model: Model, batch: int, device="cpu", seed: int = 0) -> tuple[Tensor, ...]:
@@ -54,3 +118,82 @@ def example_inputs(model: Model, batch: int, device="cpu", seed: int = 0) -> tup
     a, b = torch.rand(batch, generator=g), torch.rand(batch, generator=g)
     y = torch.randint(0, max(1, model.num_classes) + 1, (batch,), generator=g)
     return tuple(v.to(device) for v in (x, torch.maximum(a, b), torch.minimum(a, b), y))
+
+
+# ---- batch buckets ---------------------------------------------------------------------------
+
+
+def bucket_for(batch: int, buckets: tuple[int, ...]) -> int:
+    """The smallest bucket >= batch (the largest bucket when none is)."""
+    return next((b for b in sorted(buckets) if b >= batch), max(buckets))
+
+
+def _pad(v: Tensor, n: int) -> Tensor:
+    """v: [B, ...] -> [n, ...] with zero rows appended (padding rows are valid inputs: s=t=0, y=0)."""
+    return v if v.shape[0] == n else torch.cat([v, v.new_zeros((n - v.shape[0], *v.shape[1:]))])
+
+
+def run_bucketed(
+    fn: Callable[..., Tensor], buckets: tuple[int, ...], x: Tensor, s: Tensor, t: Tensor, y: Tensor
+) -> Tensor:
+    """Run fn, which accepts only bucket-sized batches, on any batch: pad, split and slice."""
+    top = max(buckets)
+    outs = []
+    for i in range(0, x.shape[0], top):
+        chunk = [v[i : i + top] for v in (x, s, t, y)]
+        n, size = chunk[0].shape[0], bucket_for(chunk[0].shape[0], buckets)
+        outs.append(fn(*(_pad(v, size) for v in chunk))[:n])
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+class Bucketed:
+    """Base for compiled engines: subclasses implement `forward` for bucket-sized batches only."""
+
+    name = "bucketed"
+    model: Model
+    device: torch.device
+    buckets: tuple[int, ...]
+
+    def forward(self, x: Tensor, s: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, x: Tensor, s: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        s = torch.as_tensor(s, dtype=torch.float32, device=x.device).expand(x.shape[0])
+        t = torch.as_tensor(t, dtype=torch.float32, device=x.device).expand(x.shape[0])
+        y = y if y is not None else torch.full_like(s, self.model.num_classes, dtype=torch.long)
+        return run_bucketed(self.forward, self.buckets, x, s, t, y)
+
+    def warmup(self) -> None:
+        for b in self.buckets:
+            self(*example_inputs(self.model, b, self.device))
+
+
+# ---- parity ----------------------------------------------------------------------------------
+
+
+def relative_error(u: Tensor, ref: Tensor) -> float:
+    """max |u - ref| / max |ref| (in float64)."""
+    u, ref = u.detach().double().cpu(), ref.detach().double().cpu()
+    if u.shape != ref.shape:
+        return float("inf")
+    return float((u - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+
+
+def check_parity(engine: Engine, model: Model, seed: int | None = None) -> float:
+    """Compare engine with eager on fresh random inputs at every bucket; EngineError if too far."""
+    seed = secrets.randbits(31) if seed is None else seed
+    tol = TOLERANCE.get(engine.dtype, 1e-4)
+    net = model.net.to(engine.device).eval()
+    worst = 0.0
+    for i, b in enumerate(engine.buckets):
+        inputs = example_inputs(model, b, engine.device, seed=seed + i)
+        with torch.inference_mode():
+            ref = net(*inputs)
+        err = relative_error(engine(*inputs), ref)
+        if not err <= tol:  # also catches NaN
+            raise EngineError(
+                f"engine {engine.name!r} fails parity with eager at batch {b}: relative error "
+                f"{err:.3g} > {tol:g} ({engine.dtype}, seed {seed + i}); refusing to serve"
+            )
+        worst = max(worst, err)
+    return worst

@@ -9,17 +9,38 @@ from engines.base import DEFAULT_BUCKETS, example_inputs
 from flowmap.checkpoint import Model
 
 
+def has_conv(net: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.Conv2d) for m in net.modules())
+
+
 class EagerEngine:
+    """Runs any batch size as is; channels-last for conv nets on CUDA (where it helps) unless told."""
+
     name = "eager"
 
-    def __init__(self, model: Model, device: str = "cpu", buckets=DEFAULT_BUCKETS, dtype=torch.float32):
+    def __init__(
+        self,
+        model: Model,
+        device: str = "cpu",
+        buckets=DEFAULT_BUCKETS,
+        dtype=torch.float32,
+        channels_last: bool | None = None,
+    ):
         self.model, self.device, self.dtype = model, torch.device(device), dtype
         self.buckets = tuple(sorted(buckets))
         self.net = model.net.to(self.device, dtype).eval()
+        if channels_last is None:
+            channels_last = self.device.type == "cuda" and has_conv(self.net)
+        self.channels_last = channels_last and len(model.shape) == 3
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def __call__(self, x: Tensor, s: Tensor, t: Tensor, y: Tensor) -> Tensor:
-        return self.net(x, s, t, y)
+        if self.channels_last:  # x: [B, C, H, W] stored NHWC
+            x = x.contiguous(memory_format=torch.channels_last)
+            return self.net(x.to(self.dtype), s, t, y).float().contiguous()
+        return self.net(x.to(self.dtype), s, t, y).float()
 
     def warmup(self) -> None:
         for b in self.buckets:

@@ -1,0 +1,49 @@
+"""TorchScript engine: trace the network once, freeze it, optimise it for inference.
+
+Artifacts are TorchScript archives: they contain code that runs when loaded, so load only archives
+from a trusted `flowmap export` whose checksum matched (engines.artifacts checks before loading).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+from engines.base import DEFAULT_BUCKETS, Bucketed, EngineError, example_inputs
+from flowmap.checkpoint import Model
+
+
+def trace(model: Model, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
+    """Trace u(x, s, t, y) at a small batch (the batch axis stays symbolic), then freeze it."""
+    net = model.net.to(device).eval()
+    inputs = example_inputs(model, 2, device)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about torch.as_tensor on tensors
+        traced = torch.jit.trace(net, inputs, check_trace=False)
+    return torch.jit.freeze(traced.eval())
+
+
+class TorchScriptEngine(Bucketed):
+    name = "torchscript"
+
+    def __init__(
+        self,
+        model: Model,
+        device: str = "cpu",
+        buckets=DEFAULT_BUCKETS,
+        dtype=torch.float32,
+        module: torch.jit.ScriptModule | None = None,
+        optimize: bool = True,
+    ):
+        if dtype != torch.float32:
+            raise EngineError(f"torchscript engine runs float32 only, not {dtype}")
+        self.model, self.device, self.dtype = model, torch.device(device), dtype
+        self.buckets = tuple(sorted(buckets))
+        module = module if module is not None else trace(model, self.device)
+        self.module = torch.jit.optimize_for_inference(module) if optimize else module
+
+    def forward(self, x: Tensor, s: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return self.module(x, s, t, y)
