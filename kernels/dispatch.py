@@ -8,6 +8,7 @@ imported). `PATHS` counts which path ran per op: "torch", "triton" or "triton-in
 from __future__ import annotations
 
 import functools
+import math
 from collections import Counter
 from types import ModuleType
 
@@ -74,7 +75,7 @@ def _flat(a: Tensor, b: int, name: str) -> Tensor:
         raise ValueError(f"{name} must be a float tensor, got {a.dtype}")
     if a.dim() < 1 or a.shape[0] != b:
         raise ValueError(f"{name} must have {b} rows, got shape {tuple(a.shape)}")
-    return a.reshape(b, -1).contiguous()  # [B, N]; copies only when not already contiguous
+    return a.reshape(b, math.prod(a.shape[1:])).contiguous()  # [B, N]; copies only if not contiguous
 
 
 def _split_guidance(u: Tensor, u_uncond: Tensor | None, b: int) -> tuple[Tensor, Tensor]:
