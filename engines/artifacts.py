@@ -169,7 +169,7 @@ def verify(path: str | Path, model: Model | None = None) -> dict:
 
 
 def _payload_kwargs(path: Path, engine: str, device: str) -> dict:
-    if engine == "torchscript":
+    if engine == "torchscript":  # runs code from the archive: only after verify() passed
         return {"module": torch.jit.load(str(path), map_location=device)}
     if engine == "onnxruntime":
         return {"onnx_bytes": path.read_bytes()}

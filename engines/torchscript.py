@@ -20,9 +20,9 @@ def trace(model: Model, device: str | torch.device = "cpu") -> torch.jit.ScriptM
     net = model.net.to(device).eval()
     inputs = example_inputs(model, 2, device)
     with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer warnings about torch.as_tensor on tensors
+        warnings.simplefilter("ignore")  # tracer warnings (torch.as_tensor), torch.jit deprecation
         traced = torch.jit.trace(net, inputs, check_trace=False)
-    return torch.jit.freeze(traced.eval())
+        return torch.jit.freeze(traced.eval())
 
 
 class TorchScriptEngine(Bucketed):
@@ -42,7 +42,9 @@ class TorchScriptEngine(Bucketed):
         self.model, self.device, self.dtype = model, torch.device(device), dtype
         self.buckets = tuple(sorted(buckets))
         module = module if module is not None else trace(model, self.device)
-        self.module = torch.jit.optimize_for_inference(module) if optimize else module
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, still works
+            self.module = torch.jit.optimize_for_inference(module) if optimize else module
 
     def forward(self, x: Tensor, s: Tensor, t: Tensor, y: Tensor) -> Tensor:
         with torch.inference_mode():
