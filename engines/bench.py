@@ -78,7 +78,29 @@ def bench_model(
 
 
 def bench_step(shape: list[int], batches: list[int], iters: int, device: str = "cpu") -> list[dict]:
-    """Fused step x + (t - s) u (kernels.fused_step) against the same step as separate torch ops."""
+    """Fused step against unfused torch ops: kernels.bench.bench_step when present, else a local timing."""
+    try:
+        from kernels.bench import bench_step as kernels_bench_step
+    except ImportError:
+        return local_step(shape, batches, iters, device)
+    res = kernels_bench_step(
+        batch_sizes=tuple(batches), shape=tuple(shape), repeats=5, number=max(1, iters // 5), device=device
+    )
+    return [
+        {
+            "shape": [r["batch"], *shape],
+            "mode": r["mode"],
+            "path": res["path"],
+            "unfused_us": r["unfused_ms"] * 1e3,
+            "fused_us": r["fused_ms"] * 1e3,
+            "speedup": r["speedup"],
+        }
+        for r in res["rows"]
+    ]
+
+
+def local_step(shape: list[int], batches: list[int], iters: int, device: str = "cpu") -> list[dict]:
+    """kernels.fused_step x + (t - s) u against the same step as separate torch ops."""
     import kernels
 
     dev = torch.device(device)
@@ -98,11 +120,11 @@ def bench_step(shape: list[int], batches: list[int], iters: int, device: str = "
             tu += latencies(unfused, (x, u, s, t), max(1, iters // 5), dev)
             tf += latencies(fused, (x, u, s, t), max(1, iters // 5), dev)
         mu, mf = statistics.median(tu), statistics.median(tf)
-        path = kernels.resolve_path(dev)
         rows.append(
             {
                 "shape": [b, *shape],
-                "path": path,
+                "mode": "step",
+                "path": kernels.resolve_path(dev),
                 "unfused_us": mu * 1e6,
                 "fused_us": mf * 1e6,
                 "speedup": mu / mf,

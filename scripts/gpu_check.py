@@ -65,7 +65,20 @@ def check_kernels() -> list[dict]:
     return check_against_reference("cuda")
 
 
-def bandwidth(numel: int = 1 << 24, iters: int = 50) -> list[dict]:
+def bandwidth() -> list[dict]:
+    """kernels.bench.kernel_bandwidth when present (GB/s and ratio to copy per op), else a local timing."""
+    try:
+        from kernels.bench import kernel_bandwidth
+    except ImportError:
+        return local_bandwidth()
+    res = kernel_bandwidth()
+    return [
+        {"op": op, "gb_per_s": res["gbps"][op], "vs_copy": res["gbps"][op] / res["gbps"]["copy"]}
+        for op in res["gbps"]
+    ]
+
+
+def local_bandwidth(numel: int = 1 << 24, iters: int = 50) -> list[dict]:
     """GB/s of the step (reads x, u; writes out) and post-processing vs torch copy_ (read + write)."""
     import kernels
 

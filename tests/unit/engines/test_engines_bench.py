@@ -21,9 +21,18 @@ def test_bench_rows_and_table(tiny):
         assert abs(r["samples_per_s"] - batch / (r["median_ms"] / 1e3)) < 1e-6 * r["samples_per_s"]
         if engine == "eager":
             assert r["vs_eager"] == 1.0
-    assert [s["shape"][0] for s in result["step"]] == [1, 3]
+    assert sorted({s["shape"][0] for s in result["step"]}) == [1, 3]
+    assert all(s["speedup"] > 0 and s["mode"] for s in result["step"])
     table = format_table(result)
     assert "torchscript" in table and "vs eager" in table and "speedup" in table
+
+
+def test_local_step_measures_fused_against_unfused():
+    from engines.bench import local_step
+
+    rows = local_step([1, 8, 8], [2], iters=5)
+    assert rows[0]["shape"] == [2, 1, 8, 8] and rows[0]["path"] == "torch"
+    assert rows[0]["speedup"] == rows[0]["unfused_us"] / rows[0]["fused_us"]
 
 
 def test_bench_skips_unloadable_engine_with_reason(tiny):
