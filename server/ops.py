@@ -24,7 +24,7 @@ def _reference_postprocess(x: Tensor) -> np.ndarray:
 
 
 def _pick():
-    """(step, postprocess, backend name): kernels.fused_step / kernels.postprocess if that package has them."""
+    """(step, postprocess, backend): kernels.fused_step / kernels.postprocess when that package has them."""
     try:
         import kernels
     except ImportError:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -58,6 +58,8 @@ class Job:
     guidance: float = 1.0
     deadline: float | None = None  # absolute time; None: no deadline
     on_done: Callable[[Job], None] | None = None
+    seed: int | None = None  # for the response only (the noise is already drawn)
+    request_labels: list[int] | None = None  # the classes as the client sees them (None: unconditional)
     id: int = field(default_factory=lambda: next(_ids))
     # set by the scheduler
     arrival: float = 0.0
@@ -169,7 +171,7 @@ class Scheduler:
 
     def update(self, batch: Batch, x_next: Tensor, now: float) -> None:
         """Apply one computed step (x_next: [N, *shape], one row per sample) and retire finished samples."""
-        for smp, x in zip(batch.samples, x_next):
+        for smp, x in zip(batch.samples, x_next, strict=True):
             if smp.job.done:  # cancelled or expired while the network ran
                 continue
             smp.x, smp.k = x, smp.k + 1
@@ -207,7 +209,7 @@ class Scheduler:
         return len(self.active)
 
     def predict_seconds(self, rows: int, steps: int) -> float:
-        """Predicted time to finish a new job of `rows` rows and `steps` steps queued behind everything now."""
+        """Predicted seconds to finish a new job of `rows` rows and `steps` steps queued behind all now."""
         b = self.max_batch
         busy = min(b, self.rows + self.waiting_rows() + rows)
         wait = 0.0 if (self.active or self.waiting) else self.max_wait

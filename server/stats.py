@@ -1,4 +1,4 @@
-"""Plain stats records that flow out of the scheduler and the API; only server.metrics turns them into Prometheus."""
+"""Plain stats records from the scheduler and the API; only server.metrics turns them into Prometheus."""
 
 from __future__ import annotations
 

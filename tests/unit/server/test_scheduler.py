@@ -15,7 +15,7 @@ SHAPE, C = [1, 2, 2], 10
 
 
 class FakeEngine:
-    """u(x, s, t, y) computed row by row with elementwise ops only (exact whatever the batch); records calls."""
+    """u(x, s, t, y) by elementwise ops only (exact whatever the batch); records its calls."""
 
     def __init__(self, fail_label: int | None = None):
         self.calls: list[dict] = []

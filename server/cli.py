@@ -1,0 +1,80 @@
+"""`flowmap serve`: argparse side only (light to import); flags override FLOWMAP_* variables and defaults."""
+
+from __future__ import annotations
+
+import sys
+
+# flag -> (settings field, type, help); the settings docstrings in server/settings.py say more
+FLAGS = {
+    "--model": (
+        "models",
+        str,
+        "model to serve: digits, gmm8 or a .safetensors path (repeat for several; the first is the default)",
+    ),
+    "--engine": (
+        "engine",
+        str,
+        "engine: eager, torchscript, compile, onnxruntime, ... (default: best for the device)",
+    ),
+    "--device": ("device", str, "auto, cpu, cuda or cuda:N (default auto)"),
+    "--host": ("host", str, "address to bind (default 127.0.0.1)"),
+    "--port": ("port", int, "TCP port (default 8000)"),
+    "--max-batch-size": ("max_batch_size", int, "most network rows per engine call (default 64)"),
+    "--max-queue": ("max_queue", int, "most waiting requests per model before 429 (default 256)"),
+    "--max-wait-ms": ("max_wait_ms", float, "batching window from the first queued request (default 2)"),
+    "--default-steps": ("default_steps", int, "steps when a request gives none (default 1)"),
+    "--max-steps": ("max_steps", int, "largest steps a request may ask, and auto's cap (default 8)"),
+    "--max-samples": ("max_samples", int, "largest num_samples per request (default 64)"),
+    "--max-guidance": ("max_guidance", float, "largest |guidance_scale| (default 20)"),
+    "--deadline-ms": ("request_timeout_ms", float, "request deadline when none is given (default 30000)"),
+    "--drain-timeout": ("drain_timeout_s", float, "seconds accepted requests get after SIGTERM (default 30)"),
+    "--api-key": ("api_key", str, "require this key on /v1 and /v2 model routes (prefer FLOWMAP_API_KEY)"),
+    "--max-body-bytes": ("max_body_bytes", int, "largest request body before 413 (default 65536)"),
+    "--batching": ("batching", str, "step (default) or request (whole-request baseline, for benchmarks)"),
+    "--threads": ("threads", int, "torch threads (default 1)"),
+    "--log-level": ("log_level", str, "critical, error, warning, info (default), debug"),
+}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve models over HTTP (FastAPI + step-level batching)",
+        description="Serve flow maps over HTTP. Every flag is also an environment "
+        "variable FLOWMAP_<FIELD> (e.g. FLOWMAP_MAX_BATCH_SIZE); flags win.",
+    )
+    for flag, (dest, typ, help_) in FLAGS.items():
+        action = "append" if dest == "models" else "store"
+        p.add_argument(flag, dest=dest, type=typ, action=action, default=None, help=help_)
+    p.set_defaults(func=serve)
+
+
+def settings_from(args):
+    """ServerSettings from the flags given, over the environment; ValueError naming the field."""
+    from pydantic import ValidationError
+
+    from server.settings import ServerSettings
+
+    given = {d: getattr(args, d) for d, _, _ in FLAGS.values() if getattr(args, d, None) is not None}
+    try:
+        return ServerSettings(**given)
+    except ValidationError as e:
+        err = e.errors()[0]
+        name = ".".join(str(v) for v in err["loc"]) or "settings"
+        raise ValueError(f"invalid setting {name}: {err['msg']}") from None
+
+
+def serve(args) -> int:
+    try:
+        settings = settings_from(args)
+        from server.main import run
+
+        return run(settings)
+    except ValueError as e:  # includes CheckpointError and bad settings: one line, no traceback
+        print(f"flowmap serve: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if type(e).__name__ != "EngineError":
+            raise
+        print(f"flowmap serve: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,125 @@
+"""Pydantic schemas of the v1 JSON API; limits come from the settings, so /openapi.json shows them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from server.service import SEED_MAX
+from server.settings import ServerSettings
+
+MAX_CLASS = 100_000
+
+
+class Timings(BaseModel):
+    queue_ms: float = Field(description="Submission to first admission into a batch.")
+    compute_ms: float = Field(description="First admission to the last sample's last step.")
+    total_ms: float = Field(description="Request arrival to response ready (includes encoding).")
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    steps: int = Field(description="Steps used (the chosen count when the request asked for 'auto').")
+    seed: int = Field(description="Seed of the noise (the server draws one when the request gave none).")
+    num_samples: int
+    class_labels: list[int] | None = Field(description="Class of each sample (None: unconditional model).")
+    guidance_scale: float
+    output: Literal["png", "npy"]
+    shape: list[int] = Field(description="Shape of one sample in model space.")
+    images: list[str] | None = Field(default=None, description="One base64 PNG per sample (output='png').")
+    array: str | None = Field(default=None, description="base64 .npy of float32 [N, *shape] (output='npy').")
+    timings: Timings
+
+
+class ModelInfo(BaseModel):
+    name: str
+    shape: list[int]
+    num_classes: int
+    image: bool
+    engine: str
+    default_guidance_scale: float
+    baked_guidance_scale: float
+    method: str | None = None
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+    default: str
+
+
+class Health(BaseModel):
+    status: str
+
+
+def generate_request_model(s: ServerSettings) -> type[BaseModel]:
+    """The /v1/generate body, with this server's limits."""
+    steps = Annotated[int, Field(ge=1, le=s.max_steps)]
+    label = Annotated[int, Field(ge=0, le=MAX_CLASS)]
+    fields = {
+        "model": (
+            str | None,
+            Field(
+                None,
+                min_length=1,
+                max_length=512,
+                description="Model name (GET /v1/models); default: the first served.",
+            ),
+        ),
+        "steps": (
+            steps | Literal["auto"] | None,
+            Field(
+                None,
+                description=f"1..{s.max_steps}, or 'auto': the most steps predicted to meet deadline_ms. "
+                f"Default {s.default_steps}.",
+            ),
+        ),
+        "num_samples": (int, Field(1, ge=1, le=s.max_samples)),
+        "seed": (
+            int | None,
+            Field(
+                None,
+                ge=0,
+                le=SEED_MAX,
+                description="Noise seed; same seed and steps give the same samples as "
+                "`flowmap sample --seed`. Default: random.",
+            ),
+        ),
+        "class_label": (
+            label | list[label] | None,
+            Field(
+                None,
+                description="A class for all samples or one per sample; omitted on a conditional model: "
+                "classes cycle 0..C-1 (as `flowmap sample`).",
+            ),
+        ),
+        "guidance_scale": (
+            float | None,
+            Field(
+                None,
+                ge=-s.max_guidance,
+                le=s.max_guidance,
+                allow_inf_nan=False,
+                description="Classifier-free guidance w: u_null + w (u_cond - u_null); 1 = one network "
+                "call per step. Default 1 (a model trained with guidance has it baked in).",
+            ),
+        ),
+        "output": (
+            Literal["png", "npy"],
+            Field(
+                "png",
+                description="png: base64 PNG per sample; npy: base64 .npy of float32 model-space samples.",
+            ),
+        ),
+        "deadline_ms": (
+            float | None,
+            Field(
+                None,
+                gt=0,
+                le=s.request_timeout_ms,
+                allow_inf_nan=False,
+                description="Answer within this or get 504.",
+            ),
+        ),
+    }
+    return create_model("GenerateRequest", __config__=ConfigDict(extra="forbid"), **fields)

@@ -1,0 +1,99 @@
+"""Server settings: one typed object from flags (`flowmap serve --max-batch-size 64`) or FLOWMAP_* vars."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ServerSettings(BaseSettings):
+    """Every field is also an environment variable: FLOWMAP_<FIELD> (lists comma-separated)."""
+
+    model_config = SettingsConfigDict(env_prefix="FLOWMAP_", extra="forbid", validate_default=True)
+
+    models: Annotated[list[str], NoDecode] = Field(
+        default=["digits"],
+        min_length=1,
+        max_length=16,
+        description="Models to serve: shipped names (digits, gmm8) or .safetensors paths; the first is the "
+        "default for requests that name none.",
+    )
+    engine: str | None = Field(
+        default=None,
+        description="Engine name (eager, torchscript, compile, onnxruntime, ...); "
+        "default: engines.default_engine(device) when available, else eager.",
+    )
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="Torch device for the engines; auto: cuda when available, else cpu.",
+    )
+    host: str = Field(default="127.0.0.1", min_length=1, description="Address to bind.")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0: any free port).")
+    max_batch_size: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="Most network rows per engine call (a guided sample takes two).",
+    )
+    max_queue: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Most requests waiting per model; beyond it requests get 429.",
+    )
+    max_wait_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=1000,
+        description="Batching window of an idle worker, from the first queued one.",
+    )
+    default_steps: int = Field(default=1, ge=1, le=1000, description="Steps when a request gives none.")
+    max_steps: int = Field(
+        default=8, ge=1, le=1000, description="Largest steps a request may ask; auto's cap."
+    )
+    max_samples: int = Field(default=64, ge=1, le=4096, description="Largest num_samples per request.")
+    max_guidance: float = Field(default=20.0, ge=1, le=1000, description="Largest |guidance_scale| accepted.")
+    request_timeout_ms: float = Field(
+        default=30_000,
+        ge=1,
+        le=3_600_000,
+        description="Request deadline when the request gives no deadline_ms (and the largest it may give); "
+        "past it the answer is 504.",
+    )
+    drain_timeout_s: float = Field(
+        default=30.0, ge=0, le=3600, description="On SIGTERM, how long accepted requests may take to finish."
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="When set, /v1 and /v2 model routes need 'Authorization: Bearer KEY' or "
+        "'X-API-Key: KEY' (health, readiness and metrics stay open).",
+    )
+    max_body_bytes: int = Field(
+        default=65_536, ge=1024, le=64 * 2**20, description="Largest request body; larger ones get 413."
+    )
+    batching: Literal["step", "request"] = Field(
+        default="step",
+        description="step: samples join and leave at step boundaries; request: whole-request "
+        "batches (the baseline diffusion servers use; for benchmarks).",
+    )
+    threads: int = Field(default=1, ge=1, le=256, description="Torch intra-op threads.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        default="info", description="Uvicorn log level."
+    )
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split(cls, v):
+        return [m.strip() for m in v.split(",") if m.strip()] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _steps_in_range(self) -> ServerSettings:
+        if self.default_steps > self.max_steps:
+            raise ValueError(f"default_steps ({self.default_steps}) must be <= max_steps ({self.max_steps})")
+        return self
+
+    def key(self) -> str | None:
+        return self.api_key.get_secret_value() if self.api_key else None
