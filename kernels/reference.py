@@ -9,6 +9,7 @@ Triton kernel (bits exactly; normals to within float rounding of log/cos/sqrt).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -54,25 +55,35 @@ def renoise_ref(x: Tensor, u: Tensor, s: Tensor, t: Tensor, gamma: Tensor, z: Te
 
 
 # ---------------------------------------------------------------- Philox noise
-def _umul32(a: int, b: Tensor) -> tuple[Tensor, Tensor]:
-    """(hi, lo) 32-bit halves of a * b for a constant a < 2^32 and b: int64 tensor in [0, 2^32)."""
-    b_hi, b_lo = b >> 16, b & 0xFFFF
-    p_hi, p_lo = a * b_hi, a * b_lo  # both < 2^48: a * b = p_hi * 2^16 + p_lo, no int64 overflow
-    hi = (p_hi + (p_lo >> 16)) >> 16
-    lo = (((p_hi & 0xFFFF) << 16) + p_lo) & MASK32
-    return hi, lo
+_U32, _M32 = np.uint64(32), np.uint64(MASK32)
+_MUL = tuple(np.uint64(m) for m in PHILOX_M)
+_WEYL = tuple(np.uint64(w) for w in PHILOX_W)
+
+
+def _umul32(a: np.uint64, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(hi, lo) 32-bit halves of a * b for a < 2^32 and b: uint64 array of values < 2^32."""
+    p = a * b  # < 2^64: exact in uint64
+    return p >> _U32, p & _M32
+
+
+def _u32(t: Tensor) -> np.ndarray:
+    return t.cpu().numpy().astype(np.uint64) & _M32
 
 
 def philox4x32(c: list[Tensor], k0: Tensor, k1: Tensor, rounds: int = PHILOX_ROUNDS) -> list[Tensor]:
-    """Philox4x32 on int64 tensors holding uint32 values (counter c0..c3, key k0, k1; Random123 order)."""
-    c0, c1, c2, c3 = (ci & MASK32 for ci in c)
-    k0, k1 = k0 & MASK32, k1 & MASK32
+    """Philox4x32 (Random123 order) on int64 tensors holding uint32 values: counter c0..c3, key k0, k1.
+
+    Runs in numpy uint64 (exact 32 x 32 -> 64-bit products; torch has no uint64 shifts on CPU).
+    """
+    c0, c1, c2, c3 = (_u32(ci) for ci in c)
+    k0, k1 = _u32(k0), _u32(k1)
     for _ in range(rounds):
-        hi_b, lo_b = _umul32(PHILOX_M[1], c2)
-        hi_a, lo_a = _umul32(PHILOX_M[0], c0)
+        hi_b, lo_b = _umul32(_MUL[1], c2)
+        hi_a, lo_a = _umul32(_MUL[0], c0)
         c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
-        k0, k1 = (k0 + PHILOX_W[0]) & MASK32, (k1 + PHILOX_W[1]) & MASK32
-    return [c0, c1, c2, c3]
+        k0, k1 = (k0 + _WEYL[0]) & _M32, (k1 + _WEYL[1]) & _M32
+    device = c[0].device
+    return [torch.from_numpy(ci.astype(np.int64)).to(device) for ci in (c0, c1, c2, c3)]
 
 
 def philox_bits(seeds: Tensor, step: Tensor, n: int) -> tuple[Tensor, Tensor]:
@@ -81,7 +92,7 @@ def philox_bits(seeds: Tensor, step: Tensor, n: int) -> tuple[Tensor, Tensor]:
     j = torch.arange(n, dtype=torch.int64, device=seeds.device)[None, :].expand(seeds.shape[0], n)
     st = step.to(torch.int64)[:, None].expand_as(j)
     zero = torch.zeros_like(j)
-    r = philox4x32([j, st, zero, zero], seeds.expand_as(j), (seeds >> 32).expand_as(j))
+    r = philox4x32([j, st, zero, zero], seeds, seeds >> 32)  # keys [B, 1] broadcast
     return r[0], r[1]
 
 
