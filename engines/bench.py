@@ -185,11 +185,13 @@ def format_table(result: dict) -> str:
     for name, why in result["skipped"].items():
         lines.append(f"skipped {name}: {why}")
     if result["step"]:
-        lines.append(f"\n{'step shape':16} {'path':8} {'unfused us':>10} {'fused us':>9} {'speedup':>8}")
+        lines.append(
+            f"\n{'step shape':16} {'mode':8} {'path':8} {'unfused us':>10} {'fused us':>9} {'speedup':>8}"
+        )
         for r in result["step"]:
             lines.append(
-                f"{str(r['shape']):16} {r['path']:8} {r['unfused_us']:10.1f} {r['fused_us']:9.1f} "
-                f"{r['speedup']:7.2f}x"
+                f"{str(r['shape']):16} {r['mode']:8} {r['path']:8} {r['unfused_us']:10.1f} "
+                f"{r['fused_us']:9.1f} {r['speedup']:7.2f}x"
             )
     m = result["machine"]
     lines.append(
