@@ -115,7 +115,7 @@ def generate_request_model(s: ServerSettings) -> type[BaseModel]:
             float | None,
             Field(
                 None,
-                gt=0,
+                ge=1,
                 le=s.request_timeout_ms,
                 allow_inf_nan=False,
                 description="Answer within this or get 504.",

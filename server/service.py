@@ -347,8 +347,8 @@ class Service:
         if w is not None and not (math.isfinite(w) and abs(w) <= st.max_guidance):
             msg = f"guidance_scale must be finite with |w| <= {st.max_guidance}"
             raise InvalidInput(msg, "guidance_scale")
-        if p.deadline_ms is not None and not 0 < p.deadline_ms <= st.request_timeout_ms:
-            raise InvalidInput(f"deadline_ms must be in (0, {st.request_timeout_ms:g}]", "deadline_ms")
+        if p.deadline_ms is not None and not 1 <= p.deadline_ms <= st.request_timeout_ms:
+            raise InvalidInput(f"deadline_ms must be in 1..{st.request_timeout_ms:g}", "deadline_ms")
         if p.output == "png" and not e.image:
             raise InvalidInput(f"model {e.name!r} is not an image model; use output='npy'", "output")
 
