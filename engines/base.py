@@ -42,6 +42,7 @@ CPU_PREFERENCE = ("onnxruntime", "torchscript", "eager")
 CUDA_PREFERENCE = ("compile", "eager")
 # engine -> Python package it needs (checked with find_spec, never imported here)
 REQUIRES = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "compile": None}
+REQUIRES_CUDA = {**REQUIRES, "compile": "triton"}  # Inductor generates Triton kernels on CUDA
 
 ARTIFACT_SUFFIXES = (".pt", ".onnx", ".plan")
 
@@ -94,16 +95,17 @@ def load_engine(
     return engine
 
 
-def available(name: str) -> bool:
-    """Whether the runtime engine `name` needs is installed (without importing it)."""
-    package = REQUIRES.get(name)
+def available(name: str, device: str | torch.device = "cpu") -> bool:
+    """Whether the runtime engine `name` needs on `device` is installed (without importing it)."""
+    cuda = torch.device(device).type == "cuda"
+    package = (REQUIRES_CUDA if cuda else REQUIRES).get(name)
     return name in ENGINES and (package is None or importlib.util.find_spec(package) is not None)
 
 
 def default_engine(device: str | torch.device = "cpu") -> str:
     """The fastest installed engine for `device` (CPU ranking measured by `flowmap bench`)."""
     preference = CUDA_PREFERENCE if torch.device(device).type == "cuda" else CPU_PREFERENCE
-    return next(name for name in preference if available(name))
+    return next(name for name in preference if available(name, device))
 
 
 def cache_root() -> Path:

@@ -34,6 +34,8 @@ def test_default_engine_is_first_available(monkeypatch):
     monkeypatch.setitem(base.REQUIRES, "onnxruntime", "surely_not_installed_pkg")
     assert engines.default_engine("cpu") == "torchscript"
     assert engines.default_engine("cuda") in base.CUDA_PREFERENCE
+    monkeypatch.setitem(base.REQUIRES_CUDA, "compile", "surely_not_installed_pkg")
+    assert engines.default_engine("cuda") == "eager"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
