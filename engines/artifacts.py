@@ -95,6 +95,8 @@ def export_artifact(
     if engine not in PAYLOADS:
         raise EngineError(f"engine {engine!r} has no exportable artifact; choose one of {sorted(PAYLOADS)}")
     out = Path(out)
+    if out.suffix != SUFFIX[engine]:
+        raise EngineError(f"{out}: a {engine} artifact must end in {SUFFIX[engine]}")
     embedded = canonical({"config": model.config, "source_sha256": sha256(model.path)})
     data = PAYLOADS[engine](model, embedded, device, buckets, dtype)
     atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))

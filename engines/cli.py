@@ -79,7 +79,7 @@ def export_cmd(args) -> int:
         model = load_model(args.model)
         dtype = torch.float16 if args.fp16 else torch.float32
         out = export_artifact(model, args.engine, args.out, args.device, tuple(args.buckets), dtype)
-    except (CheckpointError, EngineError) as e:
+    except (CheckpointError, EngineError, OSError) as e:
         return _fail(str(e))
     print(f"wrote {out} and {out}.json ({args.engine}, model {model.name})")
     return 0

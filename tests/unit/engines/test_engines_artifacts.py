@@ -85,6 +85,13 @@ def test_missing_sidecar_is_refused(exported, tmp_path):
         load_artifact(lone)
 
 
+def test_export_refuses_wrong_suffix(tiny, tmp_path):
+    with pytest.raises(EngineError, match=r"must end in \.onnx"):
+        export_artifact(tiny, "onnxruntime", tmp_path / "m.pt")
+    with pytest.raises(EngineError, match="no exportable artifact"):
+        export_artifact(tiny, "compile", tmp_path / "m.pt")
+
+
 def test_cli_export(tiny_path, tmp_path, capsys):
     out = tmp_path / "cli.pt"
     assert main(["export", "--model", str(tiny_path), "--engine", "torchscript", "--out", str(out)]) == 0
