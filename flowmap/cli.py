@@ -92,8 +92,12 @@ def cmd_sample(args) -> int:
 
 def _eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="measure quality on held-out data")
-    p.add_argument("--model", default="digits")
+    p.add_argument("--model", default="digits", help="shipped name or checkpoint; several: a,b,c")
     p.add_argument("--steps", default="1,2,4", help="comma-separated step counts")
+    p.add_argument("--sampler", default="auto", help="auto (flow map; re-noising for ct/cd), flowmap, ...")
+    p.add_argument("--ode-steps", default="", help="also the teacher ODE (Heun) at these steps, e.g. 1,2,4")
+    p.add_argument("--plot", default=None, help="PNG of quality against steps, one line per model/sampler")
+    p.add_argument("--grids", default=None, help="folder for sample grids (PNG) per model and step count")
     p.add_argument("--n", type=int, default=4096, help="gmm8: noise draws")
     p.add_argument("--per-class", type=int, default=100, help="images: samples per class")
     p.add_argument("--guidance", type=float, default=1.0)
@@ -103,16 +107,15 @@ def _eval_parser(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    from flowmap.checkpoint import load_model
-    from flowmap.evaluate import evaluate, format_table
+    from flowmap.evaluate import evaluate_many, format_table, parse_steps
 
-    steps = [int(s) for s in args.steps.split(",")]
-    if min(steps) < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    result = evaluate(load_model(args.model), steps, args.n, args.per_class, args.seed, args.guidance)
-    print(format_table(result))
+    results = evaluate_many(args.model.split(","), parse_steps(args.steps, "--steps"),
+                            parse_steps(args.ode_steps, "--ode-steps"), n=args.n, per_class=args.per_class,
+                            seed=args.seed, guidance=args.guidance, sampler=args.sampler, plot=args.plot,
+                            grids=args.grids)
+    print("\n\n".join(format_table(r) for r in results))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        Path(args.json).write_text(json.dumps(results[0] if len(results) == 1 else results, indent=2))
     return 0
 
 

@@ -1,25 +1,64 @@
-"""`flowmap eval`: quality against held-out data (gmm8: the exact flow; images: a classifier)."""
+"""`flowmap eval`: quality against held-out data (gmm8: the exact flow; images: a classifier).
+
+Rows are (sampler, steps) pairs: the model's own sampler ("auto": the flow map, or the re-noising
+multistep sampler for consistency models) at `steps`, plus the teacher ODE (Heun on the model's
+diagonal) at `ode_steps`. Several models can be compared; `plots.py` draws quality against steps.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
 from flowmap.checkpoint import Model
 from flowmap.data import Dataset, gmm8_sample, load_data
 from flowmap.generate import generate
-from flowmap.metrics import energy_distance, frechet_distance, gmm8_relative_mse, memorisation_rate
+from flowmap.losses import CONSISTENCY_METHODS
+from flowmap.metrics import (
+    energy_distance,
+    frechet_distance,
+    gmm8_relative_mse,
+    memorisation_rate,
+    precision_recall,
+)
 from flowmap.samplers import make_noise
 
 
-def eval_gmm8(model: Model, steps: list[int], n: int = 4096, seed: int = 0) -> list[dict]:
-    """Relative MSE against the exact flow and energy distance to fresh data, per step count."""
+def resolve_sampler(model: Model, sampler: str = "auto") -> str:
+    """Sampler "auto": the re-noising multistep sampler for consistency models (ct, cd), else the flow map."""
+    if sampler != "auto":
+        return sampler
+    return "stochastic" if model.config.get("method") in CONSISTENCY_METHODS else "flowmap"
+
+
+def runs(model: Model, steps: list[int], sampler: str, ode_steps: list[int]) -> list[tuple[str, int]]:
+    """The (sampler, steps) rows to measure: the model's sampler, then the teacher ODE sweep."""
+    return [(resolve_sampler(model, sampler), k) for k in steps] + [("heun", k) for k in ode_steps]
+
+
+def eval_gmm8(
+    model: Model,
+    steps: list[int],
+    n: int = 4096,
+    seed: int = 0,
+    sampler: str = "auto",
+    ode_steps: list[int] = (),
+) -> list[dict]:
+    """Relative MSE against the exact flow and energy distance to fresh data, per (sampler, steps)."""
     ref = gmm8_sample(n, torch.Generator().manual_seed(seed + 7))
     rows = []
-    for k in steps:
-        run = lambda z: generate(model, k, z.float())  # noqa: B023
+    for name, k in runs(model, steps, sampler, list(ode_steps)):
+        run = lambda z: generate(model, k, z.float(), sampler=name, seed=seed)  # noqa: B023
         noise = make_noise(n, [2], seed)
-        rows.append({"steps": k, "rel_mse": gmm8_relative_mse(run, n=n, seed=seed),
-                     "energy": energy_distance(run(noise), ref)})
+        rows.append(
+            {
+                "sampler": name,
+                "steps": k,
+                "rel_mse": gmm8_relative_mse(run, n=n, seed=seed),
+                "energy": energy_distance(run(noise), ref),
+            }
+        )
     return rows
 
 
@@ -27,9 +66,18 @@ def balanced_labels(num_classes: int, per_class: int) -> torch.Tensor:
     return torch.arange(num_classes).repeat_interleave(per_class)
 
 
-def eval_images(model: Model, data: Dataset, steps: list[int], per_class: int = 100, seed: int = 0,
-                guidance: float = 1.0) -> dict:
-    """Class accuracy, memorisation and FD to the test split in the classifier's feature space."""
+def eval_images(
+    model: Model,
+    data: Dataset,
+    steps: list[int],
+    per_class: int = 100,
+    seed: int = 0,
+    guidance: float = 1.0,
+    sampler: str = "auto",
+    ode_steps: list[int] = (),
+) -> dict:
+    """FD, energy distance, precision/recall (k-NN manifolds) to the test split in the classifier's
+    feature space; requested-class accuracy and memorisation, per (sampler, steps)."""
     from flowmap.classifier import load_classifier
 
     clf = load_classifier()
@@ -37,11 +85,20 @@ def eval_images(model: Model, data: Dataset, steps: list[int], per_class: int = 
     floor = frechet_distance(feats(data.x_train), feats(data.x_test))
     c = max(model.num_classes, 1)
     y = balanced_labels(c, per_class) if model.num_classes else None
-    rows = []
-    for k in steps:
-        x = _sample_labelled(model, k, c * per_class, y, seed, guidance)
-        row = {"steps": k, "fd": frechet_distance(feats(x), feats(data.x_test)),
-               "memorised": memorisation_rate(x, data.x_train, data.x_test)}
+    rows, test = [], feats(data.x_test)
+    for name, k in runs(model, steps, sampler, list(ode_steps)):
+        x = _sample_labelled(model, k, c * per_class, y, seed, guidance, name)
+        fx = feats(x)
+        precision, recall = precision_recall(torch.from_numpy(test), torch.from_numpy(fx))
+        row = {
+            "sampler": name,
+            "steps": k,
+            "fd": frechet_distance(fx, test),
+            "energy": energy_distance(torch.from_numpy(fx), torch.from_numpy(test)),
+            "precision": precision,
+            "recall": recall,
+            "memorised": memorisation_rate(x, data.x_train, data.x_test),
+        }
         if y is not None:
             row["class_acc"] = float((clf(x).argmax(1) == y).double().mean())
         rows.append(row)
@@ -49,23 +106,48 @@ def eval_images(model: Model, data: Dataset, steps: list[int], per_class: int = 
 
 
 @torch.inference_mode()
-def _sample_labelled(model: Model, steps: int, n: int, y, seed: int, guidance: float) -> torch.Tensor:
+def _sample_labelled(
+    model: Model, steps: int, n: int, y, seed: int, guidance: float, sampler: str = "flowmap"
+) -> torch.Tensor:
     noise = make_noise(n, model.shape, seed)
     if y is None:
-        return generate(model, steps, noise)
-    parts = [generate(model, steps, noise[y == c], class_label=c, guidance=guidance) for c in y.unique().tolist()]
+        return generate(model, steps, noise, sampler=sampler, seed=seed)
+    parts = [
+        generate(model, steps, noise[y == c], class_label=c, guidance=guidance, sampler=sampler, seed=seed)
+        for c in y.unique().tolist()
+    ]
     return torch.cat(parts)
 
 
-def evaluate(model: Model, steps: list[int], n: int = 4096, per_class: int = 100, seed: int = 0,
-             guidance: float = 1.0) -> dict:
+def evaluate(
+    model: Model,
+    steps: list[int],
+    n: int = 4096,
+    per_class: int = 100,
+    seed: int = 0,
+    guidance: float = 1.0,
+    sampler: str = "auto",
+    ode_steps: list[int] = (),
+) -> dict:
     name = model.config["data"]["name"]
+    head = {"model": model.name, "data": name, "method": model.config.get("method"), "path": str(model.path)}
     if name == "gmm8":
-        return {"model": model.name, "data": name, "rows": eval_gmm8(model, steps, n, seed)}
+        return head | {"rows": eval_gmm8(model, steps, n, seed, sampler, ode_steps)}
     data = load_data(name)
     if list(data.shape) != model.shape:
         raise ValueError(f"model {model.name!r} has shape {model.shape}, data {name!r} has {data.shape}")
-    return {"model": model.name, "data": name, **eval_images(model, data, steps, per_class, seed, guidance)}
+    return head | eval_images(model, data, steps, per_class, seed, guidance, sampler, ode_steps)
+
+
+@torch.inference_mode()
+def sample_grid(
+    model: Model, steps: int, sampler: str = "auto", per_class: int = 8, seed: int = 0, guidance: float = 1.0
+) -> torch.Tensor:
+    """Samples for a PNG: one row of per_class per class if conditional, else 64 images or 4096 points."""
+    c = model.num_classes
+    n = c * per_class if c else (64 if len(model.shape) == 3 else 4096)
+    y = balanced_labels(c, per_class) if c else None
+    return _sample_labelled(model, steps, n, y, seed, guidance, resolve_sampler(model, sampler))
 
 
 def format_table(result: dict) -> str:
@@ -78,3 +160,56 @@ def format_table(result: dict) -> str:
     for r in rows:
         lines.append("  ".join(f"{r[c]:>10.4f}" if isinstance(r[c], float) else f"{r[c]:>10}" for c in cols))
     return "\n".join(lines)
+
+
+def parse_steps(text: str, flag: str) -> list[int]:
+    """ "1,2,4" -> [1, 2, 4]; "" -> []; a clear error for anything else."""
+    try:
+        steps = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    if steps and min(steps) < 1:
+        raise ValueError(f"{flag} must be >= 1, got {text!r}")
+    return steps
+
+
+def evaluate_many(
+    models: list[str],
+    steps: list[int],
+    ode_steps: list[int] = (),
+    plot: str | None = None,
+    grids: str | None = None,
+    **kwargs,
+) -> list[dict]:
+    """Evaluate several checkpoints alike; optionally a quality-vs-steps PNG and sample grids per model."""
+    from flowmap.checkpoint import load_model
+
+    loaded = [load_model(m) for m in models]
+    if not steps and not ode_steps:
+        raise ValueError("nothing to evaluate: give --steps and/or --ode-steps")
+    results = [evaluate(m, steps, ode_steps=ode_steps, **kwargs) for m in loaded]
+    if plot:
+        from flowmap.plots import plot_quality
+
+        floor = results[0].get("fd_floor_train_vs_test")
+        plot_quality(results, plot, floor=floor)
+        if results[0]["data"] == "gmm8":  # energy distance: fair to re-noising samplers too
+            plot_quality(results, Path(plot).with_name(Path(plot).stem + "_energy.png"), metric="energy")
+    if grids:
+        save_grids(loaded, steps, grids, kwargs.get("sampler", "auto"), kwargs.get("seed", 0))
+    return results
+
+
+def save_grids(
+    models: list[Model], steps: list[int], folder: str, sampler: str = "auto", seed: int = 0
+) -> None:
+    """One PNG per model and step count: MODEL_Kstep.png (image grids, or a density render for 2-D)."""
+    from flowmap.images import save_png
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    for model in models:
+        image = len(model.shape) == 3
+        for k in steps:
+            x = sample_grid(model, k, sampler, seed=seed)
+            save_png(out / f"{model.name}_{k}step.png", x, image, nrow=8 if model.num_classes else None)

@@ -49,3 +49,20 @@ def energy_distance(a: Tensor, b: Tensor) -> float:
     """Energy distance 2E|X-Y| - E|X-X'| - E|Y-Y'| between two samples (Szekely & Rizzo)."""
     a, b = a.reshape(len(a), -1).double(), b.reshape(len(b), -1).double()
     return float(2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean())
+
+
+def knn_radii(feats: Tensor, k: int = 3) -> Tensor:
+    """Distance from each row to its k-th nearest other row: the radius of its k-NN ball."""
+    d = torch.cdist(feats.double(), feats.double())
+    return d.kthvalue(k + 1, dim=1).values  # k + 1: the row itself is its own nearest neighbour at 0
+
+
+def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaenniemi et al. 2019): the data manifold is the union of
+    k-NN balls around real features; precision = fraction of fakes inside it, recall = fraction of
+    reals inside the fakes' manifold. real: [N, D], fake: [M, D]."""
+    real, fake = real.reshape(len(real), -1).double(), fake.reshape(len(fake), -1).double()
+    d = torch.cdist(fake, real)  # [M, N]
+    precision = (d <= knn_radii(real, k)[None, :]).any(1).double().mean()
+    recall = (d.T <= knn_radii(fake, k)[None, :]).any(1).double().mean()
+    return float(precision), float(recall)
