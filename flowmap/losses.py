@@ -175,7 +175,7 @@ class Progressive:
 
 @dataclass
 class ConsistencyTraining:
-    """ct (Song et al. 2023, Eq. 10, with iCT's sg(student) target): X_{s,0}(x_s) ~ sg(X_{r,0}(x_r)),
+    """ct (consistency training, Song et al. 2023; iCT's sg(student) target): X_{s,0}(x_s) ~ sg(X_{r,0}(x_r)),
     r = s - delta on the same noise, weighted by 1 / (s - r)^2."""
 
     interpolant: object = field(default_factory=Linear)
@@ -208,7 +208,7 @@ def consistency_error(net, x_s: Tensor, s: Tensor, x_r: Tensor, r: Tensor, y: Te
 
 @dataclass
 class ConsistencyDistillation:
-    """cd (Song et al. 2023, Eq. 7): as ct, but x_r is one Heun step of the teacher ODE from x_s."""
+    """cd (consistency distillation, Song et al. 2023): as ct, x_r by one Heun step of the teacher ODE."""
 
     interpolant: object = field(default_factory=Linear)
     time: TimeSampler = field(default_factory=lambda: TimeSampler(diagonal=0.0))
@@ -232,7 +232,7 @@ def _teacher_field(teacher, y: Tensor | None, guidance: float, null: int):
 
 @dataclass
 class Distill:
-    """distill (flow-map matching by direct regression, Boffi et al. 2024 Sec. 3.3): X_{s,t}(x_s) ~
+    """distill (direct regression, as in flow map matching, Boffi et al. 2024): X_{s,t}(x_s) ~
     X^teacher_{s,t}(x_s) by Heun on the teacher ODE, in u units; diagonal pairs learn the teacher velocity."""
 
     interpolant: object = field(default_factory=Linear)
@@ -256,7 +256,7 @@ class Distill:
 
 @dataclass
 class LagrangianDistill:
-    """lmd (Lagrangian map distillation, Boffi et al. 2024 Eq. 17): lsd with the teacher velocity b in place
+    """lmd (Lagrangian map distillation, Boffi et al. 2024): lsd with the teacher velocity b in place
     of the self-diagonal, ||u(x_s, s, s) - b(x_s, s)||^2 + ||d/dt X_{s,t}(x_s) - b(X_{s,t}(x_s), t)||^2."""
 
     interpolant: object = field(default_factory=Linear)
@@ -277,7 +277,7 @@ class LagrangianDistill:
 
 @dataclass
 class EulerianDistill:
-    """emd (Eulerian map distillation, Boffi et al. 2024 Eq. 19): esd/MeanFlow with the teacher velocity b
+    """emd (Eulerian map distillation, Boffi et al. 2024): esd/MeanFlow with the teacher velocity b
     in place of the conditional v: u_tgt = b - (s - t) du/ds along dx/ds = b."""
 
     interpolant: object = field(default_factory=Linear)
