@@ -176,7 +176,8 @@ def _v1_routes(app: FastAPI, service: Service, auth) -> None:
             service.record(p.model or service.default_model, p.steps, e.status, time.monotonic() - t0, None)
             raise
         service.record(r.model, r.steps, 200, time.monotonic() - t0, r.timings["queue_ms"] / 1e3)
-        return to_response(r, p)
+        # serialised here (pydantic-core) rather than re-validated by FastAPI: the schema is still documented
+        return Response(to_response(r, p).model_dump_json(), media_type="application/json")
 
     @app.get("/v1/models", response_model=ModelList, dependencies=[Depends(auth)])
     async def models():
