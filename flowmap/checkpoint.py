@@ -111,11 +111,14 @@ def load_checkpoint(path: Path) -> Model:
     expected = net.state_dict()
     missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or extra:
-        raise CheckpointError(f"{path}: tensors do not match config: missing {missing[:3]}, unexpected {extra[:3]}")
+        raise CheckpointError(
+            f"{path}: tensors do not match config: missing {missing[:3]}, unexpected {extra[:3]}"
+        )
     for k, v in expected.items():
         if v.shape != tensors[k].shape:
-            raise CheckpointError(f"{path}: tensor {k!r} has shape {list(tensors[k].shape)}, "
-                                  f"config implies {list(v.shape)}")
+            raise CheckpointError(
+                f"{path}: tensor {k!r} has shape {list(tensors[k].shape)}, config implies {list(v.shape)}"
+            )
     net.load_state_dict(tensors)
     return Model(net.eval().requires_grad_(False), config, path)
 
@@ -126,8 +129,10 @@ def resolve_model(name_or_path: str) -> Path:
         return ASSETS / f"{name_or_path}.safetensors"
     path = Path(name_or_path)
     if path.suffix != ".safetensors" and not path.exists():
-        raise CheckpointError(f"unknown model {name_or_path!r}: not a shipped model "
-                              f"({', '.join(SHIPPED)}) and no such checkpoint file")
+        raise CheckpointError(
+            f"unknown model {name_or_path!r}: not a shipped model "
+            f"({', '.join(SHIPPED)}) and no such checkpoint file"
+        )
     return path
 
 

@@ -18,10 +18,17 @@ class Classifier(nn.Module):
     def __init__(self, channels: int = 1, num_classes: int = 10, feat: int = 128):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(channels, 32, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(32, 64, 3, padding=1), nn.SiLU(), nn.AvgPool2d(2),
-            nn.Conv2d(64, 64, 3, padding=1), nn.SiLU(), nn.AvgPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 4, feat), nn.SiLU(),
+            nn.Conv2d(channels, 32, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.SiLU(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.SiLU(),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * 4, feat),
+            nn.SiLU(),
         )
         self.head = nn.Linear(feat, num_classes)
 

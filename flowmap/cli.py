@@ -11,19 +11,28 @@ from pathlib import Path
 
 from flowmap.presets import PRESETS
 
-PLUGINS = ("engines.cli", "server.cli")   # each exposes register(subparsers)
+PLUGINS = ("engines.cli", "server.cli")  # each exposes register(subparsers)
 
 
 def _train_parser(sub) -> None:
     from flowmap.train import TrainConfig
 
-    p = sub.add_parser("train", help="train a flow map", description="Train a flow map. Options left unset "
-                       "take the data set's preset (flowmap/presets.py), then the TrainConfig default.")
+    p = sub.add_parser(
+        "train",
+        help="train a flow map",
+        description="Train a flow map. Options left unset "
+        "take the data set's preset (flowmap/presets.py), then the TrainConfig default.",
+    )
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], float)
-        p.add_argument(flag, type=kind, default=None, required=f.name in ("data", "method", "out"),
-                       help=f"(default: {f.default})")
+        p.add_argument(
+            flag,
+            type=kind,
+            default=None,
+            required=f.name in ("data", "method", "out"),
+            help=f"(default: {f.default})",
+        )
     p.add_argument("--resume", action="store_true", help="continue from OUT's .state.safetensors")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -45,12 +54,21 @@ def _sample_parser(sub) -> None:
     p = sub.add_parser("sample", help="generate samples to .npy or .png")
     p.add_argument("--model", default="digits", help="shipped name (digits, gmm8) or checkpoint path")
     p.add_argument("--steps", type=int, default=1)
-    p.add_argument("--n", type=int, default=None, help="number of samples (default 64, or the rows of --noise)")
+    p.add_argument(
+        "--n", type=int, default=None, help="number of samples (default 64, or the rows of --noise)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--class", dest="class_label", type=int, default=None,
-                   help="class label (conditional models; default: cycle through classes)")
+    p.add_argument(
+        "--class",
+        dest="class_label",
+        type=int,
+        default=None,
+        help="class label (conditional models; default: cycle through classes)",
+    )
     p.add_argument("--noise", default=None, help=".npy of t=1 noise (N, *shape) to map instead of drawing it")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale at sampling time")
+    p.add_argument(
+        "--guidance", type=float, default=1.0, help="classifier-free guidance scale at sampling time"
+    )
     p.add_argument("--sampler", default="flowmap", choices=SAMPLER_NAMES)
     p.add_argument("--gamma", type=float, default=1.0, help="re-noise fraction for --sampler stochastic")
     p.add_argument("--png-scale", type=int, default=4, help="pixel upscaling of PNG grids")
@@ -78,7 +96,9 @@ def cmd_sample(args) -> int:
             raise ValueError(f"--n {args.n} but --noise holds {len(noise)} rows")
     else:
         noise = make_noise(args.n or 64, model.shape, args.seed)
-    x = generate(model, args.steps, noise, args.class_label, args.guidance, args.sampler, args.gamma, args.seed)
+    x = generate(
+        model, args.steps, noise, args.class_label, args.guidance, args.sampler, args.gamma, args.seed
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
         np.save(out, x.float().numpy())
@@ -109,10 +129,18 @@ def _eval_parser(sub) -> None:
 def cmd_eval(args) -> int:
     from flowmap.evaluate import evaluate_many, format_table, parse_steps
 
-    results = evaluate_many(args.model.split(","), parse_steps(args.steps, "--steps"),
-                            parse_steps(args.ode_steps, "--ode-steps"), n=args.n, per_class=args.per_class,
-                            seed=args.seed, guidance=args.guidance, sampler=args.sampler, plot=args.plot,
-                            grids=args.grids)
+    results = evaluate_many(
+        args.model.split(","),
+        parse_steps(args.steps, "--steps"),
+        parse_steps(args.ode_steps, "--ode-steps"),
+        n=args.n,
+        per_class=args.per_class,
+        seed=args.seed,
+        guidance=args.guidance,
+        sampler=args.sampler,
+        plot=args.plot,
+        grids=args.grids,
+    )
     print("\n\n".join(format_table(r) for r in results))
     if args.json:
         Path(args.json).write_text(json.dumps(results[0] if len(results) == 1 else results, indent=2))

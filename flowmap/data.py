@@ -24,12 +24,12 @@ class DataError(ValueError):
 class Dataset:
     name: str
     shape: list[int]
-    num_classes: int                  # 0: unconditional
+    num_classes: int  # 0: unconditional
     x_train: Tensor
     y_train: Tensor | None
     x_test: Tensor
     y_test: Tensor | None
-    image: bool = False               # PNG output possible
+    image: bool = False  # PNG output possible
 
 
 # ---------------------------------------------------------------- gmm8
@@ -45,21 +45,20 @@ def gmm8_sample(n: int, generator: torch.Generator | None = None) -> Tensor:
 
 def gmm8_velocity(x: Tensor, t: Tensor, interp=Linear()) -> Tensor:
     """Exact marginal velocity E[d_alpha x0 + d_sigma eps | x_t = x] for gmm8; x: [B, 2], t: [B]."""
-    mu = gmm8_means(x.dtype).to(x.device)                         # [K, 2]
+    mu = gmm8_means(x.dtype).to(x.device)  # [K, 2]
     t = t.to(x.dtype).reshape(-1, 1)
-    a, sg = interp.alpha(t), interp.sigma(t)                      # [B, 1]
-    var = a**2 * GMM8_STD**2 + sg**2                              # [B, 1]
-    diff = x[:, None, :] - a[:, None, :] * mu[None]               # [B, K, 2]
-    logw = -(diff**2).sum(-1) / (2 * var)                         # [B, K]
-    w = torch.softmax(logw, dim=-1)[..., None]                    # [B, K, 1]
+    a, sg = interp.alpha(t), interp.sigma(t)  # [B, 1]
+    var = a**2 * GMM8_STD**2 + sg**2  # [B, 1]
+    diff = x[:, None, :] - a[:, None, :] * mu[None]  # [B, K, 2]
+    logw = -(diff**2).sum(-1) / (2 * var)  # [B, K]
+    w = torch.softmax(logw, dim=-1)[..., None]  # [B, K, 1]
     e_x0 = mu[None] + (a * GMM8_STD**2 / var)[:, None, :] * diff
     e_eps = (sg / var)[:, None, :] * diff
     v = interp.d_alpha(t)[:, None, :] * e_x0 + interp.d_sigma(t)[:, None, :] * e_eps
     return (w * v).sum(1)
 
 
-def gmm8_exact_flow(x: Tensor, s: float = 1.0, t: float = 0.0, steps: int = 2000,
-                    interp=Linear()) -> Tensor:
+def gmm8_exact_flow(x: Tensor, s: float = 1.0, t: float = 0.0, steps: int = 2000, interp=Linear()) -> Tensor:
     """Exact flow map X_{s,t}(x) for gmm8 by RK4 in float64 with `steps` steps (error ~1e-10)."""
     z = x.double()
     h = (t - s) / steps
@@ -106,8 +105,16 @@ def _dataset(name: str, x: Tensor, y: np.ndarray | None) -> Dataset:
     xtr, xte, ytr, yte = _split(x.numpy(), y)
     num_classes = int(y.max()) + 1 if y is not None else 0
     lab = (lambda a: torch.from_numpy(np.asarray(a)).long()) if y is not None else (lambda a: None)
-    return Dataset(name, list(x.shape[1:]), num_classes, torch.from_numpy(xtr), lab(ytr),
-                   torch.from_numpy(xte), lab(yte), image=True)
+    return Dataset(
+        name,
+        list(x.shape[1:]),
+        num_classes,
+        torch.from_numpy(xtr),
+        lab(ytr),
+        torch.from_numpy(xte),
+        lab(yte),
+        image=True,
+    )
 
 
 def load_digits() -> Dataset:
@@ -115,7 +122,7 @@ def load_digits() -> Dataset:
     from sklearn.datasets import load_digits as sk_digits
 
     d = sk_digits()
-    x = to_model_space(d.images, 16.0)[:, None]                   # [1797, 1, 8, 8]
+    x = to_model_space(d.images, 16.0)[:, None]  # [1797, 1, 8, 8]
     return _dataset("digits", x, d.target.astype(np.int64))
 
 

@@ -8,8 +8,15 @@ from torch import Tensor
 
 from flowmap.checkpoint import Model
 from flowmap.interpolants import get_interpolant
-from flowmap.samplers import (guided, make_noise, sample_euler, sample_flowmap, sample_heun,
-                              sample_stochastic, uniform_grid)
+from flowmap.samplers import (
+    guided,
+    make_noise,
+    sample_euler,
+    sample_flowmap,
+    sample_heun,
+    sample_stochastic,
+    uniform_grid,
+)
 
 SAMPLER_NAMES = ("flowmap", "euler", "heun", "stochastic")
 
@@ -35,13 +42,23 @@ def load_noise(path: str, shape: list[int]) -> Tensor:
     except (OSError, ValueError) as e:
         raise ValueError(f"--noise {path}: not a readable .npy file ({e})") from None
     if arr.ndim != len(shape) + 1 or list(arr.shape[1:]) != list(shape):
-        raise ValueError(f"--noise {path}: shape {list(arr.shape)} does not match (N, {', '.join(map(str, shape))})")
+        raise ValueError(
+            f"--noise {path}: shape {list(arr.shape)} does not match (N, {', '.join(map(str, shape))})"
+        )
     return torch.from_numpy(np.asarray(arr, dtype=np.float32))
 
 
 @torch.inference_mode()
-def generate(model: Model, steps: int, noise: Tensor, class_label: int | None = None,
-             guidance: float = 1.0, sampler: str = "flowmap", gamma: float = 1.0, seed: int = 0) -> Tensor:
+def generate(
+    model: Model,
+    steps: int,
+    noise: Tensor,
+    class_label: int | None = None,
+    guidance: float = 1.0,
+    sampler: str = "flowmap",
+    gamma: float = 1.0,
+    seed: int = 0,
+) -> Tensor:
     """Map t=1 noise [N, *shape] to samples in model space with `steps` steps of `sampler`."""
     if steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")

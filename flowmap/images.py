@@ -17,11 +17,13 @@ def grid(x: Tensor, nrow: int | None = None, pad: int = 1, scale: int = 1) -> np
     n, c, h, w = x.shape
     nrow = nrow or math.ceil(math.sqrt(n))
     rows = math.ceil(n / nrow)
-    img = to_uint8(x).transpose(0, 2, 3, 1)                                   # [N, H, W, C]
+    img = to_uint8(x).transpose(0, 2, 3, 1)  # [N, H, W, C]
     out = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8)
     for i in range(n):
         r, q = divmod(i, nrow)
-        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = img[i]
+        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = (
+            img[i]
+        )
     return out.repeat(scale, 0).repeat(scale, 1)
 
 

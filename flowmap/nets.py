@@ -63,8 +63,9 @@ class ResBlock(nn.Module):
 class MLP(nn.Module):
     """Residual MLP on the flattened input; works for vectors (gmm8) and small images (digits)."""
 
-    def __init__(self, shape: list[int], width: int = 256, depth: int = 4, num_classes: int = 0,
-                 emb: int = 128):
+    def __init__(
+        self, shape: list[int], width: int = 256, depth: int = 4, num_classes: int = 0, emb: int = 128
+    ):
         super().__init__()
         self.shape, self.num_classes = list(shape), num_classes
         d = math.prod(shape)
@@ -116,9 +117,9 @@ class UNet(nn.Module):
     def forward(self, x: Tensor, s, t, y: Tensor | None = None) -> Tensor:
         s, t = _times(x, s, t)
         c = torch.nn.functional.silu(self.cond(s, t, y))
-        h0 = self.down1(self.inp(x), c)                         # [B, W, H, W]
-        h1 = self.mid2(self.mid1(self.pool(h0), c), c)          # [B, 2W, H/2, W/2]
-        h = self.up1(torch.cat([h0, self.up(h1)], dim=1), c)    # [B, W, H, W]
+        h0 = self.down1(self.inp(x), c)  # [B, W, H, W]
+        h1 = self.mid2(self.mid1(self.pool(h0), c), c)  # [B, 2W, H/2, W/2]
+        h = self.up1(torch.cat([h0, self.up(h1)], dim=1), c)  # [B, W, H, W]
         return self.out(h)
 
 

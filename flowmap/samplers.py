@@ -6,7 +6,7 @@ Grids run from t_0 = 1 (noise) down to t_K = 0 (data).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -47,21 +47,21 @@ def _full(x: Tensor, value) -> Tensor:
 
 def sample_flowmap(u: FlowFn, x: Tensor, grid: Tensor, y: Tensor | None = None) -> Tensor:
     """K-step flow-map sampling: x_{k+1} = X_{t_k, t_{k+1}}(x_k)."""
-    for s, t in zip(grid[:-1].tolist(), grid[1:].tolist()):
+    for s, t in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
         x = flow_step(u, x, _full(x, s), _full(x, t), y)
     return x
 
 
 def sample_euler(u: FlowFn, x: Tensor, grid: Tensor, y: Tensor | None = None) -> Tensor:
     """Teacher ODE sampler (Euler) on the diagonal velocity u(x, t, t, y)."""
-    for s, t in zip(grid[:-1].tolist(), grid[1:].tolist()):
+    for s, t in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
         x = x + (t - s) * u(x, _full(x, s), _full(x, s), y)
     return x
 
 
 def sample_heun(u: FlowFn, x: Tensor, grid: Tensor, y: Tensor | None = None) -> Tensor:
     """Teacher ODE sampler (Heun, 2nd order; EDM Alg. 1 without churn) on u(x, t, t, y)."""
-    for s, t in zip(grid[:-1].tolist(), grid[1:].tolist()):
+    for s, t in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
         d = u(x, _full(x, s), _full(x, s), y)
         x_pred = x + (t - s) * d
         d2 = u(x_pred, _full(x, t), _full(x, t), y)
@@ -69,9 +69,15 @@ def sample_heun(u: FlowFn, x: Tensor, grid: Tensor, y: Tensor | None = None) -> 
     return x
 
 
-def sample_stochastic(u: FlowFn, x: Tensor, grid: Tensor, y: Tensor | None = None,
-                      gamma: float = 1.0, generator: torch.Generator | None = None,
-                      interpolant=Linear()) -> Tensor:
+def sample_stochastic(
+    u: FlowFn,
+    x: Tensor,
+    grid: Tensor,
+    y: Tensor | None = None,
+    gamma: float = 1.0,
+    generator: torch.Generator | None = None,
+    interpolant=Linear(),
+) -> Tensor:
     """Stochastic multistep (consistency-style, Song et al. 2023 Alg. 1 generalised by gamma).
 
     Jump to data with X_{t_k, 0}, then re-noise to t_{k+1} with eps = sqrt(1 - gamma^2) * eps_old
@@ -81,7 +87,7 @@ def sample_stochastic(u: FlowFn, x: Tensor, grid: Tensor, y: Tensor | None = Non
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
     zero = _full(x, 0.0)
-    for s, t in zip(grid[:-1].tolist(), grid[1:].tolist()):
+    for s, t in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
         x0 = flow_step(u, x, _full(x, s), zero, y)
         if t == 0.0:
             return x0
@@ -101,8 +107,12 @@ def guided(u: FlowFn, scale: float, null_label: int) -> FlowFn:
     def u_cfg(x: Tensor, s: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
         if y is None:
             return u(x, s, t, None)
-        both = u(torch.cat([x, x]), torch.cat([s, s]), torch.cat([t, t]),
-                 torch.cat([y, torch.full_like(y, null_label)]))
+        both = u(
+            torch.cat([x, x]),
+            torch.cat([s, s]),
+            torch.cat([t, t]),
+            torch.cat([y, torch.full_like(y, null_label)]),
+        )
         cond, uncond = both.chunk(2)
         return uncond + scale * (cond - uncond)
 

@@ -30,16 +30,16 @@ class TrainingError(RuntimeError):
 class TrainConfig:
     """Resolved training options; written as JSON next to the checkpoint."""
 
-    data: str = "gmm8"              # gmm8, digits, a folder of images or an .npz
-    method: str = "esd"             # a key of flowmap.losses.LOSSES
+    data: str = "gmm8"  # gmm8, digits, a folder of images or an .npz
+    method: str = "esd"  # a key of flowmap.losses.LOSSES
     out: str = "runs/model.safetensors"
-    arch: str = "mlp"               # mlp or unet
-    width: int = 256                # MLP width / U-Net base channels
-    depth: int = 4                  # MLP residual blocks
+    arch: str = "mlp"  # mlp or unet
+    width: int = 256  # MLP width / U-Net base channels
+    depth: int = 4  # MLP residual blocks
     steps: int = 5000
     batch_size: int = 256
     lr: float = 1e-3
-    lr_schedule: str = "cosine"     # constant or cosine (to lr_min_ratio * lr)
+    lr_schedule: str = "cosine"  # constant or cosine (to lr_min_ratio * lr)
     lr_min_ratio: float = 0.05
     warmup: int = 200
     weight_decay: float = 0.0
@@ -51,11 +51,11 @@ class TrainConfig:
     time_dist: str = "logit_normal"
     time_mean: float = -0.4
     time_std: float = 1.0
-    diagonal: float | None = None   # fraction of pairs with s = t; None: the method's default
+    diagonal: float | None = None  # fraction of pairs with s = t; None: the method's default
     adaptive_p: float | None = None
     label_dropout: float = 0.1
-    guidance: float = 1.0           # guidance scale baked into training (esd, cd, distill, lmd, emd)
-    teacher: str | None = None      # teacher checkpoint for cd, distill, lmd, emd
+    guidance: float = 1.0  # guidance scale baked into training (esd, cd, distill, lmd, emd)
+    teacher: str | None = None  # teacher checkpoint for cd, distill, lmd, emd
     threads: int = 1
 
     def __post_init__(self):
@@ -68,7 +68,7 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -98,8 +98,10 @@ def loss_extras(loss_fn, cfg: TrainConfig, data: Dataset, ema) -> dict:
     """The keywords a loss declares in `uses`: the EMA net and/or a frozen teacher fitting the data."""
     needs = uses(loss_fn)
     if cfg.teacher and "teacher" not in needs:
-        raise ValueError(f"method {cfg.method!r} does not use a teacher; drop --teacher "
-                         "(distilling methods: cd, distill, lmd, emd)")
+        raise ValueError(
+            f"method {cfg.method!r} does not use a teacher; drop --teacher "
+            "(distilling methods: cd, distill, lmd, emd)"
+        )
     extras = {"ema": ema} if "ema" in needs else {}
     if "teacher" in needs:
         extras["teacher"] = load_teacher(cfg.teacher, data.shape, cfg.method)
@@ -116,11 +118,20 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def model_config(cfg: TrainConfig, data: Dataset, summary: dict) -> dict:
-    return {"name": Path(cfg.out).stem, "arch": arch_config(cfg, data),
-            "data": {"name": data.name, "shape": data.shape, "num_classes": data.num_classes,
-                     "image": data.image},
-            "interpolant": cfg.interpolant, "method": cfg.method,
-            "guidance": {"baked_scale": cfg.guidance}, "train": summary}
+    return {
+        "name": Path(cfg.out).stem,
+        "arch": arch_config(cfg, data),
+        "data": {
+            "name": data.name,
+            "shape": data.shape,
+            "num_classes": data.num_classes,
+            "image": data.image,
+        },
+        "interpolant": cfg.interpolant,
+        "method": cfg.method,
+        "guidance": {"baked_scale": cfg.guidance},
+        "train": summary,
+    }
 
 
 def state_path(out: Path) -> Path:
@@ -153,14 +164,14 @@ def load_state(path: Path, net, ema, opt) -> int:
 
 @torch.no_grad()
 def ema_update(ema, net, decay: float) -> None:
-    for pe, p in zip(ema.parameters(), net.parameters()):
+    for pe, p in zip(ema.parameters(), net.parameters(), strict=True):
         pe.lerp_(p, 1 - decay)
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train a flow map; returns the checkpoint path (EMA weights)."""
     torch.set_num_threads(cfg.threads)
-    ctx = distributed.setup()          # torchrun: one process per rank; otherwise single-process
+    ctx = distributed.setup()  # torchrun: one process per rank; otherwise single-process
     try:
         return _train(cfg, ctx, resume, progress and ctx.main)
     finally:
@@ -169,7 +180,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
 
 def _train(cfg: TrainConfig, ctx: distributed.DistContext, resume: bool, progress: bool) -> Path:
     distributed.local_batch(cfg.batch_size, ctx)
-    torch.manual_seed(cfg.seed)        # the same initial weights on every rank
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     data = load_data(cfg.data)
     loss_fn = build_loss(cfg)
     net = build_net(arch_config(cfg, data))
@@ -178,13 +189,14 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, resume: bool, progres
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     out = Path(cfg.out)
     start = load_state(state_path(out), net, ema, opt) if resume and state_path(out).exists() else 0
-    if ctx.enabled:                    # per-rank batches, noise and times; rank 0's weights everywhere
+    if ctx.enabled:  # per-rank batches, noise and times; rank 0's weights everywhere
         torch.manual_seed(distributed.rank_seed(cfg.seed, ctx, start))
         distributed.broadcast_params(net, ctx)
         distributed.broadcast_params(ema, ctx)
     if ctx.main:
-        atomic_write(out.with_suffix(".json"),
-                     lambda tmp: Path(tmp).write_text(json.dumps(asdict(cfg), indent=2)))
+        atomic_write(
+            out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(asdict(cfg), indent=2))
+        )
     return _loop(cfg, data, net, ema, opt, (loss_fn, extras, ctx), start, progress)
 
 
@@ -197,8 +209,10 @@ def _step(cfg, net, opt, loss, step: int, out: Path, ctx) -> None:
     distributed.average_gradients(net, ctx)
     norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
     if not torch.isfinite(norm):
-        raise TrainingError(f"gradient norm is {norm.item()} at step {step}; the last good checkpoint "
-                            f"{out} (and {state_path(out).name}) is kept")
+        raise TrainingError(
+            f"gradient norm is {norm.item()} at step {step}; the last good checkpoint "
+            f"{out} (and {state_path(out).name}) is kept"
+        )
     opt.step()
 
 
@@ -206,23 +220,37 @@ def _loop(cfg, data, net, ema, opt, loss_parts, start: int, progress: bool) -> P
     loss_fn, extras, ctx = loss_parts
     out, n, batch = Path(cfg.out), len(data.x_train), distributed.local_batch(cfg.batch_size, ctx)
     t0, ema_loss, seen = time.perf_counter(), None, 0
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
-               desc=f"{cfg.method} {data.name}", unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        range(start, cfg.steps),
+        initial=start,
+        total=cfg.steps,
+        disable=not progress,
+        desc=f"{cfg.method} {data.name}",
+        unit="step",
+        dynamic_ncols=True,
+    )
     for step in bar:
         idx = torch.randint(0, n, (batch,))
         y = data.y_train[idx] if data.y_train is not None else None
         loss = loss_fn(net, data.x_train[idx], y, **extras).mean()
         if not torch.isfinite(distributed.mean_scalar(loss, ctx)):
-            raise TrainingError(f"loss is {loss.item()} at step {step}; the last good checkpoint "
-                                f"{out} (and {state_path(out).name}) is kept")
+            raise TrainingError(
+                f"loss is {loss.item()} at step {step}; the last good checkpoint "
+                f"{out} (and {state_path(out).name}) is kept"
+            )
         _step(cfg, net, opt, loss, step, out, ctx)
         ema_update(ema, net, cfg.ema)
         seen += cfg.batch_size
         ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
         bar.set_postfix(loss=f"{ema_loss:.4f}", samples_s=f"{seen / (time.perf_counter() - t0):.0f}")
         if ctx.main and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps):
-            summary = {"steps": step + 1, "loss": ema_loss, "batch_size": cfg.batch_size,
-                       "seconds": round(time.perf_counter() - t0, 1), "seed": cfg.seed}
+            summary = {
+                "steps": step + 1,
+                "loss": ema_loss,
+                "batch_size": cfg.batch_size,
+                "seconds": round(time.perf_counter() - t0, 1),
+                "seed": cfg.seed,
+            }
             save_checkpoint(out, ema, model_config(cfg, data, summary))
             save_state(state_path(out), net, ema, opt, step + 1, cfg)
     bar.close()

@@ -54,7 +54,9 @@ def test_refuses_foreign_safetensors(tmp_path):
     save_file({"w": torch.zeros(2)}, str(path), metadata={"format": "flowmap/1", "config": "{oops"})
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_checkpoint(path)
-    save_file({"w": torch.zeros(2)}, str(path), metadata={"format": "flowmap/1", "config": json.dumps({"x": 1})})
+    save_file(
+        {"w": torch.zeros(2)}, str(path), metadata={"format": "flowmap/1", "config": json.dumps({"x": 1})}
+    )
     with pytest.raises(CheckpointError, match="lacks 'arch'"):
         load_checkpoint(path)
 

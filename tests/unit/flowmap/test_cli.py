@@ -14,8 +14,26 @@ from flowmap.cli import main
 @pytest.fixture(scope="module")
 def gmm_ckpt(tmp_path_factory):
     out = tmp_path_factory.mktemp("gmm") / "g.safetensors"
-    rc = main(["train", "--data", "gmm8", "--method", "esd", "--out", str(out), "--steps", "30",
-               "--width", "32", "--depth", "1", "--ckpt-every", "10", "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--data",
+            "gmm8",
+            "--method",
+            "esd",
+            "--out",
+            str(out),
+            "--steps",
+            "30",
+            "--width",
+            "32",
+            "--depth",
+            "1",
+            "--ckpt-every",
+            "10",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -23,8 +41,24 @@ def gmm_ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def digits_ckpt(tmp_path_factory):
     out = tmp_path_factory.mktemp("dig") / "d.safetensors"
-    rc = main(["train", "--data", "digits", "--method", "fm", "--out", str(out), "--steps", "5",
-               "--width", "32", "--depth", "1", "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--data",
+            "digits",
+            "--method",
+            "fm",
+            "--out",
+            str(out),
+            "--steps",
+            "5",
+            "--width",
+            "32",
+            "--depth",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -37,36 +71,101 @@ def test_train_writes_checkpoint_and_resolved_config(gmm_ckpt):
 
 
 def test_sample_npy_and_noise_mapping(gmm_ckpt, tmp_path):
-    assert main(["sample", "--model", str(gmm_ckpt), "--steps", "2", "--n", "5", "--seed", "3",
-                 "--out", str(tmp_path / "a.npy")]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(gmm_ckpt),
+                "--steps",
+                "2",
+                "--n",
+                "5",
+                "--seed",
+                "3",
+                "--out",
+                str(tmp_path / "a.npy"),
+            ]
+        )
+        == 0
+    )
     a = np.load(tmp_path / "a.npy")
     assert a.shape == (5, 2) and a.dtype == np.float32
     noise = torch.randn(3, 2, generator=torch.Generator().manual_seed(3))
     np.save(tmp_path / "noise.npy", noise.numpy())
-    assert main(["sample", "--model", str(gmm_ckpt), "--steps", "2", "--noise", str(tmp_path / "noise.npy"),
-                 "--out", str(tmp_path / "b.npy")]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(gmm_ckpt),
+                "--steps",
+                "2",
+                "--noise",
+                str(tmp_path / "noise.npy"),
+                "--out",
+                str(tmp_path / "b.npy"),
+            ]
+        )
+        == 0
+    )
     # --seed S draws exactly make_noise(N, shape, S): the first rows agree with --noise of the same draws
     assert np.allclose(np.load(tmp_path / "b.npy"), a[:3], atol=1e-6)
 
 
 def test_sample_png_digits(digits_ckpt, tmp_path):
     out = tmp_path / "grid.png"
-    assert main(["sample", "--model", str(digits_ckpt), "--n", "20", "--png-scale", "1", "--out", str(out)]) == 0
+    assert (
+        main(["sample", "--model", str(digits_ckpt), "--n", "20", "--png-scale", "1", "--out", str(out)]) == 0
+    )
     img = np.asarray(Image.open(out))
     assert img.shape == (2 * 9 + 1, 10 * 9 + 1) and img.dtype == np.uint8
-    assert main(["sample", "--model", str(digits_ckpt), "--class", "3", "--guidance", "2", "--n", "4",
-                 "--out", str(tmp_path / "c.npy")]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(digits_ckpt),
+                "--class",
+                "3",
+                "--guidance",
+                "2",
+                "--n",
+                "4",
+                "--out",
+                str(tmp_path / "c.npy"),
+            ]
+        )
+        == 0
+    )
     assert np.load(tmp_path / "c.npy").shape == (4, 1, 8, 8)
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
-    common = ["--data", "gmm8", "--method", "esd", "--width", "16", "--depth", "1", "--lr-schedule",
-              "constant", "--warmup", "1", "--ckpt-every", "5", "--no-progress"]
+    common = [
+        "--data",
+        "gmm8",
+        "--method",
+        "esd",
+        "--width",
+        "16",
+        "--depth",
+        "1",
+        "--lr-schedule",
+        "constant",
+        "--warmup",
+        "1",
+        "--ckpt-every",
+        "5",
+        "--no-progress",
+    ]
     assert main(["train", *common, "--steps", "10", "--out", str(tmp_path / "a.safetensors")]) == 0
     assert main(["train", *common, "--steps", "5", "--out", str(tmp_path / "b.safetensors")]) == 0
-    assert main(["train", *common, "--steps", "10", "--resume", "--out", str(tmp_path / "b.safetensors")]) == 0
+    assert (
+        main(["train", *common, "--steps", "10", "--resume", "--out", str(tmp_path / "b.safetensors")]) == 0
+    )
     a, b = load_checkpoint(tmp_path / "a.safetensors"), load_checkpoint(tmp_path / "b.safetensors")
-    for (k, va), vb in zip(a.net.state_dict().items(), b.net.state_dict().values()):
+    for (k, va), vb in zip(a.net.state_dict().items(), b.net.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
 
 
@@ -86,11 +185,15 @@ BAD = [
 def test_bad_input_one_line_no_traceback(argv, message, gmm_ckpt, tmp_path):
     np.save(tmp_path / "noise.npy", np.zeros((3, 5), np.float32))
     (tmp_path / "corrupt.safetensors").write_bytes(b"garbage")
-    subst = {"CKPT": str(gmm_ckpt), "NOISE": str(tmp_path / "noise.npy"),
-             "CORRUPT": str(tmp_path / "corrupt.safetensors")}
+    subst = {
+        "CKPT": str(gmm_ckpt),
+        "NOISE": str(tmp_path / "noise.npy"),
+        "CORRUPT": str(tmp_path / "corrupt.safetensors"),
+    }
     argv = [subst.get(a, a) for a in argv]
-    p = subprocess.run([sys.executable, "-m", "flowmap", *argv], capture_output=True, text=True, cwd=tmp_path,
-                       timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "flowmap", *argv], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert p.returncode != 0
     assert "Traceback" not in p.stderr
     lines = p.stderr.strip().splitlines()

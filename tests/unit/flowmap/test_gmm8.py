@@ -1,7 +1,13 @@
 import torch
 
-from flowmap.data import (GMM8_STD, gmm8_exact_flow, gmm8_means, gmm8_sample, gmm8_variance_trace,
-                          gmm8_velocity)
+from flowmap.data import (
+    GMM8_STD,
+    gmm8_exact_flow,
+    gmm8_means,
+    gmm8_sample,
+    gmm8_variance_trace,
+    gmm8_velocity,
+)
 from flowmap.interpolants import Trig
 from flowmap.samplers import sample_heun, uniform_grid
 

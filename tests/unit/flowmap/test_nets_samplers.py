@@ -2,12 +2,23 @@ import pytest
 import torch
 
 from flowmap.nets import build_net
-from flowmap.samplers import (check_grid, flow_step, guided, make_noise, sample_euler, sample_flowmap,
-                              sample_heun, sample_stochastic, uniform_grid)
+from flowmap.samplers import (
+    check_grid,
+    flow_step,
+    guided,
+    make_noise,
+    sample_euler,
+    sample_flowmap,
+    sample_heun,
+    sample_stochastic,
+    uniform_grid,
+)
 
-ARCHS = [{"name": "mlp", "shape": [2], "width": 32, "depth": 2, "num_classes": 0},
-         {"name": "mlp", "shape": [1, 8, 8], "width": 32, "depth": 1, "num_classes": 10},
-         {"name": "unet", "shape": [1, 8, 8], "width": 16, "num_classes": 10}]
+ARCHS = [
+    {"name": "mlp", "shape": [2], "width": 32, "depth": 2, "num_classes": 0},
+    {"name": "mlp", "shape": [1, 8, 8], "width": 32, "depth": 1, "num_classes": 10},
+    {"name": "unet", "shape": [1, 8, 8], "width": 16, "num_classes": 10},
+]
 
 
 @pytest.mark.parametrize("arch", ARCHS, ids=lambda a: a["name"] + str(a["shape"]))
@@ -44,7 +55,9 @@ def test_samplers_on_a_known_straight_flow():
     for k in (1, 3):
         assert torch.allclose(sample_flowmap(_exact_linear_u, x1, uniform_grid(k)), torch.full((7, 2), 3.0))
         assert torch.allclose(sample_euler(_exact_linear_u, x1, uniform_grid(k)), torch.full((7, 2), 3.0))
-    assert torch.allclose(sample_heun(_exact_linear_u, x1, torch.tensor([1.0, 0.5, 0.25])), 3 + 0.25 * (x1 - 3))
+    assert torch.allclose(
+        sample_heun(_exact_linear_u, x1, torch.tensor([1.0, 0.5, 0.25])), 3 + 0.25 * (x1 - 3)
+    )
 
 
 def test_explicit_grid_equals_composition():
@@ -52,8 +65,12 @@ def test_explicit_grid_equals_composition():
     x = torch.randn(4, 2)
     grid = torch.tensor([1.0, 0.6, 0.0])
     a = sample_flowmap(net, x, grid)
-    b = flow_step(net, flow_step(net, x, torch.full((4,), 1.0), torch.full((4,), 0.6)),
-                  torch.full((4,), 0.6), torch.zeros(4))
+    b = flow_step(
+        net,
+        flow_step(net, x, torch.full((4,), 1.0), torch.full((4,), 0.6)),
+        torch.full((4,), 0.6),
+        torch.zeros(4),
+    )
     assert torch.allclose(a, b)
 
 
