@@ -23,6 +23,15 @@ def _reference_postprocess(x: Tensor) -> np.ndarray:
     return np.ascontiguousarray(to_uint8(x).transpose(0, 2, 3, 1))  # [B, H, W, C]
 
 
+def _numpy_postprocess(x: Tensor) -> np.ndarray:
+    """The same rule in numpy for CPU tensors (float32 arithmetic, np.rint = round half to even, NaN -> 0):
+    bit-identical to kernels.reference.postprocess_ref and ~10x cheaper for a handful of 8x8 images."""
+    a = x.detach().float().numpy()
+    a = np.where(np.isnan(a), np.float32(-1.0), a)
+    q = np.rint((np.clip(a, np.float32(-1.0), np.float32(1.0)) + np.float32(1.0)) * np.float32(127.5))
+    return np.ascontiguousarray(q.astype(np.uint8).transpose(0, 2, 3, 1))  # [B, H, W, C]
+
+
 def _pick():
     """(step, postprocess, backend): kernels.fused_step / kernels.postprocess when that package has them."""
     try:
@@ -34,6 +43,8 @@ def _pick():
         return _reference_step, _reference_postprocess, "torch"
 
     def kernel_post(x: Tensor) -> np.ndarray:
+        if x.device.type == "cpu":  # the kernels' CPU path is the torch reference: numpy is cheaper
+            return _numpy_postprocess(x)
         out = post(x)
         return out.cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
 

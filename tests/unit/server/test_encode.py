@@ -27,3 +27,19 @@ def test_npy_round_trip_and_image_shapes():
     back = np.load(io.BytesIO(base64.b64decode(npy_base64(x))), allow_pickle=False)
     assert back.dtype == np.float32 and np.array_equal(back, x.numpy())
     assert is_image([1, 8, 8]) and is_image([3, 4, 4]) and not is_image([2]) and not is_image([2, 8, 8])
+
+
+def test_cpu_post_processing_is_bit_identical_to_the_kernel_reference():
+    from kernels.reference import postprocess_ref
+    from server.ops import _numpy_postprocess
+
+    x = torch.randn(16, 3, 8, 8) * 2
+    x.view(-1)[:256] = (torch.arange(256) + 0.5) / 127.5 - 1  # every half-way tie: round half to even
+    x.view(-1)[300] = float("nan")
+    np.testing.assert_array_equal(_numpy_postprocess(x), postprocess_ref(x).numpy())
+
+
+def test_png_is_lossless_for_large_images_too():
+    x = torch.rand(1, 3, 200, 120) * 2 - 1  # above the level-1 threshold: level 6
+    got = np.asarray(Image.open(io.BytesIO(base64.b64decode(png_images(x)[0]))))
+    np.testing.assert_array_equal(got, to_uint8(x)[0].transpose(1, 2, 0))
