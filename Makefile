@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install run sample test lint format clean
+.PHONY: install run sample models test lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ run: $(STAMP)
 
 sample: $(STAMP)
 	$(BIN)/flowmap sample --model digits --steps 1 --n 100 --seed 0 --out samples/digits.png
+
+models: $(STAMP)   # re-make the shipped models (docs: README "Shipped models"); about an hour on one core
+	bash scripts/ship_models.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -137,4 +137,8 @@ def resolve_model(name_or_path: str) -> Path:
 
 
 def load_model(name_or_path: str) -> Model:
-    return load_checkpoint(resolve_model(name_or_path))
+    """A shipped model by name (then that is its name, whatever its file says) or a checkpoint path."""
+    model = load_checkpoint(resolve_model(name_or_path))
+    if name_or_path in SHIPPED and model.config.get("name") != name_or_path:
+        model.config = {**model.config, "name": name_or_path}
+    return model

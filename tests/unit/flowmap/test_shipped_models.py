@@ -32,3 +32,8 @@ def test_digits_one_step_samples_are_the_requested_class_and_not_copies():
     assert acc >= 0.95, f"class accuracy {acc:.3f}"
     assert memorisation_rate(x, data.x_train, data.x_test) < 0.02
     assert x.abs().max() < 3 and x.std() > 0.3  # real images in model space, not a collapsed output
+
+
+def test_shipped_models_load_by_name_under_that_name():
+    for name in ("digits", "gmm8"):
+        assert load_model(name).name == name

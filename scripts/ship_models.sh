@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Re-make the shipped models with the commands README.md ("Shipped models") documents: one torch thread,
+# seeded, so the same software gives the same weights. Writes runs/ship/ (or $1); compare with
+# `flowmap eval`, then copy gmm8.safetensors and digits.safetensors into flowmap/assets/ to ship them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=1
+FLOWMAP=${FLOWMAP:-.venv/bin/flowmap}
+OUT=${1:-runs/ship}
+
+$FLOWMAP train --data gmm8 --method fm --steps 6000 --ema 0.995 --out "$OUT/gmm8_fm.safetensors"
+$FLOWMAP train --data gmm8 --method distill --teacher "$OUT/gmm8_fm.safetensors" --steps 8000 \
+  --time-dist uniform --out "$OUT/gmm8.safetensors"
+$FLOWMAP train --data digits --method esd --steps 8000 --ckpt-every 1000 --out "$OUT/digits.safetensors"
+
+$FLOWMAP eval --model "$OUT/gmm8.safetensors" --steps 1,2,4
+$FLOWMAP eval --model "$OUT/digits.safetensors" --steps 1,2,4
