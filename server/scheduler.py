@@ -171,15 +171,24 @@ class Scheduler:
 
     def update(self, batch: Batch, x_next: Tensor, now: float) -> None:
         """Apply one computed step (x_next: [N, *shape], one row per sample) and retire finished samples."""
-        for smp, x in zip(batch.samples, x_next, strict=True):
-            if smp.job.done:  # cancelled or expired while the network ran
+        rows = x_next.unbind(0)  # one call for all the row views (iterating a tensor costs more)
+        if len(rows) != len(batch.samples):
+            raise ValueError(f"{len(rows)} computed rows for {len(batch.samples)} samples")
+        finished: dict[Job, tuple[list[int], list[int]]] = {}  # job -> (sample indices, rows)
+        for i, smp in enumerate(batch.samples):
+            job = smp.job
+            if job.done:  # cancelled or expired while the network ran
                 continue
-            smp.x, smp.k = x, smp.k + 1
-            if smp.steps_left == 0:
-                smp.job.result[smp.index] = x
-                smp.job.remaining -= 1
-                if smp.job.remaining == 0:
-                    self._finish(smp.job, now, None)
+            smp.x, smp.k = rows[i], smp.k + 1
+            if smp.k == job.steps:
+                idx, src = finished.setdefault(job, ([], []))
+                idx.append(smp.index)
+                src.append(i)
+        for job, (idx, src) in finished.items():  # one copy per finished group, not per sample
+            job.result[idx] = x_next[src]
+            job.remaining -= len(idx)
+            if job.remaining == 0:
+                self._finish(job, now, None)
         self._prune()
 
     def fail(self, batch: Batch, error: Exception, now: float) -> None:
@@ -289,5 +298,5 @@ class Scheduler:
             job.on_done(job)
 
     def _prune(self) -> None:
-        self.active = [s for s in self.active if not s.job.done and s.steps_left > 0]
-        self.rows = sum(s.rows for s in self.active)
+        self.active = [s for s in self.active if not s.job.done and s.k < s.job.steps]
+        self.rows = sum(s.job.rows_per_sample for s in self.active)

@@ -1,0 +1,69 @@
+"""Markdown tables for docs/methods.md from a suite folder (manifest.json, eval.json, fm_ode.json).
+
+    python scripts/methods_tables.py runs/suite/gmm8
+    python scripts/methods_tables.py runs/suite/digits
+
+eval.json comes from `flowmap eval --model <every suite checkpoint> --steps 1,2,4 --json`, fm_ode.json
+from `flowmap eval --model <suite>/fm.safetensors --steps "" --ode-steps 1,2,4,8,16,32,64 --json`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+METRICS = {"gmm8": ("rel_mse", "energy"), "digits": ("fd", "class_acc")}
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4f}" if abs(v) < 1 else f"{v:.2f}"
+
+
+def methods_table(folder: Path) -> str:
+    runs = {r["method"]: r for r in json.loads((folder / "manifest.json").read_text())["runs"]}
+    results = json.loads((folder / "eval.json").read_text())
+    results = results if isinstance(results, list) else [results]
+    data = results[0]["data"]
+    a, b = METRICS.get(data, ("fd", "precision"))
+    steps = [r["steps"] for r in results[0]["rows"]]
+    head = ["method", "train steps", "cpu s", "sampler"]
+    head += [f"{a} {k}" for k in steps] + [f"{b} {k}" for k in steps]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * 2 + "---|" + "---:|" * 2 * len(steps)]
+    for res in results:
+        m, rows = res["method"], res["rows"]
+        cells = [f"`{m}`", str(runs[m]["steps"]), f"{runs[m]['cpu_seconds']:.0f}", rows[0]["sampler"]]
+        cells += [_fmt(r[a]) for r in rows] + [_fmt(r[b]) for r in rows]
+        lines.append("| " + " | ".join(cells) + " |")
+    if "fd_floor_train_vs_test" in results[0]:
+        lines += ["", f"FD floor (train split vs test split): {results[0]['fd_floor_train_vs_test']:.2f}."]
+    return "\n".join(lines)
+
+
+def ode_table(folder: Path) -> str:
+    path = folder / "fm_ode.json"
+    if not path.exists():
+        return ""
+    res = json.loads(path.read_text())
+    rows = res["rows"]
+    keys = [k for k in ("rel_mse", "energy", "fd", "class_acc", "precision", "recall") if k in rows[0]]
+    lines = ["| Heun steps (2 calls each) | " + " | ".join(str(r["steps"]) for r in rows) + " |"]
+    lines.append("|---|" + "---:|" * len(rows))
+    lines += [f"| {k} | " + " | ".join(_fmt(r[k]) for r in rows) + " |" for k in keys]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print(__doc__, file=sys.stderr)
+        return 2
+    folder = Path(argv[0])
+    print(methods_table(folder))
+    ode = ode_table(folder)
+    if ode:
+        print("\nThe `fm` teacher on its ODE:\n\n" + ode)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
