@@ -12,6 +12,7 @@
 
 import argparse
 import asyncio
+import gc
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -89,6 +90,8 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(1)
     app = build(a.model, a.engine, ServerSettings(models=[a.model]))
+    gc.collect()
+    gc.freeze()  # as the server does after warm-up (no long full collections under load)
     uvicorn.run(app, host="127.0.0.1", port=a.port, log_level="warning", access_log=False)
 
 
