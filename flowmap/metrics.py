@@ -31,7 +31,8 @@ def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
 
     mu1, mu2 = f1.mean(0), f2.mean(0)
     c1, c2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
-    covmean, _ = linalg.sqrtm(c1 @ c2, disp=False)
+    with np.errstate(all="ignore"):
+        covmean = linalg.sqrtm(c1 @ c2)
     if not np.isfinite(covmean).all():
         eps = 1e-6 * np.eye(len(c1))
         covmean = linalg.sqrtm((c1 + eps) @ (c2 + eps))
