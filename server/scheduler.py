@@ -180,7 +180,7 @@ class Scheduler:
             if job.done:  # cancelled or expired while the network ran
                 continue
             smp.x, smp.k = rows[i], smp.k + 1
-            if smp.k == job.steps:
+            if smp.steps_left == 0:
                 idx, src = finished.setdefault(job, ([], []))
                 idx.append(smp.index)
                 src.append(i)
@@ -298,5 +298,5 @@ class Scheduler:
             job.on_done(job)
 
     def _prune(self) -> None:
-        self.active = [s for s in self.active if not s.job.done and s.k < s.job.steps]
-        self.rows = sum(s.job.rows_per_sample for s in self.active)
+        self.active = [s for s in self.active if not s.job.done and s.steps_left > 0]
+        self.rows = sum(s.rows for s in self.active)
