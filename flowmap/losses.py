@@ -16,6 +16,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from flowmap.guidance import cfg_mix
 from flowmap.interpolants import Linear, expand, interpolate
 from flowmap.teacher import heun_solve, teacher_velocity
 from flowmap.timesamplers import TimeSampler
@@ -110,8 +111,8 @@ class Eulerian:
             return v
         with torch.no_grad():
             u_null = net(x_s, s, s, torch.full_like(y, null))
-        keep = expand((y != null).to(v.dtype), v)
-        return keep * (self.guidance * v + (1 - self.guidance) * u_null) + (1 - keep) * v
+        keep = expand(y != null, v)  # dropped labels keep the unguided target
+        return torch.where(keep, cfg_mix(v, u_null, self.guidance), v)  # v~ = u_null + w (v - u_null)
 
     def __call__(self, net, x0: Tensor, y: Tensor | None = None) -> Tensor:
         s, t = self.time(x0.shape[0], x0.device)

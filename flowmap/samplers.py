@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from flowmap.guidance import cfg_mix
 from flowmap.interpolants import Linear, expand
 
 FlowFn = Callable[..., Tensor]
@@ -100,7 +101,7 @@ def sample_stochastic(
 
 
 def guided(u: FlowFn, scale: float, null_label: int) -> FlowFn:
-    """Classifier-free guidance at sampling time: u_null + scale * (u_cond - u_null)."""
+    """Classifier-free guidance at sampling time (flowmap.guidance.cfg_mix), both halves in one call."""
     if scale == 1.0:
         return u
 
@@ -114,7 +115,7 @@ def guided(u: FlowFn, scale: float, null_label: int) -> FlowFn:
             torch.cat([y, torch.full_like(y, null_label)]),
         )
         cond, uncond = both.chunk(2)
-        return uncond + scale * (cond - uncond)
+        return cfg_mix(cond, uncond, scale)
 
     return u_cfg
 

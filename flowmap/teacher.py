@@ -11,12 +11,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from flowmap.errors import UserError
+from flowmap.guidance import cfg_mix
 from flowmap.interpolants import expand
 
 Velocity = Callable[..., Tensor]
 
 
-class TeacherError(ValueError):
+class TeacherError(UserError, ValueError):
     """A teacher that is missing, unreadable or does not fit the data."""
 
 
@@ -42,13 +44,13 @@ def load_teacher(path: str | None, shape: list[int], method: str) -> torch.nn.Mo
 def teacher_velocity(
     teacher: Velocity, x: Tensor, t: Tensor, y: Tensor | None, guidance: float = 1.0, null: int = 0
 ) -> Tensor:
-    """b(x, t) = teacher's u(x, t, t, y); with guidance w != 1 the CFG velocity u_null + w (u_y - u_null)."""
+    """b(x, t) = teacher's u(x, t, t, y); with guidance w != 1 the CFG velocity (flowmap.guidance.cfg_mix)."""
     u = teacher(x, t, t, y)
     if guidance == 1.0 or y is None or null == 0:
         return u
     u_null = teacher(x, t, t, torch.full_like(y, null))
-    keep = expand((y != null).to(u.dtype), u)  # dropped labels keep the unguided velocity
-    return u + keep * (guidance - 1.0) * (u - u_null)
+    keep = expand(y != null, u)  # dropped labels keep the unguided velocity
+    return torch.where(keep, cfg_mix(u, u_null, guidance), u)
 
 
 @torch.no_grad()

@@ -24,7 +24,11 @@ U1_MIN = 1.0e-7
 
 # ---------------------------------------------------------------- fused step
 def combine_guidance(u_cond: Tensor, u_uncond: Tensor, w: Tensor) -> Tensor:
-    """Classifier-free guidance u_unc + w * (u_cond - u_unc); u_*: [B, N], w: [B]."""
+    """Classifier-free guidance u_unc + w * (u_cond - u_unc); u_*: [B, N], w: [B].
+
+    The same operations in the same order as flowmap.guidance.cfg_mix (kernels does not import
+    flowmap; tests/unit/kernels checks the two agree bit for bit).
+    """
     out = u_cond.float() - u_uncond.float()
     out.mul_(w.float()[:, None])
     return out.add_(u_uncond.float())

@@ -12,6 +12,7 @@ import torch
 
 import kernels
 from flowmap.data import to_uint8
+from flowmap.guidance import cfg_mix
 from flowmap.samplers import flow_step, guided, sample_stochastic
 from kernels import bench, check
 from kernels import reference as ref
@@ -86,6 +87,11 @@ def test_guidance_equals_flowmap_guided():
     assert torch.equal(kernels.fused_step(x, u2, s, t, guidance=2.5), want)
     per_sample = kernels.fused_step(x, u2[:4], s, t, guidance=torch.full((4,), 2.5), u_uncond=u2[4:])
     assert torch.equal(per_sample, want)
+
+
+def test_reference_guidance_is_flowmap_cfg_mix_bit_for_bit():
+    u_cond, u_null, w = torch.randn(6, 33), torch.randn(6, 33), torch.rand(6) * 5
+    assert torch.equal(ref.combine_guidance(u_cond, u_null, w), cfg_mix(u_cond, u_null, w))
 
 
 def test_renoise_matches_textbook_formula():
