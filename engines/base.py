@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from flowmap.checkpoint import Model
+from flowmap.errors import UserError
 
 DEFAULT_BUCKETS = (1, 8, 32, 128)
 
@@ -47,7 +48,7 @@ REQUIRES_CUDA = {**REQUIRES, "compile": "triton"}  # Inductor generates Triton k
 ARTIFACT_SUFFIXES = (".pt", ".onnx", ".plan")
 
 
-class EngineError(RuntimeError):
+class EngineError(UserError, RuntimeError):
     """An engine that cannot be built or fails its parity check; the message says why."""
 
 

@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from flowmap.errors import UserError
+
 EXPORTABLE = ("torchscript", "onnxruntime", "tensorrt")
 BENCH_ENGINES = ("eager", "torchscript", "onnxruntime", "compile", "tensorrt")
 
@@ -72,14 +74,13 @@ def export_cmd(args) -> int:
     import torch
 
     from engines.artifacts import export_artifact
-    from engines.base import EngineError
-    from flowmap.checkpoint import CheckpointError, load_model
+    from flowmap.checkpoint import load_model
 
     try:
         model = load_model(args.model)
         dtype = torch.float16 if args.fp16 else torch.float32
         out = export_artifact(model, args.engine, args.out, args.device, tuple(args.buckets), dtype)
-    except (CheckpointError, EngineError, OSError) as e:
+    except (UserError, OSError) as e:
         return _fail(str(e))
     print(f"wrote {out} and {out}.json ({args.engine}, model {model.name})")
     return 0
@@ -99,14 +100,13 @@ def bench_cmd(args) -> int:
     import torch
 
     from engines.bench import format_table, run
-    from flowmap.checkpoint import CheckpointError
 
     torch.set_num_threads(args.threads)
     if args.iters < 1:
         return _fail(f"--iters must be >= 1, got {args.iters}")
     try:
         models = _models(args.model)
-    except (CheckpointError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError) as e:
         return _fail(str(e))
     result = run(models, args.engines, args.batches, args.iters, args.device, step=not args.no_step)
     print(format_table(result))

@@ -12,6 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from flowmap.errors import UserError
 from flowmap.nets import build_net
 
 FORMAT = "flowmap/1"
@@ -19,7 +20,7 @@ ASSETS = Path(__file__).parent / "assets"
 SHIPPED = ("digits", "gmm8")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, unreadable, or whose config does not match its tensors."""
 
 

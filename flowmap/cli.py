@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+from flowmap.errors import UserError
 from flowmap.presets import PRESETS
 
 PLUGINS = ("engines.cli", "server.cli")  # each exposes register(subparsers)
@@ -171,15 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("flowmap: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, RuntimeError) as e:
-        if type(e).__name__ not in USER_ERRORS and not isinstance(e, (ValueError, OSError)):
-            raise
+    except (UserError, ValueError, OSError) as e:  # bad input, config or path: one line, no traceback
         print(f"flowmap: error: {e}", file=sys.stderr)
         return 2
-
-
-# RuntimeError subclasses that are the user's to fix (others keep their traceback)
-USER_ERRORS = {"TrainingError", "EngineError"}
 
 
 if __name__ == "__main__":

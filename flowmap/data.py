@@ -10,13 +10,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flowmap.errors import UserError
 from flowmap.interpolants import Linear
 
 GMM8_RADIUS, GMM8_STD, GMM8_K = 2.0, 0.2, 8
 SPLIT_SEED, TEST_SIZE = 1234, 0.25
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Data that cannot be read or does not fit the specs."""
 
 

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from flowmap import distributed
 from flowmap.checkpoint import atomic_write, read_tensors, save_checkpoint, save_tensors
 from flowmap.data import Dataset, load_data
+from flowmap.errors import UserError
 from flowmap.interpolants import get_interpolant
 from flowmap.losses import make_loss, uses
 from flowmap.nets import build_net
@@ -22,7 +23,7 @@ from flowmap.teacher import load_teacher
 from flowmap.timesamplers import TimeSampler
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
 
 

@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.runtime.interpreter import InterpretedFunction
 
 STEP_BLOCK = 1024
 POST_BLOCK = 1024
@@ -20,7 +21,7 @@ POST_BLOCK = 1024
 
 def interpreted() -> bool:
     """True when these kernels were built for the Triton interpreter (CPU tensors)."""
-    return type(_step_kernel).__name__ == "InterpretedFunction"
+    return isinstance(_step_kernel, InterpretedFunction)
 
 
 @triton.jit

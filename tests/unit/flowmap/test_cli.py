@@ -203,3 +203,24 @@ def test_bad_input_one_line_no_traceback(argv, message, gmm_ckpt, tmp_path):
 def test_digits_class_out_of_range(digits_ckpt, capsys):
     assert main(["sample", "--model", str(digits_ckpt), "--class", "10", "--out", "x.npy"]) == 2
     assert "--class 10 out of range" in capsys.readouterr().err
+
+
+def test_user_error_is_one_line_exit_2_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    from flowmap.errors import UserError
+
+    class NotYourFault(UserError):  # neither ValueError nor OSError: caught for being a UserError
+        pass
+
+    def fail(*args, **kwargs):
+        raise NotYourFault("bad thing in your config")
+
+    monkeypatch.setattr("flowmap.evaluate.evaluate_many", fail)
+    assert main(["eval", "--model", "gmm8"]) == 2
+    assert capsys.readouterr().err.splitlines() == ["flowmap: error: bad thing in your config"]
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("flowmap.evaluate.evaluate_many", bug)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["eval", "--model", "gmm8"])
