@@ -65,11 +65,15 @@ class Engine(Protocol):
 
 
 def engine_class(name: str) -> type:
-    """The class registered as `name`, imported now (and only now)."""
-    if name not in ENGINES:
-        raise EngineError(f"unknown engine {name!r}; choose one of {sorted(ENGINES)}")
-    module, cls = ENGINES[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    """The class registered as `name` (or named by an import path `module:Class`), imported now."""
+    path = ENGINES.get(name) or (name if name.count(":") == 1 else None)  # or a user's "module:Class"
+    if path is None:
+        raise EngineError(f"unknown engine {name!r}; choose one of {sorted(ENGINES)} or give module:Class")
+    module, cls = path.split(":")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as e:
+        raise EngineError(f"engine {name!r} cannot be imported: {e}") from None
 
 
 def load_engine(

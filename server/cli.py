@@ -21,7 +21,11 @@ FLAGS = {
     "--port": ("port", int, "TCP port (default 8000)"),
     "--max-batch-size": ("max_batch_size", int, "most network rows per engine call (default 64)"),
     "--max-queue": ("max_queue", int, "most waiting requests per model before 429 (default 256)"),
-    "--max-wait-ms": ("max_wait_ms", float, "batching window from the first queued request (default 2)"),
+    "--max-wait-ms": (
+        "max_wait_ms",
+        float,
+        "batching window of an idle engine core (default 0: start at once)",
+    ),
     "--default-steps": ("default_steps", int, "steps when a request gives none (default 1)"),
     "--max-steps": ("max_steps", int, "largest steps a request may ask, and auto's cap (default 8)"),
     "--max-samples": ("max_samples", int, "largest num_samples per request (default 64)"),
@@ -31,7 +35,16 @@ FLAGS = {
     "--api-key": ("api_key", str, "require this key on /v1 and /v2 model routes (prefer FLOWMAP_API_KEY)"),
     "--max-body-bytes": ("max_body_bytes", int, "largest request body before 413 (default 65536)"),
     "--batching": ("batching", str, "step (default) or request (whole-request baseline, for benchmarks)"),
-    "--threads": ("threads", int, "torch threads (default 1)"),
+    "--threads": ("threads", int, "torch threads per engine core (default 1)"),
+    "--api-workers": (
+        "api_workers",
+        str,
+        "HTTP front-end processes, or auto: one per two CPUs (default auto)",
+    ),
+    "--max-connections": ("max_connections", int, "open connections per API process (default 1024)"),
+    "--header-timeout": ("header_timeout_s", float, "seconds a request's headers may take (default 10)"),
+    "--body-timeout": ("body_timeout_s", float, "seconds a request body may take before 408 (default 30)"),
+    "--keep-alive": ("keep_alive_s", float, "seconds an idle keep-alive connection stays open (default 5)"),
     "--log-level": ("log_level", str, "critical, error, warning, info (default), debug"),
 }
 
@@ -65,16 +78,13 @@ def settings_from(args):
 
 
 def serve(args) -> int:
+    from flowmap.errors import UserError
+
     try:
         settings = settings_from(args)
-        from server.main import run
+        from server.supervisor import run
 
         return run(settings)
-    except ValueError as e:  # includes CheckpointError and bad settings: one line, no traceback
-        print(f"flowmap serve: error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
-        if type(e).__name__ != "EngineError":
-            raise
+    except (UserError, ValueError, OSError) as e:  # bad settings, a port in use: one line, no traceback
         print(f"flowmap serve: error: {e}", file=sys.stderr)
         return 2

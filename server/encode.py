@@ -1,4 +1,7 @@
-"""Response payloads: one base64 PNG per sample, or one base64 .npy of float32 model-space samples."""
+"""Response payloads: one base64 PNG per sample, or one base64 .npy of float32 model-space samples.
+
+numpy only (API processes never import torch); torch CPU tensors are accepted through np.asarray.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,6 @@ import struct
 import zlib
 
 import numpy as np
-from torch import Tensor
-
-from server import ops
 
 _COLOR = {1: 0, 3: 2, 4: 6}  # PNG colour types: grey, RGB, RGBA
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -36,18 +36,29 @@ def png_bytes(img: np.ndarray) -> bytes:
     return PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _IEND
 
 
-def png_images(x: Tensor) -> list[str]:
-    """x: [N, C, H, W] model space -> N base64 PNGs (DESIGN.md rule uint8 = round((clip(x)+1)*127.5))."""
-    pixels = ops.to_uint8_nhwc(x.detach().float().cpu())  # [N, H, W, C] uint8
+def to_uint8_nhwc(x) -> np.ndarray:
+    """The DESIGN.md PNG rule uint8 = round((clip(x, -1, 1) + 1) * 127.5) on x: [B, C, H, W] -> [B, H, W, C].
+
+    float32 arithmetic, np.rint = round half to even, NaN -> 0: bit-identical to
+    kernels.reference.postprocess_ref (tests/unit/server/test_encode.py checks it)."""
+    a = np.asarray(x, dtype=np.float32)
+    a = np.where(np.isnan(a), np.float32(-1.0), a)
+    q = np.rint((np.clip(a, np.float32(-1.0), np.float32(1.0)) + np.float32(1.0)) * np.float32(127.5))
+    return np.ascontiguousarray(q.astype(np.uint8).transpose(0, 2, 3, 1))
+
+
+def png_images(x) -> list[str]:
+    """x: [N, C, H, W] model space (numpy or CPU tensor) -> N base64 PNGs."""
+    pixels = to_uint8_nhwc(x)  # [N, H, W, C] uint8
     return [base64.b64encode(png_bytes(img)).decode("ascii") for img in pixels]
 
 
-def npy_bytes(x: Tensor) -> bytes:
+def npy_bytes(x) -> bytes:
     buf = io.BytesIO()
-    np.save(buf, x.detach().float().cpu().numpy(), allow_pickle=False)
+    np.save(buf, np.asarray(x, dtype=np.float32), allow_pickle=False)
     return buf.getvalue()
 
 
-def npy_base64(x: Tensor) -> str:
+def npy_base64(x) -> str:
     """x: [N, *shape] -> base64 of an .npy file holding float32 [N, *shape] (what `flowmap sample` writes)."""
     return base64.b64encode(npy_bytes(x)).decode("ascii")

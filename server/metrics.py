@@ -1,18 +1,29 @@
-"""Prometheus metrics (the only module that imports prometheus_client), fed by plain stats records."""
+"""Prometheus metrics (the only module that imports prometheus_client), fed by plain stats records.
+
+A server is several processes (supervisor, engine cores, API processes); each records into its own
+files under PROMETHEUS_MULTIPROC_DIR (set by the supervisor before any of them imports
+prometheus_client), and GET /metrics on any API process renders the sum over all of them. Without that
+variable (unit tests, one process) the metrics live in the Metrics object's own registry.
+
+Labels only ever take values the server knows (served model names, steps 1..max_steps, a fixed set of
+statuses and reasons): the caller maps anything else to "" before it gets here, and `request` and
+`reject` check it again, so no client can mint a series.
+"""
 
 from __future__ import annotations
 
+import os
 import platform
+from importlib import metadata
 
-import torch
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    ProcessCollector,
     generate_latest,
+    multiprocess,
 )
 
 from server.stats import IterationStats, Rejection, RequestStats
@@ -20,16 +31,30 @@ from server.stats import IterationStats, Rejection, RequestStats
 LATENCY_BUCKETS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1, 2, 5, 10, 30)
 CALL_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+STATUSES = frozenset({200, 400, 401, 404, 408, 413, 422, 429, 499, 500, 503, 504})
+REASONS = frozenset(
+    {"queue_full", "draining", "not_ready", "deadline", "cancelled", "unauthorized", "invalid"}
+    | {"too_large", "not_found", "failed", "unavailable", "timeout"}
+)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop a dead process's live gauges (its counters and histograms keep counting in the totals)."""
+    if multiprocess_dir():
+        multiprocess.mark_process_dead(pid)
 
 
 class Metrics:
-    """One registry per app; names prefixed flowmap_ (documented in docs/server.md)."""
+    """Every flowmap_ series (documented in docs/server.md); safe to create in each process."""
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, version: str = "0", engine: str = "", backend: str = ""):
+    def __init__(self):
         self.registry = r = CollectorRegistry()
-        ProcessCollector(registry=r)
         self.latency = Histogram(
             "flowmap_request_duration_seconds",
             "Request latency (arrival to response)",
@@ -39,7 +64,7 @@ class Metrics:
         )
         self.queue_wait = Histogram(
             "flowmap_queue_wait_seconds",
-            "Time from submission to first admission",
+            "Time from submission to first admission into a batch",
             ["model"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -58,8 +83,13 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge("flowmap_samples_in_flight", "Samples being computed", ["model"], registry=r)
-        self.depth = Gauge("flowmap_queue_depth", "Requests waiting for admission", ["model"], registry=r)
+        live = {"multiprocess_mode": "livesum"}
+        self.in_flight = Gauge(
+            "flowmap_samples_in_flight", "Samples being computed", ["model"], registry=r, **live
+        )
+        self.depth = Gauge(
+            "flowmap_queue_depth", "Requests waiting for admission", ["model"], registry=r, **live
+        )
         self.nfe = Counter(
             "flowmap_network_evaluations_total",
             "Network rows evaluated (a guided sample: 2)",
@@ -72,13 +102,30 @@ class Metrics:
         self.rejections = Counter(
             "flowmap_rejections_total", "Requests turned away, by reason", ["reason", "model"], registry=r
         )
-        info = Gauge(
+        self.restarts = Counter(
+            "flowmap_engine_core_restarts_total",
+            "Engine-core processes restarted after they died",
+            ["model"],
+            registry=r,
+        )
+        self.cores_up = Gauge(
+            "flowmap_engine_cores_up", "Engine cores loaded and serving", registry=r, multiprocess_mode="max"
+        )
+        self.info = Gauge(
             "flowmap_build_info",
             "Build information (value 1)",
             ["version", "torch", "python", "engine", "kernels"],
             registry=r,
+            multiprocess_mode="max",
         )
-        info.labels(version, torch.__version__, platform.python_version(), engine, backend).set(1)
+
+    # ---------------------------------------------------------------- recording
+    def build_info(self, version: str, engine: str, kernels: str) -> None:
+        try:
+            torch_version = metadata.version("torch")
+        except metadata.PackageNotFoundError:
+            torch_version = ""
+        self.info.labels(version, torch_version, platform.python_version(), engine, kernels).set(1)
 
     def iteration(self, s: IterationStats) -> None:
         self.call.labels(s.model).observe(s.seconds)
@@ -91,16 +138,25 @@ class Metrics:
 
     def request(self, s: RequestStats) -> None:
         steps = "" if s.steps is None else str(s.steps)
-        self.latency.labels(s.model, steps, str(s.status)).observe(s.seconds)
+        status = str(s.status) if s.status in STATUSES else "other"
+        self.latency.labels(s.model, steps, status).observe(s.seconds)
         if s.queue_seconds is not None:
             self.queue_wait.labels(s.model).observe(s.queue_seconds)
 
     def reject(self, r: Rejection) -> None:
-        self.rejections.labels(r.reason, r.model).inc()
+        self.rejections.labels(r.reason if r.reason in REASONS else "other", r.model).inc()
 
-    def queue(self, model: str, depth: int, in_flight: int) -> None:
-        self.depth.labels(model).set(depth)
-        self.in_flight.labels(model).set(in_flight)
+    def core_restarted(self, model: str) -> None:
+        self.restarts.labels(model).inc()
 
+    def set_cores_up(self, n: int) -> None:
+        self.cores_up.set(n)
+
+    # ---------------------------------------------------------------- rendering
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        path = multiprocess_dir()
+        if path is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=path)
+        return generate_latest(registry)

@@ -1,15 +1,19 @@
 """Step-level scheduler: which samples share the next network call (schedule -> execute -> update).
 
-Each request (a Job) becomes per-sample states, each with its own time grid. Every iteration packs up
-to `max_batch` rows of active samples -- any mix of step counts, classes and guidance -- into one
-network call with per-sample (s, t, y); samples leave when their grid ends and waiting ones join at
-step boundaries. This is iteration-level batching (Orca, OSDI'22; vLLM) applied to flow-map steps.
-Pure bookkeeping: no threads, no network calls; `server.worker` drives it, and the unit tests drive
-it with a fake engine. Times are plain floats (seconds) supplied by the caller.
+Each request (a Job) contributes rows, one per sample, each on its own uniform time grid. Every
+iteration packs up to `max_batch` network rows -- any mix of step counts, classes and guidance -- into
+one call with per-row (s, t, y, w); rows leave when their grid ends and waiting ones join at step
+boundaries. This is iteration-level batching (Orca, OSDI'22; vLLM) applied to flow-map steps.
+
+The rows in flight live in contiguous tensors (x, step k, steps K, label y, guidance w, job id), so
+admitting, stepping and retiring are a fixed number of tensor operations whatever the row count; Python
+work is per job (admission, completion), never per sample. Pure bookkeeping: no threads, no I/O, no
+network calls; `server.core` drives it and the unit tests drive it with a fake engine. Times are plain
+floats (seconds) supplied by the caller.
 
 Policy: admission is strictly FIFO by request (a request's remaining samples keep the head of the
-line until all are admitted, so no request starves); every active sample advances one step per
-iteration; a classifier-free-guided sample takes two rows (conditional and null label).
+line until all are admitted, so no request starves); every active row advances one step per
+iteration; a classifier-free-guided sample takes two network rows (conditional and null label).
 `batching="request"` is the whole-request baseline: nothing joins until the running batch empties.
 """
 
@@ -59,11 +63,9 @@ class Job:
     deadline: float | None = None  # absolute time; None: no deadline
     on_done: Callable[[Job], None] | None = None
     seed: int | None = None  # for the response only (the noise is already drawn)
-    request_labels: list[int] | None = None  # the classes as the client sees them (None: unconditional)
     id: int = field(default_factory=lambda: next(_ids))
     # set by the scheduler
     arrival: float = 0.0
-    grid: list[float] = field(default_factory=list)
     result: Tensor | None = None  # [n, *shape] once done
     admitted: int = 0
     remaining: int = 0
@@ -71,6 +73,7 @@ class Job:
     finished: float | None = None
     error: Exception | None = None
     done: bool = False
+    chunks: list[Tensor] = field(default_factory=list, repr=False)
 
     @property
     def n(self) -> int:
@@ -80,43 +83,33 @@ class Job:
     def rows_per_sample(self) -> int:
         return 1 if self.guidance == 1.0 else 2
 
-
-@dataclass(eq=False)
-class Sample:
-    """One sample in flight: its state x_k on its own grid."""
-
-    job: Job
-    index: int
-    x: Tensor  # [*shape]
-    k: int = 0  # steps taken
-
     @property
-    def s(self) -> float:
-        return self.job.grid[self.k]
-
-    @property
-    def t(self) -> float:
-        return self.job.grid[self.k + 1]
-
-    @property
-    def label(self) -> int:
-        return self.job.labels[self.index]
-
-    @property
-    def rows(self) -> int:
-        return self.job.rows_per_sample
-
-    @property
-    def steps_left(self) -> int:
-        return len(self.job.grid) - 1 - self.k
+    def rows_in_flight(self) -> int:
+        return self.admitted - (self.n - self.remaining)
 
 
 @dataclass
 class Batch:
-    """What the next network call runs: every active sample, one step each."""
+    """What the next network call runs: every active row, one step each (x: [N, *shape]; s, t, y, w: [N])."""
 
-    samples: list[Sample]
+    x: Tensor
+    s: Tensor
+    t: Tensor
+    y: Tensor
+    w: Tensor
     rows: int  # network rows (guided samples count twice)
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+
+def grid_table(max_steps: int) -> Tensor:
+    """G[K, k] = uniform_grid(K)[k] (exactly the values `flowmap sample` uses); [max_steps + 1, max_steps + 2]."""
+    g = torch.zeros(max_steps + 1, max_steps + 2)
+    for k in range(1, max_steps + 1):
+        g[k, : k + 1] = uniform_grid(k)
+    return g
 
 
 class Scheduler:
@@ -134,8 +127,18 @@ class Scheduler:
         self.max_batch, self.max_queue, self.max_wait = max_batch, max_queue, max_wait
         self.max_steps, self.batching = max_steps, batching
         self.timer = timer or CallTimer()
+        self.grid = grid_table(max_steps)
         self.waiting: deque[Job] = deque()
-        self.active: list[Sample] = []
+        self.jobs: dict[int, Job] = {}  # every job not yet done (waiting or in flight), by id
+        self.dead: set[int] = set()  # ids of jobs ended early whose rows are still in the state
+        self.next_deadline = math.inf
+        self._clear()
+
+    def _clear(self) -> None:
+        """The state of the rows in flight: x [R, *shape]; k, K, y, job [R] int64; w [R] float32."""
+        self.x: Tensor | None = None
+        self.k = self.K = self.y = self.job = torch.zeros(0, dtype=torch.long)
+        self.w = torch.zeros(0)
         self.rows = 0
 
     # ---------------------------------------------------------------- intake
@@ -145,95 +148,100 @@ class Scheduler:
             raise QueueFull(self.retry_after())
         if job.steps is None:
             job.steps = self.choose_steps(job, now)
+        if not 1 <= job.steps <= self.max_steps:
+            raise ValueError(f"steps must be in 1..{self.max_steps}, got {job.steps}")
         job.arrival, job.remaining = now, job.n
-        job.grid = uniform_grid(job.steps).tolist()
-        job.result = torch.empty_like(job.noise)
         self.waiting.append(job)
+        self.jobs[job.id] = job
+        if job.deadline is not None:
+            self.next_deadline = min(self.next_deadline, job.deadline)
 
     def cancel(self, job: Job, now: float) -> None:
         if not job.done:
             self._finish(job, now, Cancelled("request cancelled"))
-            self._prune()
 
     # ---------------------------------------------------------------- schedule / update
     def next_batch(self, now: float) -> Batch | float | None:
         """The next batch; or seconds to wait for the batching window; or None when idle."""
         self.expire(now)
-        if not self.active:
+        if self.dead:  # drop the rows of jobs that ended early
+            self._compact(torch.ones(self.in_flight(), dtype=torch.bool))
+        if not self.in_flight():
             if not self.waiting:
                 return None
             wait = self.waiting[0].arrival + self.max_wait - now
             if wait > 0 and self.waiting_rows() < self.max_batch:
                 return wait
-        if self.batching == "step" or not self.active:
+        if self.batching == "step" or not self.in_flight():
             self._admit(now)
-        return Batch(list(self.active), self.rows)
+        s, t = self.grid[self.K, self.k], self.grid[self.K, self.k + 1]
+        return Batch(self.x, s, t, self.y, self.w, self.rows)
 
     def update(self, batch: Batch, x_next: Tensor, now: float) -> None:
-        """Apply one computed step (x_next: [N, *shape], one row per sample) and retire finished samples."""
-        rows = x_next.unbind(0)  # one call for all the row views (iterating a tensor costs more)
-        if len(rows) != len(batch.samples):
-            raise ValueError(f"{len(rows)} computed rows for {len(batch.samples)} samples")
-        finished: dict[Job, tuple[list[int], list[int]]] = {}  # job -> (sample indices, rows)
-        for i, smp in enumerate(batch.samples):
-            job = smp.job
-            if job.done:  # cancelled or expired while the network ran
-                continue
-            smp.x, smp.k = rows[i], smp.k + 1
-            if smp.steps_left == 0:
-                idx, src = finished.setdefault(job, ([], []))
-                idx.append(smp.index)
-                src.append(i)
-        for job, (idx, src) in finished.items():  # one copy per finished group, not per sample
-            job.result[idx] = x_next[src]
-            job.remaining -= len(idx)
-            if job.remaining == 0:
-                self._finish(job, now, None)
-        self._prune()
+        """Apply one computed step (x_next: [N, *shape], one row per sample) and retire finished rows."""
+        if x_next.shape[0] != self.in_flight() or batch.x is not self.x:
+            raise ValueError(f"{x_next.shape[0]} computed rows for {self.in_flight()} rows in flight")
+        self.x, self.k = x_next, self.k + 1
+        done = self.k == self.K  # [R]
+        live = done & self._alive() if self.dead else done
+        if bool(live.any()):
+            idx = live.nonzero().flatten()
+            ids, counts = torch.unique_consecutive(self.job[idx], return_counts=True)
+            # a job's rows are admitted (and so finish) in sample order: its chunks concatenate in order
+            for jid, chunk in zip(ids.tolist(), x_next[idx].split(counts.tolist()), strict=True):
+                self._collect(self.jobs[jid], chunk, now)
+        self._compact(~done)
 
     def fail(self, batch: Batch, error: Exception, now: float) -> None:
         """A failed network call fails the requests in it, nothing else."""
-        for job in {id(s.job): s.job for s in batch.samples}.values():
-            if not job.done:
+        for jid in torch.unique(self.job).tolist():
+            job = self.jobs.get(jid)
+            if job is not None:
                 self._finish(job, now, error)
-        self._prune()
+        self._compact(torch.zeros(self.in_flight(), dtype=torch.bool))
 
     def expire(self, now: float) -> None:
-        jobs = list(self.waiting) + [s.job for s in self.active]
-        for job in {id(j): j for j in jobs}.values():
-            if job.deadline is not None and now > job.deadline and not job.done:
-                self._finish(job, now, DeadlineExceeded("deadline passed"))
-        self._prune()
+        if now <= self.next_deadline:
+            return
+        for job in [j for j in self.jobs.values() if j.deadline is not None and now > j.deadline]:
+            self._finish(job, now, DeadlineExceeded("deadline passed"))
+        self.next_deadline = min(
+            (j.deadline for j in self.jobs.values() if j.deadline is not None), default=math.inf
+        )
 
     # ---------------------------------------------------------------- queries
+    def in_flight(self) -> int:
+        """Samples (state rows) in flight."""
+        return int(self.k.shape[0])
+
     def waiting_rows(self) -> int:
         return sum((j.n - j.admitted) * j.rows_per_sample for j in self.waiting)
 
+    def steps_left(self) -> list[int]:
+        """Network rows in flight by steps left: out[j] = rows with j steps to go."""
+        weights = (1 + (self.w != 1.0).long()) * self._alive().long()
+        return torch.bincount(self.K - self.k, weights, minlength=self.max_steps + 1).long().tolist()
+
     def pending_work(self) -> int:
         """Row-steps still to compute for everything queued or in flight."""
-        active = sum(s.rows * s.steps_left for s in self.active)
+        active = sum(j * r for j, r in enumerate(self.steps_left()))
         return active + sum((j.n - j.admitted) * j.rows_per_sample * j.steps for j in self.waiting)
-
-    def in_flight(self) -> int:
-        return len(self.active)
 
     def predict_seconds(self, rows: int, steps: int) -> float:
         """Predicted seconds to finish a new job of `rows` rows and `steps` steps queued behind all now."""
         b = self.max_batch
         busy = min(b, self.rows + self.waiting_rows() + rows)
-        wait = 0.0 if (self.active or self.waiting) else self.max_wait
+        wait = 0.0 if (self.in_flight() or self.waiting) else self.max_wait
         own = steps * math.ceil(rows / b) * self.timer.predict(busy)
         return wait + self.start_delay(min(rows, b)) + own
 
     def start_delay(self, rows: int) -> float:
         """Predicted seconds until a job queued now is first admitted: a FIFO simulation by row counts."""
         depth = max([self.max_steps] + [j.steps for j in self.waiting]) + 1
-        left = [0] * depth  # active rows by steps left
-        for s in self.active:
-            left[s.steps_left] += s.rows
+        left = self.steps_left() + [0] * (depth - self.max_steps - 1)
         queue = [[j.rows_per_sample, j.n - j.admitted, j.steps] for j in self.waiting]
         queue.append([rows, 1, 0])  # the new job's first sample(s)
-        busy, elapsed = self.rows, 0.0
+        busy, elapsed = sum(left), 0.0
         for _ in range(1_000_000):  # bounded: every iteration retires rows
             busy = self._admit_counts(queue, left, busy)
             if not queue:
@@ -277,26 +285,74 @@ class Scheduler:
 
     # ---------------------------------------------------------------- internals
     def _admit(self, now: float) -> None:
+        """Move waiting samples into the state while rows are free (FIFO; one at least when empty)."""
+        free, takes = self.max_batch - self.rows, []
         while self.waiting:
             job = self.waiting[0]
             r = job.rows_per_sample
-            while job.admitted < job.n and (self.rows + r <= self.max_batch or not self.active):
-                self.active.append(Sample(job, job.admitted, job.noise[job.admitted]))
-                job.admitted += 1
-                self.rows += r
-                if job.first_admit is None:
-                    job.first_admit = now
+            take = min(job.n - job.admitted, free // r)
+            if take == 0 and not self.in_flight() and not takes:
+                take = 1  # a guided sample wider than the whole batch still runs, alone
+            if take == 0:
+                break
+            takes.append((job, job.admitted, take))
+            job.admitted += take
+            free -= take * r
+            if job.first_admit is None:
+                job.first_admit = now
             if job.admitted < job.n:
-                return
+                break
             self.waiting.popleft()
+        if takes:
+            self._append(takes)
+
+    def _append(self, takes: list[tuple[Job, int, int]]) -> None:
+        counts = torch.tensor([n for _, _, n in takes])
+        per_job = lambda vals, dtype: torch.repeat_interleave(torch.tensor(vals, dtype=dtype), counts)
+        xs = [j.noise[a : a + n] for j, a, n in takes]
+        ys = [torch.as_tensor(j.labels[a : a + n], dtype=torch.long) for j, a, n in takes]
+        self.x = torch.cat(xs if self.x is None else [self.x, *xs])
+        self.k = torch.cat([self.k, torch.zeros(int(counts.sum()), dtype=torch.long)])
+        self.K = torch.cat([self.K, per_job([j.steps for j, _, _ in takes], torch.long)])
+        self.y = torch.cat([self.y, *ys])
+        self.w = torch.cat([self.w, per_job([j.guidance for j, _, _ in takes], torch.float32)])
+        self.job = torch.cat([self.job, per_job([j.id for j, _, _ in takes], torch.long)])
+        self.rows += sum(n * j.rows_per_sample for j, _, n in takes)
+
+    def _alive(self) -> Tensor:
+        """[R] bool: rows whose job has not ended early."""
+        if not self.dead:
+            return torch.ones(self.in_flight(), dtype=torch.bool)
+        return ~torch.isin(self.job, torch.tensor(sorted(self.dead)))
+
+    def _compact(self, keep: Tensor) -> None:
+        """Keep the rows where `keep` is True and whose job is alive."""
+        if self.dead:
+            keep = keep & self._alive()
+            self.dead.clear()
+        if bool(keep.all()):
+            return
+        if not bool(keep.any()):
+            return self._clear()
+        idx = keep.nonzero().flatten()
+        self.x, self.k, self.K = self.x[idx], self.k[idx], self.K[idx]
+        self.y, self.w, self.job = self.y[idx], self.w[idx], self.job[idx]
+        self.rows = len(idx) + int((self.w != 1.0).sum())
+
+    def _collect(self, job: Job, chunk: Tensor, now: float) -> None:
+        job.chunks.append(chunk)
+        job.remaining -= len(chunk)
+        if job.remaining == 0:
+            job.result = job.chunks[0] if len(job.chunks) == 1 else torch.cat(job.chunks)
+            job.chunks = []
+            self._finish(job, now, None)
 
     def _finish(self, job: Job, now: float, error: Exception | None) -> None:
         job.done, job.error, job.finished = True, error, now
-        if job in self.waiting:
+        if job.rows_in_flight > 0 and error is not None:
+            self.dead.add(job.id)
+        if job.admitted < job.n:
             self.waiting.remove(job)
+        self.jobs.pop(job.id, None)
         if job.on_done is not None:
             job.on_done(job)
-
-    def _prune(self) -> None:
-        self.active = [s for s in self.active if not s.job.done and s.steps_left > 0]
-        self.rows = sum(s.rows for s in self.active)

@@ -15,7 +15,7 @@ MAX_CLASS = 100_000
 class Timings(BaseModel):
     queue_ms: float = Field(description="Submission to first admission into a batch.")
     compute_ms: float = Field(description="First admission to the last sample's last step.")
-    total_ms: float = Field(description="Request arrival to response ready (includes encoding).")
+    total_ms: float = Field(description="Request arrival to samples back from the engine core.")
 
 
 class GenerateResponse(BaseModel):
@@ -123,3 +123,16 @@ def generate_request_model(s: ServerSettings) -> type[BaseModel]:
         ),
     }
     return create_model("GenerateRequest", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def safe_errors(errors: list[dict]) -> list[dict]:
+    """Validation errors that always serialise as strict JSON: the offending input is left out (it may be
+    NaN, Infinity, huge or binary) and context values become strings."""
+    out = []
+    for err in errors:
+        e = {k: v for k, v in err.items() if k not in ("input", "ctx", "url")}
+        if "ctx" in err:
+            e["ctx"] = {k: str(v)[:200] for k, v in err["ctx"].items()}
+        e["loc"] = [v if isinstance(v, int) else str(v)[:100] for v in err.get("loc", ())]
+        out.append(e)
+    return out

@@ -1,41 +1,35 @@
-"""The serving core behind the routes: loaded models with their workers, lifecycle, and one `generate`.
+"""The serving API behind both protocols: one `generate` call, the models the engine cores report, and
+the lifecycle of this API process (starting -> ready -> draining). No torch, no HTTP.
 
-Routes (v1 JSON and v2 tensors) translate to `GenParams` and map the `ServiceError`s raised here to
-HTTP statuses; nothing here knows HTTP. Completion crosses from the worker thread to the event loop
-through `loop.call_soon_threadsafe`; encoding runs in a small thread pool, off the event loop.
+v1 (JSON) and v2 (Open Inference Protocol) routes are thin codecs: they decode into GenParams, call
+`Service.generate`, and format the result or the ServiceError raised here. The network runs in the
+engine-core processes (server.core_process); this side validates, sends one Generate message, awaits
+its Done / Failed (or the deadline, or the client's disconnect) and encodes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import math
 import secrets
-import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import torch
-from torch import Tensor
+import numpy as np
 
-from flowmap.checkpoint import Model, load_model
-from flowmap.samplers import make_noise
-from server.encode import is_image, npy_base64, png_images
-from server.estimator import CallTimer
-from server.scheduler import Cancelled, DeadlineExceeded, Job, QueueFull, Scheduler
+from server import messages as m
+from server.client import CoreClient, CoreDown
 from server.settings import ServerSettings
-from server.stats import IterationStats, Rejection, RequestStats
-from server.worker import Executor, ModelWorker
+from server.stats import Rejection, RequestStats
 
 log = logging.getLogger("flowmap.server")
 SEED_MAX = 2**63 - 1
 
 
 class ServiceError(Exception):
-    """An outcome other than success; `status` is the HTTP status the routes send."""
+    """An outcome other than success; `status` is the HTTP status the routes send, `reason` the metric label."""
 
     status = 500
     reason = "failed"
@@ -49,12 +43,24 @@ class InvalidInput(ServiceError):
     status, reason = 422, "invalid"
 
 
+class Unauthorized(ServiceError):
+    status, reason = 401, "unauthorized"
+
+
 class UnknownModel(ServiceError):
     status, reason = 404, "not_found"
 
 
 class Unavailable(ServiceError):
     status, reason = 503, "not_ready"
+
+
+class Draining(Unavailable):
+    reason = "draining"
+
+
+class CoreUnavailable(Unavailable):
+    reason = "unavailable"
 
 
 class Overloaded(ServiceError):
@@ -71,7 +77,7 @@ class ClientGone(ServiceError):
 
 @dataclass
 class GenParams:
-    """One validated generation request (labels: a class, a list of classes, or None)."""
+    """One decoded generation request (labels: a class, a list of classes, or None)."""
 
     model: str | None = None
     steps: int | None = None  # None: "auto"
@@ -80,7 +86,7 @@ class GenParams:
     class_label: int | list[int] | None = None
     guidance_scale: float | None = None
     deadline_ms: float | None = None
-    output: str = "png"  # png | npy | tensor (raw tensor for v2)
+    output: str = "png"  # png | npy | tensor (raw array for v2)
 
 
 @dataclass
@@ -90,106 +96,80 @@ class GenResult:
     seed: int
     labels: list[int] | None
     guidance: float
-    x: Tensor  # [N, *shape] float32 model space
-    images: list[str] | None = None
-    array: str | None = None
+    x: np.ndarray  # [N, *shape] float32 model space
     timings: dict = field(default_factory=dict)
 
 
 @dataclass
 class ModelEntry:
-    name: str
-    model: Model
-    worker: ModelWorker
-    engine_name: str
+    """A served model as its engine core describes it (server.core_process.build_core's info)."""
+
+    index: int
+    info: dict
+    client: CoreClient
+
+    @property
+    def name(self) -> str:
+        return self.info["name"]
+
+    @property
+    def shape(self) -> list[int]:
+        return self.info["shape"]
+
+    @property
+    def num_classes(self) -> int:
+        return self.info["num_classes"]
 
     @property
     def conditional(self) -> bool:
-        return self.model.num_classes > 0
+        return self.num_classes > 0
 
     @property
     def image(self) -> bool:
-        return is_image(self.model.shape)
-
-    @property
-    def baked_guidance(self) -> float:
-        return float((self.model.config.get("guidance") or {}).get("baked_scale", 1.0))
-
-
-def pick_engine(settings: ServerSettings, device: str) -> str:
-    if settings.engine:
-        return settings.engine
-    import engines
-
-    default = getattr(engines, "default_engine", None)
-    return default(device) if default else "eager"
-
-
-def resolve_device(device: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
-def buckets_for(max_batch: int) -> tuple[int, ...]:
-    return tuple(sorted({b for b in (1, 8, 32, 128, 512) if b < max_batch} | {max_batch}))
-
-
-def build_entry(name_or_path: str, settings: ServerSettings, on_iteration: Callable) -> ModelEntry:
-    """Load a model and its engine and wrap them in a (not yet started) worker."""
-    from engines import load_engine
-
-    model = load_model(name_or_path)
-    device = resolve_device(settings.device)
-    engine_name = pick_engine(settings, device)
-    engine = load_engine(engine_name, model, device=device, buckets=buckets_for(settings.max_batch_size))
-    sched = Scheduler(
-        settings.max_batch_size,
-        settings.max_queue,
-        settings.max_wait_ms / 1000,
-        settings.max_steps,
-        CallTimer(),
-        settings.batching,
-    )
-    executor = Executor(engine, model.num_classes, model.num_classes > 0, device)
-    worker = ModelWorker(model.name, sched, executor, on_iteration)
-    worker.engine = engine
-    return ModelEntry(model.name, model, worker, engine_name)
+        return bool(self.info["image"])
 
 
 class Service:
-    """Models, their workers and the lifecycle: starting -> ready -> draining."""
+    """This API process's view of the engine cores, and `generate`."""
 
-    def __init__(self, settings: ServerSettings, entries: dict[str, ModelEntry], metrics=None):
-        self.settings, self.entries, self.metrics = settings, entries, metrics
-        self.state = "starting"
+    def __init__(self, settings: ServerSettings, clients: list[CoreClient], metrics=None):
+        self.settings, self.clients, self.metrics = settings, clients, metrics
+        self.entries: dict[str, ModelEntry] = {}
+        self.generations: list[int] = [-1] * len(clients)
+        self.cores_up = False
+        self.draining = False
         self.inflight = 0
         self.idle = asyncio.Event()
-        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="flowmap-encode")
-        self.default_model = next(iter(entries))
 
     # ------------------------------------------------------------ lifecycle
-    def start(self) -> None:
-        for e in self.entries.values():
-            e.worker.start()
+    @property
+    def state(self) -> str:
+        if self.draining:
+            return "draining"
+        return "ready" if self.cores_up else ("starting" if not self.entries else "unavailable")
 
-    def warmup(self) -> None:
-        """Engine warm-up, then real batches through each worker to seed the call-time estimate."""
-        for e in self.entries.values():
-            e.worker.engine.warmup()
-            for n in buckets_for(self.settings.max_batch_size)[-3:]:
-                done = threading.Event()
-                job = Job(make_noise(n, e.model.shape, 0), [0] * n, 1, on_done=lambda j, d=done: d.set())
-                e.worker.submit(job)
-                done.wait(120)
-        # Move everything alive now (torch, FastAPI, pydantic, the models: ~10^6 objects) out of the
-        # collector's reach: otherwise each full collection walks them all, and under load those
-        # pauses reached 200+ ms with every request stalled behind them (p99 5x p50).
-        gc.collect()
-        gc.freeze()
-        self.state = "ready"
-        log.info("ready: %s", ", ".join(f"{e.name} ({e.engine_name})" for e in self.entries.values()))
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    @property
+    def default_model(self) -> str | None:
+        return next(iter(self.entries), None)
+
+    def on_states(self, states: m.CoreStates) -> None:
+        """The supervisor's CoreStates: models appear when their core is ready; a core that stopped
+        (down, or restarted since) fails the requests it held."""
+        for i, core in enumerate(states.cores[: len(self.clients)]):
+            info, gen = core.get("info"), core.get("generation", 0)
+            if self.generations[i] not in (-1, gen) or not core.get("up"):
+                self.clients[i].fail_all("the engine core stopped with this request in it")
+            self.generations[i] = gen
+            if info and info.get("name") not in self.entries:
+                self.entries[info["name"]] = ModelEntry(i, info, self.clients[i])
+        self.cores_up = len(states.cores) == len(self.clients) and all(c.get("up") for c in states.cores)
 
     def begin_drain(self) -> None:
-        self.state = "draining"
+        self.draining = True
         if self.inflight == 0:
             self.idle.set()
 
@@ -203,44 +183,36 @@ class Service:
         except asyncio.TimeoutError:
             return False
 
-    def stop(self) -> None:
-        for e in self.entries.values():
-            e.worker.stop()
-        self.pool.shutdown(wait=False)
+    def check_open(self) -> None:
+        if self.draining:
+            raise Draining("server is draining")
+        if not self.cores_up:
+            raise Unavailable("server is warming up" if not self.entries else "an engine core is restarting")
 
-    @property
-    def ready(self) -> bool:
-        return self.state == "ready"
+    # ------------------------------------------------------------ stats (labels: server-known values only)
+    def known_model(self, name: str | None) -> str:
+        return name if name in self.entries else ""
 
-    # ------------------------------------------------------------ stats
-    def on_iteration(self, s: IterationStats) -> None:
+    def reject(self, reason: str, model: str | None = None) -> None:
         if self.metrics is not None:
-            self.metrics.iteration(s)
+            self.metrics.reject(Rejection(reason, self.known_model(model)))
 
-    def reject(self, reason: str, model: str = "") -> None:
-        if self.metrics is not None:
-            self.metrics.reject(Rejection(reason, model))
-
-    def record(self, model: str, steps: int | None, status: int, seconds: float, queue: float | None) -> None:
-        if self.metrics is not None:
-            self.metrics.request(RequestStats(model, steps, status, seconds, queue))
+    def record(self, model: str | None, steps, status: int, seconds: float, queue: float | None) -> None:
+        if self.metrics is None:
+            return
+        ok_steps = steps if isinstance(steps, int) and 1 <= steps <= self.settings.max_steps else None
+        self.metrics.request(RequestStats(self.known_model(model), ok_steps, status, seconds, queue))
 
     # ------------------------------------------------------------ generation
     def entry(self, name: str | None) -> ModelEntry:
-        name = name or self.default_model
+        name = name or self.default_model or ""
         if name not in self.entries:
-            raise UnknownModel(f"unknown model {name!r}; serving: {', '.join(self.entries)}", "model")
+            shown = name if len(name) <= 64 else name[:64] + "..."
+            raise UnknownModel(f"unknown model {shown!r}; serving: {', '.join(self.entries)}", "model")
         return self.entries[name]
 
-    def check_open(self) -> None:
-        if self.state != "ready":
-            reason = "draining" if self.state == "draining" else "not_ready"
-            err = Unavailable("server is draining" if reason == "draining" else "server is warming up")
-            err.reason = reason
-            raise err
-
     async def generate(self, p: GenParams, disconnected: Callable[[], Awaitable] | None = None) -> GenResult:
-        """Validate against the model, queue, wait (deadline, disconnect), encode. Raises ServiceError."""
+        """Validate against the model, send to its core, wait (deadline, disconnect). Raises ServiceError."""
         self.check_open()
         e = self.entry(p.model)
         self.validate(e, p)
@@ -250,35 +222,29 @@ class Service:
             return await self._generate(e, p, disconnected)
         finally:
             self.inflight -= 1
-            if self.inflight == 0 and self.state == "draining":
+            if self.inflight == 0 and self.draining:
                 self.idle.set()
 
     async def _generate(self, e: ModelEntry, p: GenParams, disconnected) -> GenResult:
         t0 = time.monotonic()
-        job = self.make_job(e, p, t0)
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        job.on_done = lambda j: loop.call_soon_threadsafe(_settle, fut)
+        labels, guidance = self.labels(e, p), self.guidance(e, p)
+        seed = p.seed if p.seed is not None else secrets.randbelow(SEED_MAX)
+        deadline_ms = p.deadline_ms if p.deadline_ms is not None else self.settings.request_timeout_ms
+        deadline = t0 + deadline_ms / 1000
+        make = lambda rid: m.Generate(rid, p.num_samples, seed, p.steps or 0, labels, guidance, deadline)
         try:
-            e.worker.submit(job)
-        except QueueFull as q:
-            raise Overloaded(str(q), retry_after=q.retry_after) from None
-        await self._wait(e, job, fut, disconnected)
-        if job.error is not None:
-            raise _map_error(job.error)
-        result = GenResult(e.name, job.steps, job.seed, job.request_labels, job.guidance, job.result)
-        if p.output in ("png", "npy"):
-            await loop.run_in_executor(self.pool, _encode, result, p.output)
-        t1 = time.monotonic()
-        result.timings = {
-            "queue_ms": 1e3 * (job.first_admit - job.arrival),
-            "compute_ms": 1e3 * (job.finished - job.first_admit),
-            "total_ms": 1e3 * (t1 - t0),
-        }
-        return result
+            rid, fut = e.client.submit(make)
+        except CoreDown as err:
+            raise CoreUnavailable(str(err), retry_after=1) from None
+        out = await self._wait(e, rid, fut, deadline, disconnected)
+        if isinstance(out, m.Failed):
+            raise _failure(out)
+        x = np.frombuffer(out.data, np.float32).reshape(p.num_samples, *e.shape)
+        timings = {"queue_ms": 1e3 * out.queue_s, "compute_ms": 1e3 * out.compute_s}
+        return GenResult(e.name, out.steps, seed, labels, guidance, x, timings)
 
-    async def _wait(self, e: ModelEntry, job: Job, fut: asyncio.Future, disconnected) -> None:
-        timeout = max(0.0, job.deadline - time.monotonic()) + 0.05  # the scheduler expires it first
+    async def _wait(self, e: ModelEntry, rid: int, fut: asyncio.Future, deadline: float, disconnected):
+        timeout = max(0.0, deadline - time.monotonic()) + 0.05  # the core expires it first
         watch = asyncio.ensure_future(disconnected()) if disconnected else None
         try:
             done, _ = await asyncio.wait(
@@ -288,33 +254,17 @@ class Service:
             if watch is not None:
                 watch.cancel()
         if fut in done:
-            return
-        e.worker.cancel(job)
+            if fut.exception() is not None:
+                raise CoreUnavailable(str(fut.exception()), retry_after=1)
+            return fut.result()
+        e.client.cancel(rid)
         if watch is not None and watch in done:
             raise ClientGone("client disconnected")
         raise TimedOut("deadline passed")
 
-    def make_job(self, e: ModelEntry, p: GenParams, now: float) -> Job:
-        labels = self.labels(e, p)
-        guidance = self.guidance(e, p)
-        seed = p.seed if p.seed is not None else secrets.randbelow(SEED_MAX)
-        deadline_ms = p.deadline_ms if p.deadline_ms is not None else self.settings.request_timeout_ms
-        device = e.worker.executor.device
-        noise = make_noise(p.num_samples, e.model.shape, seed, device)  # [N, *shape], as `flowmap sample`
-        engine_labels = labels if labels is not None else [0] * p.num_samples
-        return Job(
-            noise,
-            engine_labels,
-            p.steps,
-            guidance,
-            now + deadline_ms / 1000,
-            seed=seed,
-            request_labels=labels,
-        )
-
     def labels(self, e: ModelEntry, p: GenParams) -> list[int] | None:
         """Per-sample classes; omitted on a conditional model: cycle 0..C-1 (as `flowmap sample`)."""
-        c, n = e.model.num_classes, p.num_samples
+        c, n = e.num_classes, p.num_samples
         if c == 0:
             if p.class_label is not None:
                 raise InvalidInput(f"model {e.name!r} is unconditional; omit class_label", "class_label")
@@ -359,21 +309,11 @@ class Service:
             raise InvalidInput(f"model {e.name!r} is not an image model; use output='npy'", "output")
 
 
-def _settle(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-def _map_error(err: Exception) -> ServiceError:
-    if isinstance(err, DeadlineExceeded):
-        return TimedOut("deadline passed")
-    if isinstance(err, Cancelled):
-        return ClientGone("cancelled")
-    return ServiceError(f"network call failed: {type(err).__name__}")
-
-
-def _encode(result: GenResult, output: str) -> None:
-    if output == "png":
-        result.images = png_images(result.x)
-    else:
-        result.array = npy_base64(result.x)
+def _failure(f: m.Failed) -> ServiceError:
+    kinds = {
+        "queue_full": Overloaded,
+        "deadline": TimedOut,
+        "cancelled": ClientGone,
+        "invalid": InvalidInput,
+    }
+    return kinds.get(f.kind, ServiceError)(f.message, retry_after=f.retry_after)

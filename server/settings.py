@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -45,10 +46,11 @@ class ServerSettings(BaseSettings):
         description="Most requests waiting per model; beyond it requests get 429.",
     )
     max_wait_ms: float = Field(
-        default=2.0,
+        default=0.0,
         ge=0,
         le=1000,
-        description="Batching window of an idle worker, from the first queued one.",
+        description="Batching window of an idle engine core, from the first queued request (0: an idle core "
+        "starts a request at once; what arrives while it computes joins at the next step).",
     )
     default_steps: int = Field(default=1, ge=1, le=1000, description="Steps when a request gives none.")
     max_steps: int = Field(
@@ -79,7 +81,27 @@ class ServerSettings(BaseSettings):
         description="step: samples join and leave at step boundaries; request: whole-request "
         "batches (the baseline diffusion servers use; for benchmarks).",
     )
-    threads: int = Field(default=1, ge=1, le=256, description="Torch intra-op threads.")
+    threads: int = Field(default=1, ge=1, le=256, description="Torch intra-op threads per engine core.")
+    api_workers: int | Literal["auto"] = Field(
+        default="auto",
+        description="HTTP front-end processes (decode, validate, encode; no torch); auto: one per two CPUs "
+        "this process may use, at least 1, at most 8 (the engine cores take the rest).",
+    )
+    max_connections: int = Field(
+        default=1024, ge=1, le=1_000_000, description="Open connections per API process; more are refused."
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="A connection whose request headers are not in within this closes.",
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600, description="A request body not received within this gets 408."
+    )
+    keep_alive_s: float = Field(
+        default=5.0, gt=0, le=3600, description="An idle keep-alive connection closes after this."
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="Uvicorn log level."
     )
@@ -94,6 +116,26 @@ class ServerSettings(BaseSettings):
         if self.default_steps > self.max_steps:
             raise ValueError(f"default_steps ({self.default_steps}) must be <= max_steps ({self.max_steps})")
         return self
+
+    @field_validator("api_workers", mode="before")
+    @classmethod
+    def _workers(cls, v):
+        if isinstance(v, str) and v.strip() != "auto":
+            return int(v) if v.strip().isdigit() else v
+        return v
+
+    @field_validator("api_workers")
+    @classmethod
+    def _workers_range(cls, v):
+        if v != "auto" and not 1 <= v <= 64:
+            raise ValueError("api_workers must be 'auto' or 1..64")
+        return v
+
+    def api_processes(self) -> int:
+        """api_workers resolved: 'auto' is one per two usable CPUs, 1..8."""
+        if self.api_workers != "auto":
+            return self.api_workers
+        return max(1, min(8, len(os.sched_getaffinity(0)) // 2))
 
     def key(self) -> str | None:
         return self.api_key.get_secret_value() if self.api_key else None

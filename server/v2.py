@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from server import ops
-from server.service import GenParams, InvalidInput, ModelEntry, Service, ServiceError, UnknownModel
+from server import http
+from server.encode import to_uint8_nhwc
+from server.service import GenParams, GenResult, InvalidInput, ModelEntry, Service
 
 DTYPES = {
     "BOOL": np.bool_,
@@ -72,9 +72,9 @@ INFER_SCHEMA = {
 
 
 def outputs_of(e: ModelEntry) -> dict[str, tuple[str, list[int]]]:
-    outs = {"samples": ("FP32", [-1, *e.model.shape])}
+    outs = {"samples": ("FP32", [-1, *e.shape])}
     if e.image:
-        c, h, w = e.model.shape
+        c, h, w = e.shape
         outs["images"] = ("UINT8", [-1, h, w, c])
     return outs
 
@@ -83,7 +83,7 @@ def metadata(e: ModelEntry) -> dict:
     return {
         "name": e.name,
         "versions": ["1"],
-        "platform": f"flowmap_{e.engine_name}",
+        "platform": f"flowmap_{e.info['engine']}",
         "inputs": [{"name": k, "datatype": d, "shape": s} for k, (d, s) in INPUTS.items()],
         "outputs": [{"name": k, "datatype": d, "shape": s} for k, (d, s) in outputs_of(e).items()],
     }
@@ -186,8 +186,8 @@ def requested_outputs(e: ModelEntry, body: dict) -> list[tuple[str, bool]]:
 
 def encode_outputs(e: ModelEntry, x, wanted: list[tuple[str, bool]]) -> tuple[list[dict], bytes]:
     tensors = {
-        "samples": lambda: x.detach().float().cpu().numpy(),
-        "images": lambda: ops.to_uint8_nhwc(x.detach().float().cpu()),
+        "samples": lambda: x,
+        "images": lambda: to_uint8_nhwc(x),
     }
     specs, blobs = [], []
     for name, binary in wanted:
@@ -240,26 +240,19 @@ def router(service: Service, auth) -> APIRouter:
 
 
 def _entry(service: Service, name: str) -> ModelEntry:
-    if name not in service.entries:
-        raise UnknownModel(f"unknown model {name!r}; serving: {', '.join(service.entries)}")
-    return service.entries[name]
+    return service.entry(name or "")
 
 
 async def _infer(service: Service, name: str, request: Request) -> Response:
-    from server.app import wait_disconnect
-
     e = _entry(service, name)
     body, binary = split_body(await request.body(), request.headers.get(HEADER))
     p = to_params(name, body, binary)
     wanted = requested_outputs(e, body)
     p.steps = p.steps if p.steps is not None else service.settings.default_steps
-    t0 = time.monotonic()
-    try:
-        result = await service.generate(p, lambda: wait_disconnect(request))
-    except ServiceError as err:
-        service.record(name, p.steps, err.status, time.monotonic() - t0, None)
-        raise
-    service.record(name, result.steps, 200, time.monotonic() - t0, result.timings["queue_ms"] / 1e3)
+    return await http.generate(service, p, request, lambda r: infer_response(e, body, r, wanted))
+
+
+def infer_response(e: ModelEntry, body: dict, result: GenResult, wanted: list[tuple[str, bool]]) -> Response:
     specs, blob = encode_outputs(e, result.x, wanted)
     head = {
         "model_name": e.name,

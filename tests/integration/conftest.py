@@ -48,18 +48,17 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 
 class ServerProcess:
-    """`python -m server ...` (or the slow-engine launcher) as a child process."""
+    """`python -m server ...` as a child process (slow_ms: with the test-only slow engine)."""
 
     def __init__(self, args: list[str], slow_ms: float | None = None, env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        launcher = (
-            [str(ROOT / "tests/integration/slow_server.py")] if slow_ms is not None else ["-m", "server"]
-        )
         full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-        if slow_ms is not None:
+        if slow_ms is not None:  # the test-only engine, by import path (the engine cores import it)
             full_env["FLOWMAP_TEST_DELAY_MS"] = str(slow_ms)
-        cmd = [sys.executable, *launcher, "--port", str(self.port), "--log-level", "warning", *args]
+            full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests/integration"), str(ROOT)])
+            args = ["--engine", "slow_engine:SlowEngine", *args]
+        cmd = [sys.executable, "-m", "server", "--port", str(self.port), "--log-level", "warning", *args]
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )

@@ -17,7 +17,7 @@ import pytest
 
 from tests.integration.conftest import ServerProcess
 
-SLOW = ["--engine", "slow", "--max-batch-size", "4", "--max-wait-ms", "0", "--max-steps", "4"]
+SLOW = ["--max-batch-size", "4", "--max-wait-ms", "0", "--max-steps", "4"]
 
 
 @pytest.fixture(scope="module")

@@ -31,12 +31,12 @@ def test_npy_round_trip_and_image_shapes():
 
 def test_cpu_post_processing_is_bit_identical_to_the_kernel_reference():
     from kernels.reference import postprocess_ref
-    from server.ops import _numpy_postprocess
+    from server.encode import to_uint8_nhwc
 
     x = torch.randn(16, 3, 8, 8) * 2
     x.view(-1)[:256] = (torch.arange(256) + 0.5) / 127.5 - 1  # every half-way tie: round half to even
     x.view(-1)[300] = float("nan")
-    np.testing.assert_array_equal(_numpy_postprocess(x), postprocess_ref(x).numpy())
+    np.testing.assert_array_equal(to_uint8_nhwc(x), postprocess_ref(x).numpy())
 
 
 def test_png_is_lossless_for_large_images_too():

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 
 from flowmap.samplers import guided, make_noise, sample_flowmap, uniform_grid
 from server.scheduler import Batch, Cancelled, DeadlineExceeded, Job, QueueFull, Scheduler
-from server.worker import Executor, ModelWorker
+from server.core import EngineCore, Executor
 
 SHAPE, C = [1, 2, 2], 10
 
@@ -219,19 +217,16 @@ def test_request_batching_baseline_admits_only_when_empty():
     assert [c["y"] for c in eng.calls] == [[1], [1], [1], [2]]
 
 
-def test_worker_thread_survives_a_failing_batch():
+def test_engine_core_survives_a_failing_batch():
     eng = FakeEngine(fail_label=3)
-    worker = ModelWorker("m", Scheduler(8, 16, 0.0, 4), Executor(eng, C, conditional=True))
-    events = {k: threading.Event() for k in ("bad", "good")}
-    bad = job(1, 2, label=3, done=lambda j: events["bad"].set())
-    worker.start()
-    try:
-        worker.submit(bad)
-        assert events["bad"].wait(5)
-        good = job(2, 2, label=1, done=lambda j: events["good"].set())
-        worker.submit(good)
-        assert events["good"].wait(5)
-    finally:
-        worker.stop()
+    core = EngineCore("m", Scheduler(8, 16, 0.0, 4), Executor(eng, C, conditional=True))
+    seen = []
+    bad = job(1, 2, label=3, done=seen.append)
+    core.submit(bad)
+    core.run_until_idle()
+    good = job(2, 2, label=1, done=seen.append)
+    core.submit(good)
+    core.run_until_idle()
+    assert seen == [bad, good]
     assert isinstance(bad.error, RuntimeError) and good.error is None
     torch.testing.assert_close(good.result, reference(good, FakeEngine()), rtol=0, atol=1e-6)

@@ -1,0 +1,111 @@
+"""The engine core of one model: scheduler + executor, and the loop body schedule -> execute -> update.
+
+This is the part vLLM v1 calls EngineCore. It does no I/O: `server.core_process` feeds it requests
+from the API processes and sends back what `on_done` reports. A failing network call fails the
+requests in that batch, never the core.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from flowmap.guidance import cfg_mix
+from server import ops
+from server.scheduler import Batch, Job, Scheduler
+from server.stats import IterationStats
+
+log = logging.getLogger("flowmap.server")
+
+
+class Executor:
+    """Runs one Batch: per-row (x, s, t, y) -> one engine call (guided rows twice) -> flow-map step."""
+
+    def __init__(self, engine: Callable, null_label: int, conditional: bool, device="cpu"):
+        self.engine, self.null_label, self.conditional = engine, null_label, conditional
+        self.device = torch.device(device)
+
+    @torch.inference_mode()
+    def __call__(self, batch: Batch) -> Tensor:
+        dev = self.device
+        x, s, t, w = batch.x, batch.s.to(dev), batch.t.to(dev), batch.w
+        y = (batch.y if self.conditional else torch.zeros_like(batch.y)).to(dev)
+        g = (w != 1.0).nonzero().flatten()  # guided rows: [G]
+        if len(g):  # the null-label copies of the guided rows go after the batch
+            gd = g.to(dev)
+            null = torch.full_like(gd, self.null_label)
+            u = self.engine(
+                torch.cat([x, x[gd]]), torch.cat([s, s[gd]]), torch.cat([t, t[gd]]), torch.cat([y, null])
+            )
+            u, u_null = u[: len(x)].clone(), u[len(x) :]
+            u[gd] = cfg_mix(u[gd], u_null, w[g].to(dev))
+        else:
+            u = self.engine(x, s, t, y)
+        return ops.step(x, u, s, t)  # [N, *shape]
+
+
+class EngineCore:
+    """One model's scheduler and executor; `step()` runs at most one iteration and says what is next."""
+
+    def __init__(
+        self,
+        name: str,
+        scheduler: Scheduler,
+        executor: Callable[[Batch], Tensor],
+        on_iteration: Callable[[IterationStats], None] | None = None,
+        clock=time.monotonic,
+    ):
+        self.name, self.scheduler, self.executor = name, scheduler, executor
+        self.on_iteration, self.clock = on_iteration, clock
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; raises scheduler.QueueFull. Completion arrives through job.on_done."""
+        self.scheduler.submit(job, self.clock())
+
+    def cancel(self, job: Job) -> None:
+        self.scheduler.cancel(job, self.clock())
+
+    def step(self) -> float | None:
+        """One iteration if there is work: then 0.0; else seconds to wait (batching window) or None (idle)."""
+        plan = self.scheduler.next_batch(self.clock())
+        if not isinstance(plan, Batch):
+            return plan
+        t0 = self.clock()
+        try:
+            x_next = self.executor(plan)
+        except Exception as e:  # a failing batch fails its own requests, never the core
+            log.exception("model %s: network call failed for %d samples", self.name, plan.n)
+            self.scheduler.fail(plan, e, self.clock())
+            self._emit(plan, self.clock() - t0, ok=False)
+            return 0.0
+        dt = self.clock() - t0
+        self.scheduler.timer.observe(plan.rows, dt)
+        self.scheduler.update(plan, x_next, self.clock())
+        self._emit(plan, dt, ok=True)
+        return 0.0
+
+    def run_until_idle(self, limit: int = 1_000_000) -> None:
+        """Step until nothing is queued or in flight (warm-up, tests); waits out batching windows."""
+        for _ in range(limit):
+            plan = self.step()
+            if plan is None:
+                return
+            if plan > 0:
+                time.sleep(plan)
+
+    def load(self) -> tuple[int, int]:
+        """(queued requests, samples in flight)."""
+        return len(self.scheduler.waiting), self.scheduler.in_flight()
+
+    def _emit(self, batch: Batch, seconds: float, ok: bool) -> None:
+        if self.on_iteration is None:
+            return
+        depth, flight = self.load()
+        try:
+            self.on_iteration(IterationStats(self.name, batch.rows, batch.n, seconds, depth, flight, ok))
+        except Exception:  # metrics must never stop the core
+            log.exception("stats callback failed")

@@ -1,0 +1,262 @@
+"""One engine-core process per model: load the model and its engine, warm up, report Ready, then serve
+Generate / Cancel messages from the API processes over ZeroMQ (ROUTER socket) until SIGTERM, or until
+the supervisor that started it is gone.
+
+`python -m server.core_process --index I --model M --dir D --settings JSON` (started by the supervisor).
+The loop: take every message waiting (never blocking while work is in flight), run one iteration of
+the engine core, send what finished. A lone request on an idle core starts at once; whatever arrives
+while a network call runs joins at the next step boundary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+
+import torch
+import zmq
+
+from flowmap.checkpoint import Model, load_model
+from flowmap.errors import UserError
+from flowmap.samplers import make_noise
+from server import messages as m
+from server.core import EngineCore, Executor
+from server.encode import is_image
+from server.estimator import CallTimer
+from server.scheduler import Cancelled, DeadlineExceeded, Job, QueueFull, Scheduler
+from server.settings import ServerSettings
+
+log = logging.getLogger("flowmap.server")
+IDLE_POLL_MS = 500  # an idle core wakes this often to notice a vanished supervisor
+
+
+def buckets_for(max_batch: int) -> tuple[int, ...]:
+    return tuple(sorted({b for b in (1, 8, 32, 128, 512) if b < max_batch} | {max_batch}))
+
+
+def resolve_device(device: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def pick_engine(settings: ServerSettings, device: str) -> str:
+    if settings.engine:
+        return settings.engine
+    from engines import default_engine
+
+    return default_engine(device)
+
+
+def build_core(spec: str, settings: ServerSettings, on_iteration=None) -> tuple[EngineCore, Model, dict]:
+    """Load model `spec` and its engine; returns (core, model, info for the API)."""
+    from engines import load_engine
+
+    model = load_model(spec)
+    device = resolve_device(settings.device)
+    engine_name = pick_engine(settings, device)
+    engine = load_engine(engine_name, model, device=device, buckets=buckets_for(settings.max_batch_size))
+    sched = Scheduler(
+        settings.max_batch_size,
+        settings.max_queue,
+        settings.max_wait_ms / 1000,
+        settings.max_steps,
+        CallTimer(),
+        settings.batching,
+    )
+    executor = Executor(engine, model.num_classes, model.num_classes > 0, device)
+    core = EngineCore(model.name, sched, executor, on_iteration)
+    core.engine = engine
+    info = {
+        "name": model.name,
+        "shape": list(model.shape),
+        "num_classes": model.num_classes,
+        "image": is_image(list(model.shape)),
+        "engine": engine_name,
+        "device": device,
+        "baked_guidance_scale": float((model.config.get("guidance") or {}).get("baked_scale", 1.0)),
+        "method": model.config.get("method"),
+    }
+    return core, model, info
+
+
+def warm_up(core: EngineCore, model: Model, settings: ServerSettings) -> None:
+    """The engine's own warm-up, then real 1-step batches (largest buckets) to seed the call-time estimate.
+
+    Raises when a warm-up batch fails: a model that cannot run must not be reported ready."""
+    core.engine.warmup()
+    device = core.executor.device
+    for n in buckets_for(settings.max_batch_size)[-3:]:
+        job = Job(make_noise(n, model.shape, 0, device), [0] * n, 1)
+        core.submit(job)
+        core.run_until_idle()
+        if job.error is not None:
+            raise RuntimeError(f"warm-up batch of {n} failed: {job.error!r}") from job.error
+        if not bool(torch.isfinite(job.result).all()):
+            raise RuntimeError(f"warm-up batch of {n} gave non-finite samples")
+
+
+class CoreServer:
+    """The message side of one engine core: requests in, outputs out, keyed by (API identity, id)."""
+
+    def __init__(self, core: EngineCore, model: Model, settings: ServerSettings, sock: zmq.Socket):
+        self.core, self.model, self.settings, self.sock = core, model, settings, sock
+        self.owner: dict[int, tuple[bytes, int]] = {}  # job id -> (API identity, request id)
+        self.jobs: dict[tuple[bytes, int], Job] = {}
+        self.outbox: list[tuple[bytes, bytes]] = []
+
+    def handle(self, ident: bytes, frame: bytes) -> None:
+        try:
+            msg = m.decode(frame)
+        except m.WireError as e:
+            log.warning("model %s: dropped a frame: %s", self.core.name, e)
+            return
+        if isinstance(msg, m.Generate):
+            self.generate(ident, msg)
+        elif isinstance(msg, m.Cancel):
+            job = self.jobs.get((ident, msg.id))
+            if job is not None:
+                self.core.cancel(job)
+
+    def generate(self, ident: bytes, g: m.Generate) -> None:
+        problem = self.check(g)
+        if problem:
+            self.outbox.append((ident, m.encode(m.Failed(g.id, "invalid", problem))))
+            return
+        noise = make_noise(g.n, self.model.shape, g.seed, self.core.executor.device)
+        labels = g.labels if g.labels is not None else [0] * g.n
+        job = Job(noise, labels, g.steps or None, g.guidance, g.deadline, self._done, g.seed)
+        try:
+            self.core.submit(job)
+        except QueueFull as q:
+            self.outbox.append((ident, m.encode(m.Failed(g.id, "queue_full", str(q), q.retry_after))))
+            return
+        self.owner[job.id] = (ident, g.id)
+        self.jobs[(ident, g.id)] = job
+
+    def check(self, g: m.Generate) -> str | None:
+        """The core trusts no one: a bad request must fail alone, never inside a shared batch."""
+        st, c = self.settings, self.model.num_classes
+        if not (isinstance(g.n, int) and 1 <= g.n <= st.max_samples):
+            return f"num_samples must be in 1..{st.max_samples}"
+        if not (isinstance(g.steps, int) and 0 <= g.steps <= st.max_steps):
+            return f"steps must be in 1..{st.max_steps}"
+        if not (isinstance(g.seed, int) and 0 <= g.seed < 2**63):
+            return "seed must be in 0..2^63-1"
+        if not (isinstance(g.guidance, float | int) and math.isfinite(g.guidance)):
+            return "guidance_scale must be finite"
+        if g.guidance != 1.0 and c == 0:
+            return "guidance needs a class-conditional model"
+        if g.labels is not None and (len(g.labels) != g.n or any(not 0 <= v < c for v in g.labels)):
+            return f"class_label must be num_samples classes in 0..{c - 1}"
+        return None
+
+    def _done(self, job: Job) -> None:
+        key = self.owner.pop(job.id, None)
+        if key is None:  # warm-up jobs
+            return
+        self.jobs.pop(key, None)
+        ident, rid = key
+        err = job.error
+        if err is None:
+            data = job.result.detach().float().cpu().contiguous().numpy().tobytes()
+            q, c = job.first_admit - job.arrival, job.finished - job.first_admit
+            out = m.Done(rid, job.steps, data, q, c)
+        elif isinstance(err, DeadlineExceeded):
+            out = m.Failed(rid, "deadline", "deadline passed")
+        elif isinstance(err, Cancelled):
+            out = m.Failed(rid, "cancelled", "cancelled")
+        else:
+            out = m.Failed(rid, "failed", f"network call failed: {type(err).__name__}")
+        self.outbox.append((ident, m.encode(out)))
+
+    def receive(self) -> None:
+        """Every message waiting now, without blocking."""
+        while True:
+            try:
+                ident, frame = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)[:2]
+            except zmq.Again:
+                return
+            except ValueError:  # a malformed multipart message
+                continue
+            self.handle(ident, frame)
+
+    def flush(self) -> None:
+        for ident, frame in self.outbox:
+            try:
+                self.sock.send_multipart([ident, frame], zmq.NOBLOCK)
+            except zmq.ZMQError:  # that API process is gone (ROUTER_MANDATORY) or its queue is full
+                log.warning("model %s: an output could not be delivered", self.core.name)
+        self.outbox.clear()
+
+    def run(self, parent: int) -> None:
+        timeout = 0
+        while True:
+            if self.sock.poll(timeout):
+                self.receive()
+            wait = self.core.step()
+            self.flush()
+            if wait is None:
+                if os.getppid() != parent:
+                    log.warning("model %s: supervisor gone; exiting", self.core.name)
+                    return
+                timeout = IDLE_POLL_MS
+            else:
+                timeout = math.ceil(wait * 1000)
+
+
+def serve(index: int, spec: str, run_dir: str, settings: ServerSettings) -> int:
+    ctx = zmq.Context()
+    control = ctx.socket(zmq.PUSH)
+    control.setsockopt(zmq.LINGER, 2000)
+    control.connect(f"ipc://{run_dir}/control")
+    parent = os.getppid()
+    try:
+        from server.metrics import Metrics
+
+        metrics = Metrics()
+        torch.set_num_threads(settings.threads)
+        core, model, info = build_core(spec, settings, metrics.iteration)
+        warm_up(core, model, settings)
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(f"ipc://{run_dir}/core-{index}")
+    except Exception as e:  # every reason a core cannot serve reaches the supervisor, and the user
+        user = isinstance(e, UserError | ValueError)
+        msg = str(e) if user else f"{type(e).__name__}: {e}"
+        log.error("model %s: %s", spec, msg, exc_info=not user)
+        control.send(m.encode(m.Fatal(index, msg, 2 if user else 1)))
+        control.close()
+        return 2 if user else 1
+    gc.collect()
+    gc.freeze()  # full collections would walk torch's ~10^6 startup objects under load (200+ ms stalls)
+    control.send(m.encode(m.Ready(index, os.getpid(), info)))
+    log.info("model %s ready (%s on %s)", info["name"], info["engine"], info["device"])
+    CoreServer(core, model, settings, sock).run(parent)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m server.core_process")
+    p.add_argument("--index", type=int, required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--dir", required=True)
+    p.add_argument("--settings", required=True, help="ServerSettings as JSON")
+    a = p.parse_args(argv)
+    settings = ServerSettings.model_validate(json.loads(a.settings))
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(settings.log_level.upper())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when a core stops
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with torch.inference_mode():
+        return serve(a.index, a.model, a.dir, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""What v1 and v2 routes share: the one generate call (disconnect wait, timing, recording), the API key,
+the body limit, and error formatting per protocol (v1: FastAPI's {"detail"}; v2: {"error"}, 400 for
+bad input). Routes live in server.app (v1, health) and server.v2 (Open Inference Protocol).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from fastapi import Depends, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from server.service import GenParams, GenResult, Service, ServiceError, Unauthorized
+
+T = TypeVar("T")
+
+
+def protocol(request: Request) -> str:
+    return "v2" if request.url.path.startswith("/v2") else "v1"
+
+
+def status_for(e: ServiceError, proto: str) -> int:
+    """The status actually sent (recorded in metrics as sent): v2 reports invalid input as 400."""
+    return 400 if proto == "v2" and e.status == 422 else e.status
+
+
+async def wait_disconnect(request: Request) -> None:
+    """Returns when the client has gone (the body is already read, so receive() waits for the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def generate(service: Service, p: GenParams, request: Request, encode: Callable[[GenResult], T]) -> T:
+    """service.generate with the client's disconnect watched, then `encode` (timings["total_ms"] is set
+    before it runs, so it may include it); recorded once, with the status sent."""
+    t0 = time.monotonic()
+    try:
+        r = await service.generate(p, lambda: wait_disconnect(request))
+    except ServiceError as e:
+        e.model = p.model
+        service.record(p.model or service.default_model, p.steps, status_for(e, protocol(request)),
+                       time.monotonic() - t0, None)  # fmt: skip
+        raise
+    r.timings["total_ms"] = 1e3 * (time.monotonic() - t0)
+    out = encode(r)
+    service.record(r.model, r.steps, 200, time.monotonic() - t0, r.timings["queue_ms"] / 1e3)
+    return out
+
+
+def error_response(request: Request, e: ServiceError) -> Response:
+    if e.status == 499:
+        return Response(status_code=499)
+    headers = {}
+    if e.retry_after is not None:
+        headers["Retry-After"] = str(int(max(1, round(e.retry_after))))
+    if e.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    proto = protocol(request)
+    if proto == "v2":  # Open Inference Protocol error body
+        return JSONResponse({"error": str(e)}, status_for(e, proto), headers=headers)
+    if e.status == 422:
+        detail = [{"loc": ["body", e.field or "body"], "msg": str(e), "type": "value_error"}]
+        return JSONResponse({"detail": detail}, 422)
+    return JSONResponse({"detail": str(e)}, e.status, headers=headers)
+
+
+def make_auth(service: Service):
+    """A dependency: 401 unless the API key (X-API-Key or Bearer) matches, when one is set."""
+    header, bearer = APIKeyHeader(name="X-API-Key", auto_error=False), HTTPBearer(auto_error=False)
+
+    async def auth(
+        key: str | None = Depends(header), cred: HTTPAuthorizationCredentials | None = Depends(bearer)
+    ):
+        expected = service.settings.key()
+        got = key or (cred.credentials if cred else None)
+        if not got or not hmac.compare_digest(got.encode(), expected.encode()):
+            raise Unauthorized("missing or wrong API key")
+
+    async def open_access():
+        return None
+
+    return auth if service.settings.key() is not None else open_access
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for bodies over `max_bytes` (Content-Length or counted) and 408 for a body
+    that does not arrive within `timeout` seconds, both before any parsing."""
+
+    def __init__(self, app, max_bytes: int, timeout: float = 30.0, on_reject=None):
+        self.app, self.max_bytes, self.timeout, self.on_reject = app, max_bytes, timeout, on_reject
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._reject(scope, receive, send, 413, "too_large")
+        try:
+            body = await asyncio.wait_for(self._read(receive), self.timeout)
+        except asyncio.TimeoutError:
+            return await self._reject(scope, receive, send, 408, "timeout")
+        if body is None:
+            return None
+        if len(body) > self.max_bytes:
+            return await self._reject(scope, receive, send, 413, "too_large")
+        return await self.app(scope, _replay(body, receive), send)
+
+    async def _read(self, receive) -> bytes | None:
+        chunks, size, more = [], 0, True
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return None
+            chunks.append(msg.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                break
+            more = msg.get("more_body", False)
+        return b"".join(chunks)
+
+    async def _reject(self, scope, receive, send, status: int, reason: str):
+        if self.on_reject:
+            self.on_reject(reason)
+        detail = (
+            f"request body larger than {self.max_bytes} bytes"
+            if status == 413
+            else f"request body not received within {self.timeout:g} s"
+        )
+        headers = {"Connection": "close"}
+        await JSONResponse({"detail": detail}, status, headers=headers)(scope, receive, send)
+
+
+def _replay(body: bytes, receive):
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # afterwards: wait for http.disconnect
+
+    return replay

@@ -1,0 +1,281 @@
+"""The supervisor: `flowmap serve`'s own process. It starts one engine-core process per model and N API
+processes sharing one listening socket, tells the API processes which cores are up (CoreStates), restarts
+whatever dies, and on SIGTERM/SIGINT drains: API processes first (they finish accepted requests), then
+the cores. It imports neither torch nor FastAPI.
+
+A model that cannot load or warm up stops the whole server with its reason (exit 2 for a user error such
+as a bad checkpoint, 1 otherwise); after the server was ready, a dying core is restarted (the API answers
+503 for the requests it held, and readiness fails until it is back).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import zmq
+
+from server import messages as m
+from server.settings import ServerSettings
+
+log = logging.getLogger("flowmap.server")
+TICK_MS = 50
+PUBLISH_EVERY = 0.25  # seconds between periodic CoreStates (late subscribers catch up)
+KILL_GRACE = 5.0
+
+
+class StartupFailed(Exception):
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Child:
+    """One child process and how to (re)start it."""
+
+    role: str  # core | api
+    index: int
+    cmd: list[str]
+    env: dict
+    pass_fds: tuple = ()
+    proc: subprocess.Popen | None = None
+    up: bool = False  # cores: Ready received from the current process
+    generation: int = 0
+    info: dict | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started_at: float = field(default=0.0)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.cmd, env=self.env, pass_fds=self.pass_fds, start_new_session=True)
+        self.up, self.started_at = False, time.monotonic()
+        self.generation += 1
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive:
+            try:
+                self.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+
+def listen(host: str, port: int) -> socket.socket:
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    sock = socket.create_server((host, port), family=family, backlog=4096)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Supervisor:
+    def __init__(self, settings: ServerSettings):
+        self.settings = settings
+        self.run_dir = tempfile.mkdtemp(prefix="flowmap-")
+        self.metrics_dir = os.path.join(self.run_dir, "metrics")
+        os.makedirs(self.metrics_dir)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir  # before prometheus_client is imported
+        from server.metrics import Metrics
+
+        self.metrics = Metrics()
+        self.ctx = zmq.Context()
+        self.control = self.ctx.socket(zmq.PULL)
+        self.control.bind(f"ipc://{self.run_dir}/control")
+        self.states = self.ctx.socket(zmq.PUB)
+        self.states.bind(f"ipc://{self.run_dir}/state")
+        self.sock = listen(settings.host, settings.port)
+        self.port = self.sock.getsockname()[1]
+        self.cores = [self._core(i, spec) for i, spec in enumerate(settings.models)]
+        self.apis = [self._api(i) for i in range(settings.api_processes())]
+        self.stopping = 0  # signals received
+        self.ready_once = False
+        self.last_publish = 0.0
+
+    # ------------------------------------------------------------ children
+    def _env(self) -> dict:
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir}
+        env.setdefault("OMP_NUM_THREADS", str(self.settings.threads))
+        key = self.settings.key()
+        if key is not None:
+            env["FLOWMAP_API_KEY"] = key
+        return env
+
+    def _settings_json(self) -> str:
+        return json.dumps(self.settings.model_dump(mode="json", exclude={"api_key"}))
+
+    def _core(self, i: int, spec: str) -> Child:
+        env = self._env()
+        env.pop("FLOWMAP_API_KEY", None)  # cores never see the key
+        cmd = [sys.executable, "-m", "server.core_process", "--index", str(i), "--model", spec]
+        cmd += ["--dir", self.run_dir, "--settings", self._settings_json()]
+        return Child("core", i, cmd, env)
+
+    def _api(self, i: int) -> Child:
+        fd = self.sock.fileno()
+        cmd = [sys.executable, "-m", "server.api_process", "--fd", str(fd), "--dir", self.run_dir]
+        cmd += ["--settings", self._settings_json()]
+        return Child("api", i, cmd, self._env(), pass_fds=(fd,))
+
+    # ------------------------------------------------------------ the loop
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        try:
+            for c in self.cores + self.apis:
+                c.start()
+            while not self.stopping:
+                self._tick()
+            return self._shutdown()
+        except StartupFailed as e:
+            print(f"flowmap serve: error: {e}", file=sys.stderr)
+            self._kill_all()
+            return e.code
+        finally:
+            self._cleanup()
+
+    def _on_signal(self, sig: int, frame) -> None:
+        self.stopping += 1
+        if self.stopping > 1 and sig == signal.SIGINT:
+            log.warning("second interrupt: stopping now")
+            self._kill_all()
+            os._exit(1)
+
+    def _tick(self) -> None:
+        self._receive(TICK_MS)
+        changed = self._reap(self.cores) | self._reap(self.apis)
+        now = time.monotonic()
+        if changed or now - self.last_publish > PUBLISH_EVERY:
+            self._publish()
+
+    def _receive(self, timeout_ms: int) -> None:
+        """Handle every control message (Ready, Fatal) that arrives within the timeout."""
+        if not self.control.poll(timeout_ms):
+            return
+        while True:
+            try:
+                self._control(m.decode(self.control.recv(zmq.NOBLOCK)))
+            except zmq.Again:
+                return
+            except m.WireError:
+                continue
+
+    def _control(self, msg) -> None:
+        if not isinstance(msg, m.Ready | m.Fatal) or not 0 <= msg.index < len(self.cores):
+            return
+        core = self.cores[msg.index]
+        if isinstance(msg, m.Fatal):
+            if not self.ready_once:
+                raise StartupFailed(f"model {self.settings.models[msg.index]}: {msg.message}", msg.code)
+            log.error("model %s: engine core failed: %s", self.settings.models[msg.index], msg.message)
+            return
+        if msg.pid != core.proc.pid:
+            return  # from a process that is already gone
+        core.up, core.info = True, msg.info
+        if not self.ready_once and all(c.up for c in self.cores):
+            self.ready_once = True
+            names = ", ".join(
+                f"{c.info['name']} ({c.info['engine']} on {c.info['device']})" for c in self.cores
+            )
+            log.info(
+                "ready: %s on %s:%d, %d API processes", names, self.settings.host, self.port, len(self.apis)
+            )
+        self._publish()
+
+    def _reap(self, children: list[Child]) -> bool:
+        """Restart children that died (with backoff); True when a core's state changed."""
+        changed, now = False, time.monotonic()
+        for c in children:
+            if c.proc is None or c.alive:
+                if c.proc is None and now >= c.next_start:
+                    c.start()
+                continue
+            code, pid = c.proc.returncode, c.proc.pid
+            c.proc = None
+            self._process_dead(pid)
+            if c.role == "core" and not self.ready_once:
+                self._receive(1000)  # its Fatal, with the reason, may still be on the way
+                raise StartupFailed(f"model {self.settings.models[c.index]}: engine core exited ({code})", 1)
+            name = (c.info or {}).get("name", self.settings.models[c.index]) if c.role == "core" else "api"
+            log.error("%s process %d (pid %d) exited with %s; restarting", name, c.index, pid, code)
+            changed |= c.role == "core" and c.up
+            c.up = False
+            c.restarts += 1
+            if c.role == "core":
+                self.metrics.core_restarted(name)
+            quick = now - c.started_at < 10  # died soon after starting: back off, up to 10 s
+            c.next_start = now + (min(10.0, 0.5 * 2 ** min(c.restarts, 5)) if quick else 0.0)
+        return changed
+
+    def _process_dead(self, pid: int) -> None:
+        from server.metrics import mark_process_dead
+
+        mark_process_dead(pid)
+
+    def _publish(self) -> None:
+        cores = [{"up": c.up, "generation": c.generation, "info": c.info} for c in self.cores]
+        self.states.send(m.encode(m.CoreStates(cores, self.stopping > 0)))
+        self.metrics.set_cores_up(sum(c.up for c in self.cores))
+        self.last_publish = time.monotonic()
+
+    # ------------------------------------------------------------ shutdown
+    def _shutdown(self) -> int:
+        """Drain: API processes finish what they accepted, then the cores stop."""
+        log.info("draining %d API processes (timeout %.0f s)", len(self.apis), self.settings.drain_timeout_s)
+        for a in self.apis:
+            a.signal(signal.SIGTERM)
+        end = time.monotonic() + self.settings.drain_timeout_s + 10
+        while any(a.alive for a in self.apis) and time.monotonic() < end and self.stopping < 3:
+            self._tick_draining()
+        clean = not any(a.alive for a in self.apis)
+        for c in self.apis + self.cores:
+            c.signal(signal.SIGTERM if c.role == "core" else signal.SIGKILL)
+        self._wait_all(KILL_GRACE)
+        return 0 if clean else 1
+
+    def _tick_draining(self) -> None:
+        """While API processes drain, cores that die still get restarted so accepted requests can finish."""
+        self._receive(TICK_MS)
+        self._reap(self.cores)
+        if time.monotonic() - self.last_publish > PUBLISH_EVERY:
+            self._publish()
+
+    def _wait_all(self, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        for c in self.apis + self.cores:
+            if c.proc is not None:
+                try:
+                    c.proc.wait(max(0.0, end - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    c.proc.kill()
+                    c.proc.wait()
+
+    def _kill_all(self) -> None:
+        for c in self.apis + self.cores:
+            c.signal(signal.SIGKILL)
+        for c in self.apis + self.cores:
+            if c.proc is not None:
+                c.proc.wait()
+
+    def _cleanup(self) -> None:
+        self.sock.close()
+        self.ctx.destroy(linger=0)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def run(settings: ServerSettings) -> int:
+    """Serve until SIGTERM/SIGINT; 0 after a clean drain."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(settings.log_level.upper())
+    return Supervisor(settings).run()
