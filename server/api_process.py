@@ -22,7 +22,7 @@ import uvicorn
 import zmq.asyncio
 
 from server.client import CoreClient, watch_states
-from server.limits import GuardedHttp
+from server.limits import guarded_http
 from server.settings import ServerSettings
 
 log = logging.getLogger("flowmap.server")
@@ -106,7 +106,7 @@ def run(settings: ServerSettings, run_dir: str, fd: int) -> int:
         lifespan="on",
         timeout_graceful_shutdown=5,
         timeout_keep_alive=settings.keep_alive_s,
-        http=GuardedHttp(settings.max_connections, settings.header_timeout_s),
+        http=guarded_http(settings.max_connections, settings.header_timeout_s),
     )
     server = DrainingServer(config, service, settings.drain_timeout_s)
     sock = socket.socket(fileno=fd)

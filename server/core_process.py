@@ -18,15 +18,16 @@ import math
 import os
 import signal
 import sys
-import time
 
 import torch
 import zmq
 
+from flowmap import __version__
 from flowmap.checkpoint import Model, load_model
 from flowmap.errors import UserError
 from flowmap.samplers import make_noise
 from server import messages as m
+from server import ops
 from server.core import EngineCore, Executor
 from server.encode import is_image
 from server.estimator import CallTimer
@@ -222,6 +223,7 @@ def serve(index: int, spec: str, run_dir: str, settings: ServerSettings) -> int:
         metrics = Metrics()
         torch.set_num_threads(settings.threads)
         core, model, info = build_core(spec, settings, metrics.iteration)
+        metrics.build_info(__version__, info["engine"], ops.BACKEND)
         warm_up(core, model, settings)
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)

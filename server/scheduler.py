@@ -105,7 +105,7 @@ class Batch:
 
 
 def grid_table(max_steps: int) -> Tensor:
-    """G[K, k] = uniform_grid(K)[k] (exactly the values `flowmap sample` uses); [max_steps + 1, max_steps + 2]."""
+    """G[K, k] = uniform_grid(K)[k], the values `flowmap sample` uses; [max_steps + 1, max_steps + 2]."""
     g = torch.zeros(max_steps + 1, max_steps + 2)
     for k in range(1, max_steps + 1):
         g[k, : k + 1] = uniform_grid(k)

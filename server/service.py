@@ -29,7 +29,7 @@ SEED_MAX = 2**63 - 1
 
 
 class ServiceError(Exception):
-    """An outcome other than success; `status` is the HTTP status the routes send, `reason` the metric label."""
+    """An outcome other than success: `status` is the HTTP status sent, `reason` the metric label."""
 
     status = 500
     reason = "failed"
@@ -166,6 +166,8 @@ class Service:
             self.generations[i] = gen
             if info and info.get("name") not in self.entries:
                 self.entries[info["name"]] = ModelEntry(i, info, self.clients[i])
+                # in the order of --model (the first is the default), whichever core was ready first
+                self.entries = dict(sorted(self.entries.items(), key=lambda kv: kv[1].index))
         self.cores_up = len(states.cores) == len(self.clients) and all(c.get("up") for c in states.cores)
 
     def begin_drain(self) -> None:
