@@ -1,5 +1,8 @@
 """Server benchmark, one command: `python -m loadtests.bench_server [--model digits] [--seconds 3]`.
 
+`--peers` runs issue 8's peer table instead (flowmap vs LitServe vs naive, wrk; see loadtests.peer_table):
+`python -m loadtests.bench_server --peers [--seconds 8] [--repeat 2] [--json FILE]`.
+
 Starts the real server (step-level and whole-request batching) and the baselines (loadtests.baselines)
 as separate processes on 127.0.0.1 with one torch thread each; drives them from this process with a
 lean closed-loop generator; prints a markdown report (and --json FILE). Whole run: a few minutes.
@@ -18,9 +21,11 @@ import os
 import platform
 import random
 import re
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import date
 
@@ -39,27 +44,47 @@ def free_port() -> int:
 
 
 class Proc:
-    def __init__(self, cmd: list[str], port: int, ready: str):
+    """A server process in its own session (stopped with all its children); stderr kept in a temp file."""
+
+    def __init__(self, cmd: list[str], port: int, ready: str, timeout: float = 180):
         self.port, self.url = port, f"http://127.0.0.1:{port}"
-        self.p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        end = time.monotonic() + 180
+        self.err = tempfile.TemporaryFile("w+")
+        self.p = subprocess.Popen(
+            cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=self.err, text=True, start_new_session=True
+        )
+        end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.p.poll() is not None:
-                raise RuntimeError(f"{cmd[:4]} exited: {self.p.stderr.read()[-2000:]}")
+                raise RuntimeError(f"{' '.join(cmd[:5])} exited: {self.stderr_tail()}")
             try:
                 if httpx.get(self.url + ready, timeout=1).status_code in (200, 405):
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.3)
-        raise RuntimeError(f"{cmd[:4]} not ready")
+        self.stop()
+        raise RuntimeError(f"{' '.join(cmd[:5])} not ready after {timeout:.0f} s: {self.stderr_tail()}")
+
+    def stderr_tail(self, n: int = 2000) -> str:
+        self.err.seek(0)
+        return self.err.read()[-n:]
 
     def stop(self) -> None:
-        self.p.terminate()
+        """SIGTERM to the process group, SIGKILL to whatever of it is left after 30 s or its leader's exit."""
+        try:
+            os.killpg(self.p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
         try:
             self.p.wait(30)
         except subprocess.TimeoutExpired:
-            self.p.kill()
+            pass
+        try:
+            os.killpg(self.p.pid, signal.SIGKILL)  # stragglers (worker processes) must not load the next case
+        except ProcessLookupError:
+            pass
+        self.p.wait()
+        self.err.close()
 
 
 def start_server(model: str, engine: str, batching: str, max_batch: int) -> Proc:
@@ -274,18 +299,45 @@ def report(model: str, engine: str, grid, tp, curves) -> str:
     return "\n".join(L)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="digits", help="shipped name or checkpoint path")
     p.add_argument(
-        "--engine", default=None, help="engine for server and baselines (default: the server's default)"
+        "--engine",
+        default=None,
+        help="engine for server and baselines (default: the server's default; --peers: onnxruntime)",
     )
     p.add_argument(
-        "--seconds", type=float, default=3.0, help="measured seconds per point (plus 0.5 s warm-up)"
+        "--seconds",
+        type=float,
+        default=None,
+        help="measured seconds per point (default 3, plus 0.5 s warm-up; --peers: 8, plus 1 s warm-up)",
     )
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--json", default=None, help="also write raw numbers here")
-    a = p.parse_args(argv)
+    peers = p.add_argument_group("peer table (issue 8): flowmap vs LitServe vs naive, driven by wrk")
+    peers.add_argument("--peers", action="store_true", help="run the peer table instead of the report above")
+    peers.add_argument("--workloads", default="a,b,c,d,e", help="subset of a,b,c,d,e (default all)")
+    peers.add_argument("--servers", default="flowmap,litserve-8,litserve-32,naive", help="subset to run")
+    peers.add_argument("--repeat", type=int, default=1, help="repeat the whole table; ranges are printed")
+    peers.add_argument("--p50-seconds", type=float, default=3.0, help="seconds at 1 connection (default 3)")
+    peers.add_argument("--batch-timeout", type=float, default=0.005, help="LitServe batch timeout, s")
+    peers.add_argument("--generator", choices=("auto", "wrk", "httpload"), default="auto")
+    peers.add_argument(
+        "--flowmap-args", default="", help="extra `flowmap serve` flags (default none: its defaults)"
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(argv)
+    if a.peers:
+        from loadtests import peer_table
+
+        a.engine = a.engine or "onnxruntime"
+        a.seconds = a.seconds or 8.0
+        return peer_table.run(a)
+    a.seconds = a.seconds or 3.0
     if a.engine is None:
         import engines
 

@@ -1,0 +1,126 @@
+"""The benchmark's instruments: the LitServe peer answers exactly as the naive endpoint does (same samples
+for the same seed and steps, also when its batches mix step counts), wrk and the Python fallback drive
+both, and the peer table's report computes its ratios and ranges. Real processes, the eager engine."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from loadtests import peer_table, wrkload
+from loadtests.bench_server import Proc, free_port, start_baselines
+
+needs_litserve = pytest.mark.skipif(
+    importlib.util.find_spec("litserve") is None, reason="litserve not installed (pip install -e '.[bench]')"
+)
+needs_wrk = pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="wrk not installed (loadtests/install_wrk.sh)"
+)
+
+
+@pytest.fixture(scope="module")
+def peer():
+    port = free_port()
+    cmd = [sys.executable, "-m", "loadtests.litserve_peer", "--engine", "eager", "--port", str(port)]
+    proc = Proc([*cmd, "--max-batch-size", "8", "--batch-timeout", "0.02"], port, "/health", timeout=120)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def naive():
+    proc = start_baselines("digits", "eager")
+    yield proc
+    proc.stop()
+
+
+def post(url: str, body: dict) -> dict:
+    r = httpx.post(url, json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+BODIES = [
+    {"steps": k, "num_samples": n, "seed": 100 + i, **({"class_label": 3} if i % 3 == 0 else {})}
+    for i, (k, n) in enumerate([(1, 1), (2, 8), (4, 1), (3, 2), (1, 8), (2, 1), (4, 3), (3, 1)])
+]
+
+
+@needs_litserve
+def test_peer_matches_naive_in_mixed_batches(peer, naive):
+    want = [post(naive.url + "/naive", b) for b in BODIES]
+    with ThreadPoolExecutor(len(BODIES)) as pool:  # concurrent: LitServe batches them, steps mixed
+        got = list(pool.map(lambda b: post(peer.url + "/v1/generate", b), BODIES))
+    for b, w, g in zip(BODIES, want, got, strict=True):
+        assert g["images"] == w["images"], b
+        assert (g["steps"], g["seed"], g["num_samples"]) == (b["steps"], b["seed"], b["num_samples"])
+        assert g["class_labels"] == w["class_labels"]
+        assert set(w) - {"timings"} <= set(g)
+
+
+@needs_litserve
+def test_peer_rejects_bad_input(peer):
+    for bad in ({"steps": 0}, {"num_samples": 65}, {"nope": 1}):
+        assert httpx.post(peer.url + "/v1/generate", json=bad, timeout=10).status_code == 422
+
+
+@needs_litserve
+@needs_wrk
+def test_wrk_drives_peer_and_naive(peer, naive):
+    for proc, path in ((peer, "/v1/generate"), (naive, "/naive")):
+        r = wrkload.run(proc.port, path, peer_table.bodies("d"), 4, 1, generator="wrk")
+        assert r.generator == "wrk" and r.ok > 10 and not r.errors, r
+        assert 0 < r.p50_ms <= r.p99_ms
+
+
+def test_httpload_fallback(naive):
+    r = wrkload.run(naive.port, "/naive", peer_table.bodies("b"), 2, 1, generator="httpload")
+    assert r.generator == "httpload" and r.ok > 5 and not r.errors
+    assert wrkload.pick_generator("httpload") == "httpload"
+
+
+def test_mixed_bodies_are_uniform():
+    steps = [b["steps"] for b in peer_table.bodies("e")]
+    assert sorted(set(steps)) == [1, 2, 3, 4] and all(steps.count(k) == 16 for k in (1, 2, 3, 4))
+    assert {b["num_samples"] for b in peer_table.bodies("e")} == {8}
+
+
+def case(req_s: float, p50: float, p99: float, c1_p50: float) -> dict:
+    return {"c32": {"req_s": req_s, "p50_ms": p50, "p99_ms": p99}, "c1": {"p50_ms": c1_p50}}
+
+
+def test_report_ratios_and_ranges():
+    def rep(flowmap_rps: float) -> dict:
+        return {
+            "a": {
+                "flowmap": case(flowmap_rps, 10, 20, 1.1),
+                "litserve-8": case(800, 10, 40, 7.0),
+                "litserve-32": case(1000, 12, 30, 8.0),
+                "naive": {"error": "did not start"},
+            }
+        }
+
+    runs = [rep(1500), rep(1600)]
+    d = peer_table.derived(runs[0]["a"])
+    assert d["best"] == "litserve-32" and d["vs_ls"] == 1.5 and d["ls_c1_p50"] == 7.0
+    assert d["vs_naive"] is None and d["p99_vs_ls"] == 20 / 30
+    a = argparse.Namespace(
+        model="digits",
+        engine="onnxruntime",
+        generator="wrk",
+        seconds=8,
+        p50_seconds=3,
+        repeat=2,
+        batch_timeout=0.005,
+    )
+    text = peer_table.report(a, runs, {})
+    row = next(ln for ln in text.splitlines() if ln.startswith("| 1 sample, 1 step | 1500"))
+    assert "| 1500–1600 |" in row and "| 1.50–1.60x |" in row and "n/a" in row
+    assert ">= 1.5x LitServe at equal or lower p99: met" in text
+    assert "p50 within 1.2x naive: n/a" in text
