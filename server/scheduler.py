@@ -307,16 +307,21 @@ class Scheduler:
             self._append(takes)
 
     def _append(self, takes: list[tuple[Job, int, int]]) -> None:
-        counts = torch.tensor([n for _, _, n in takes])
-        per_job = lambda vals, dtype: torch.repeat_interleave(torch.tensor(vals, dtype=dtype), counts)
-        xs = [j.noise[a : a + n] for j, a, n in takes]
-        ys = [torch.as_tensor(j.labels[a : a + n], dtype=torch.long) for j, a, n in takes]
+        """Add the rows of `takes` [(job, first sample, count)]: one tensor op per state field."""
+        steps, ids, weights, labels = [], [], [], []
+        for j, a, n in takes:
+            steps += [j.steps] * n
+            ids += [j.id] * n
+            weights += [j.guidance] * n
+            labels += j.labels[a : a + n]
+        xs = [j.noise if n == j.n else j.noise[a : a + n] for j, a, n in takes]
+        kjy = torch.tensor([steps, ids, labels], dtype=torch.long)  # [3, new rows]
         self.x = torch.cat(xs if self.x is None else [self.x, *xs])
-        self.k = torch.cat([self.k, torch.zeros(int(counts.sum()), dtype=torch.long)])
-        self.K = torch.cat([self.K, per_job([j.steps for j, _, _ in takes], torch.long)])
-        self.y = torch.cat([self.y, *ys])
-        self.w = torch.cat([self.w, per_job([j.guidance for j, _, _ in takes], torch.float32)])
-        self.job = torch.cat([self.job, per_job([j.id for j, _, _ in takes], torch.long)])
+        self.k = torch.cat([self.k, torch.zeros(len(steps), dtype=torch.long)])
+        self.K = torch.cat([self.K, kjy[0]])
+        self.job = torch.cat([self.job, kjy[1]])
+        self.y = torch.cat([self.y, kjy[2]])
+        self.w = torch.cat([self.w, torch.tensor(weights, dtype=torch.float32)])
         self.rows += sum(n * j.rows_per_sample for j, _, n in takes)
 
     def _alive(self) -> Tensor:

@@ -233,6 +233,7 @@ class Supervisor:
     def _shutdown(self) -> int:
         """Drain: API processes finish what they accepted, then the cores stop."""
         log.info("draining %d API processes (timeout %.0f s)", len(self.apis), self.settings.drain_timeout_s)
+        self.sock.close()  # once the API processes have let go of it too, new connections are refused
         for a in self.apis:
             a.signal(signal.SIGTERM)
         end = time.monotonic() + self.settings.drain_timeout_s + 10
@@ -269,7 +270,7 @@ class Supervisor:
                 c.proc.wait()
 
     def _cleanup(self) -> None:
-        self.sock.close()
+        self.sock.close()  # (closing twice is harmless)
         self.ctx.destroy(linger=0)
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
