@@ -5,9 +5,10 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import http
 from server.encode import npy_base64, png_images
@@ -77,6 +78,16 @@ def _handlers(app: FastAPI, service: Service) -> None:
             loc = ".".join(str(v) for v in first.get("loc", ()))
             return JSONResponse({"error": f"invalid request at {loc}: {first.get('msg', '')}"}, 400)
         return await request_validation_exception_handler(request, RequestValidationError(errors))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def unparsable(request: Request, e: StarletteHTTPException):
+        # FastAPI's 400 for a body json.loads raised on other than JSONDecodeError: nested too deeply
+        # (RecursionError), an integer over 4300 digits, not UTF-8 (ValueError); invalid input is a 422
+        if e.status_code == 400 and isinstance(e.__cause__, (ValueError, RecursionError)):
+            service.reject("invalid")
+            msg = "body is not valid JSON: not UTF-8, nested too deeply, or a number too long"
+            return JSONResponse({"detail": [{"type": "json_invalid", "loc": ["body"], "msg": msg}]}, 422)
+        return await http_exception_handler(request, e)
 
 
 def _v1_routes(app: FastAPI, service: Service, auth) -> None:

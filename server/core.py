@@ -61,6 +61,7 @@ class EngineCore:
     ):
         self.name, self.scheduler, self.executor = name, scheduler, executor
         self.on_iteration, self.clock = on_iteration, clock
+        self._stats: list[IterationStats] = []
 
     def submit(self, job: Job) -> None:
         """Queue a job; raises scheduler.QueueFull. Completion arrives through job.on_done."""
@@ -69,8 +70,11 @@ class EngineCore:
     def cancel(self, job: Job) -> None:
         self.scheduler.cancel(job, self.clock())
 
-    def step(self) -> float | None:
-        """One iteration if there is work: then 0.0; else seconds to wait (batching window) or None (idle)."""
+    def step(self, emit: bool = True) -> float | None:
+        """One iteration if there is work: then 0.0; else seconds to wait (batching window) or None (idle).
+
+        emit=False keeps the iteration's stats until `emit()`, so a caller can send the finished
+        requests first and record metrics after, off the latency path."""
         plan = self.scheduler.next_batch(self.clock())
         if not isinstance(plan, Batch):
             return plan
@@ -80,12 +84,14 @@ class EngineCore:
         except Exception as e:  # a failing batch fails its own requests, never the core
             log.exception("model %s: network call failed for %d samples", self.name, plan.n)
             self.scheduler.fail(plan, e, self.clock())
-            self._emit(plan, self.clock() - t0, ok=False)
-            return 0.0
-        dt = self.clock() - t0
-        self.scheduler.timer.observe(plan.rows, dt)
-        self.scheduler.update(plan, x_next, self.clock())
-        self._emit(plan, dt, ok=True)
+            self._stats.append(self._record(plan, self.clock() - t0, ok=False))
+        else:
+            dt = self.clock() - t0
+            self.scheduler.timer.observe(plan.rows, dt)
+            self.scheduler.update(plan, x_next, self.clock())
+            self._stats.append(self._record(plan, dt, ok=True))
+        if emit:
+            self.emit()
         return 0.0
 
     def run_until_idle(self, limit: int = 1_000_000) -> None:
@@ -101,11 +107,17 @@ class EngineCore:
         """(queued requests, samples in flight)."""
         return len(self.scheduler.waiting), self.scheduler.in_flight()
 
-    def _emit(self, batch: Batch, seconds: float, ok: bool) -> None:
+    def _record(self, batch: Batch, seconds: float, ok: bool) -> IterationStats:
+        depth, flight = self.load()
+        return IterationStats(self.name, batch.rows, batch.n, seconds, depth, flight, ok)
+
+    def emit(self) -> None:
+        """Hand the iterations' stats to `on_iteration` (metrics must never stop the core)."""
+        stats, self._stats = self._stats, []
         if self.on_iteration is None:
             return
-        depth, flight = self.load()
-        try:
-            self.on_iteration(IterationStats(self.name, batch.rows, batch.n, seconds, depth, flight, ok))
-        except Exception:  # metrics must never stop the core
-            log.exception("stats callback failed")
+        for s in stats:
+            try:
+                self.on_iteration(s)
+            except Exception:
+                log.exception("stats callback failed")

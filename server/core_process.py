@@ -200,8 +200,9 @@ class CoreServer:
         while True:
             if self.sock.poll(timeout):
                 self.receive()
-            wait = self.core.step()
-            self.flush()
+            wait = self.core.step(emit=False)
+            self.flush()  # finished requests go out first, then the metrics are recorded
+            self.core.emit()
             if wait is None:
                 if os.getppid() != parent:
                     log.warning("model %s: supervisor gone; exiting", self.core.name)

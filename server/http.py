@@ -131,8 +131,9 @@ class BodyLimit:
             if status == 413
             else f"request body not received within {self.timeout:g} s"
         )
-        headers = {"Connection": "close"}
-        await JSONResponse({"detail": detail}, status, headers=headers)(scope, receive, send)
+        # each protocol's error body: v2 {"error"}, v1 {"detail"}
+        body = {"error": detail} if scope["path"].startswith("/v2") else {"detail": detail}
+        await JSONResponse(body, status, headers={"Connection": "close"})(scope, receive, send)
 
 
 def _replay(body: bytes, receive):

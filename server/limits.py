@@ -1,9 +1,10 @@
-"""Connection limits uvicorn does not have: a cap on open connections per API process and a deadline for
-a request's headers (slow or half-sent requests would otherwise hold a socket and memory forever).
+"""Connection limits uvicorn does not have: a cap on open connections per API process, a deadline for a
+request's headers and a cap on their size (slow, half-sent or endless requests would otherwise hold a
+socket and memory: httptools buffers a header line without limit, 600 MB in a second on loopback).
 
 `guarded_http(max_connections, header_timeout)` returns an HTTP protocol class for uvicorn.Config(http=...).
-The body has its own deadline (server.http.BodyLimit); idle keep-alive connections close after
-uvicorn's `timeout_keep_alive`.
+The body has its own deadline and size limit (server.http.BodyLimit); idle keep-alive connections close
+after uvicorn's `timeout_keep_alive`.
 """
 
 from __future__ import annotations
@@ -12,22 +13,46 @@ import asyncio
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+MAX_HEADER_BYTES = 64 * 1024  # request line and headers of one request; more gets 431 and a close
+
 
 class GuardedHttpTools(HttpToolsProtocol):
-    """HttpToolsProtocol that refuses connections over the cap and closes those whose headers are late."""
+    """HttpToolsProtocol that refuses connections over the cap, closes those whose headers are late, and
+    answers 431 to headers over `max_header_bytes`."""
 
     max_connections = 1024
     header_timeout = 10.0
+    max_header_bytes = MAX_HEADER_BYTES
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         if len(self.connections) >= self.max_connections:
             transport.abort()  # over the cap: refused before it costs anything
             return
         super().connection_made(transport)
+        self._header_bytes: int | None = 0  # bytes received while a request's headers are not in; None: in
         self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_bytes is not None:
+            self._header_bytes += len(data)
+        super().data_received(data)
+        # still in the headers after this read, and over the cap (a keep-alive connection's next request is
+        # counted from the read after the one it began in: at most one read more)
+        if (
+            self._header_bytes is not None
+            and self._header_bytes > self.max_header_bytes
+            and not self.transport.is_closing()
+        ):
+            self._headers_too_large()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._header_bytes is None:  # a request after one whose headers were in: count from the next read
+            self._header_bytes = 0
 
     def on_headers_complete(self) -> None:
         self._header_timer.cancel()
+        self._header_bytes = None
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
@@ -46,6 +71,15 @@ class GuardedHttpTools(HttpToolsProtocol):
     def _headers_late(self) -> None:
         if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
             self.transport.close()
+
+    def _headers_too_large(self) -> None:
+        if self.cycle is None or self.cycle.response_complete:  # no response of an earlier request pending
+            msg = f"request headers larger than {self.max_header_bytes} bytes".encode()
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(msg), msg)
+            )
+        self.transport.close()
 
 
 def guarded_http(max_connections: int, header_timeout: float) -> type:

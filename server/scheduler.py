@@ -5,11 +5,12 @@ iteration packs up to `max_batch` network rows -- any mix of step counts, classe
 one call with per-row (s, t, y, w); rows leave when their grid ends and waiting ones join at step
 boundaries. This is iteration-level batching (Orca, OSDI'22; vLLM) applied to flow-map steps.
 
-The rows in flight live in contiguous tensors (x, step k, steps K, label y, guidance w, job id), so
-admitting, stepping and retiring are a fixed number of tensor operations whatever the row count; Python
-work is per job (admission, completion), never per sample. Pure bookkeeping: no threads, no I/O, no
-network calls; `server.core` drives it and the unit tests drive it with a fake engine. Times are plain
-floats (seconds) supplied by the caller.
+The rows in flight live in contiguous arrays -- x a torch tensor on the engine's device; step k, steps
+K, label y, guidance w and job id small numpy vectors (a numpy op on a few rows costs ~1 us, a torch op
+~3-5 us) -- so admitting, stepping and retiring are a fixed number of array operations whatever the row
+count; Python work is per job (admission, completion), never per sample. Pure bookkeeping: no threads,
+no I/O, no network calls; `server.core` drives it and the unit tests drive it with a fake engine.
+Times are plain floats (seconds) supplied by the caller.
 
 Policy: admission is strictly FIFO by request (a request's remaining samples keep the head of the
 line until all are admitted, so no request starves); every active row advances one step per
@@ -25,6 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -90,7 +92,8 @@ class Job:
 
 @dataclass
 class Batch:
-    """What the next network call runs: every active row, one step each (x: [N, *shape]; s, t, y, w: [N])."""
+    """What the next network call runs: every active row, one step each (x: [N, *shape]; s, t, y, w: [N]
+    CPU tensors sharing memory with the scheduler's arrays)."""
 
     x: Tensor
     s: Tensor
@@ -104,11 +107,11 @@ class Batch:
         return int(self.x.shape[0])
 
 
-def grid_table(max_steps: int) -> Tensor:
-    """G[K, k] = uniform_grid(K)[k], the values `flowmap sample` uses; [max_steps + 1, max_steps + 2]."""
-    g = torch.zeros(max_steps + 1, max_steps + 2)
+def grid_table(max_steps: int) -> np.ndarray:
+    """G[K, k] = uniform_grid(K)[k], as `flowmap sample` uses it; float32 [max_steps + 1, max_steps + 2]."""
+    g = np.zeros((max_steps + 1, max_steps + 2), np.float32)
     for k in range(1, max_steps + 1):
-        g[k, : k + 1] = uniform_grid(k)
+        g[k, : k + 1] = uniform_grid(k).numpy()
     return g
 
 
@@ -137,8 +140,8 @@ class Scheduler:
     def _clear(self) -> None:
         """The state of the rows in flight: x [R, *shape]; k, K, y, job [R] int64; w [R] float32."""
         self.x: Tensor | None = None
-        self.k = self.K = self.y = self.job = torch.zeros(0, dtype=torch.long)
-        self.w = torch.zeros(0)
+        self.k = self.K = self.y = self.job = np.zeros(0, np.int64)
+        self.w = np.zeros(0, np.float32)
         self.rows = 0
 
     # ---------------------------------------------------------------- intake
@@ -165,7 +168,7 @@ class Scheduler:
         """The next batch; or seconds to wait for the batching window; or None when idle."""
         self.expire(now)
         if self.dead:  # drop the rows of jobs that ended early
-            self._compact(torch.ones(self.in_flight(), dtype=torch.bool))
+            self._compact(np.ones(self.in_flight(), bool))
         if not self.in_flight():
             if not self.waiting:
                 return None
@@ -175,7 +178,8 @@ class Scheduler:
         if self.batching == "step" or not self.in_flight():
             self._admit(now)
         s, t = self.grid[self.K, self.k], self.grid[self.K, self.k + 1]
-        return Batch(self.x, s, t, self.y, self.w, self.rows)
+        tensors = [torch.from_numpy(a) for a in (s, t, self.y, self.w)]
+        return Batch(self.x, *tensors, self.rows)
 
     def update(self, batch: Batch, x_next: Tensor, now: float) -> None:
         """Apply one computed step (x_next: [N, *shape], one row per sample) and retire finished rows."""
@@ -184,21 +188,24 @@ class Scheduler:
         self.x, self.k = x_next, self.k + 1
         done = self.k == self.K  # [R]
         live = done & self._alive() if self.dead else done
-        if bool(live.any()):
-            idx = live.nonzero().flatten()
-            ids, counts = torch.unique_consecutive(self.job[idx], return_counts=True)
+        idx = np.flatnonzero(live)
+        if len(idx):
+            ids = self.job[idx]
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])  # runs of one job's rows
+            counts = np.diff(np.r_[starts, len(ids)]).tolist()
+            rows = x_next[_index(idx, x_next)] if len(idx) < len(live) else x_next
             # a job's rows are admitted (and so finish) in sample order: its chunks concatenate in order
-            for jid, chunk in zip(ids.tolist(), x_next[idx].split(counts.tolist()), strict=True):
+            for jid, chunk in zip(ids[starts].tolist(), rows.split(counts), strict=True):
                 self._collect(self.jobs[jid], chunk, now)
         self._compact(~done)
 
     def fail(self, batch: Batch, error: Exception, now: float) -> None:
         """A failed network call fails the requests in it, nothing else."""
-        for jid in torch.unique(self.job).tolist():
+        for jid in np.unique(self.job).tolist():
             job = self.jobs.get(jid)
             if job is not None:
                 self._finish(job, now, error)
-        self._compact(torch.zeros(self.in_flight(), dtype=torch.bool))
+        self._compact(np.zeros(self.in_flight(), bool))
 
     def expire(self, now: float) -> None:
         if now <= self.next_deadline:
@@ -212,15 +219,15 @@ class Scheduler:
     # ---------------------------------------------------------------- queries
     def in_flight(self) -> int:
         """Samples (state rows) in flight."""
-        return int(self.k.shape[0])
+        return len(self.k)
 
     def waiting_rows(self) -> int:
         return sum((j.n - j.admitted) * j.rows_per_sample for j in self.waiting)
 
     def steps_left(self) -> list[int]:
         """Network rows in flight by steps left: out[j] = rows with j steps to go."""
-        weights = (1 + (self.w != 1.0).long()) * self._alive().long()
-        return torch.bincount(self.K - self.k, weights, minlength=self.max_steps + 1).long().tolist()
+        weights = (1 + (self.w != 1.0)) * self._alive()
+        return np.bincount(self.K - self.k, weights, minlength=self.max_steps + 1).astype(int).tolist()
 
     def pending_work(self) -> int:
         """Row-steps still to compute for everything queued or in flight."""
@@ -315,34 +322,36 @@ class Scheduler:
             weights += [j.guidance] * n
             labels += j.labels[a : a + n]
         xs = [j.noise if n == j.n else j.noise[a : a + n] for j, a, n in takes]
-        kjy = torch.tensor([steps, ids, labels], dtype=torch.long)  # [3, new rows]
+        kjy = np.array([steps, ids, labels], np.int64)  # [3, new rows]
         self.x = torch.cat(xs if self.x is None else [self.x, *xs])
-        self.k = torch.cat([self.k, torch.zeros(len(steps), dtype=torch.long)])
-        self.K = torch.cat([self.K, kjy[0]])
-        self.job = torch.cat([self.job, kjy[1]])
-        self.y = torch.cat([self.y, kjy[2]])
-        self.w = torch.cat([self.w, torch.tensor(weights, dtype=torch.float32)])
+        self.k = np.concatenate([self.k, np.zeros(len(steps), np.int64)])
+        self.K = np.concatenate([self.K, kjy[0]])
+        self.job = np.concatenate([self.job, kjy[1]])
+        self.y = np.concatenate([self.y, kjy[2]])
+        self.w = np.concatenate([self.w, np.array(weights, np.float32)])
         self.rows += sum(n * j.rows_per_sample for j, _, n in takes)
 
-    def _alive(self) -> Tensor:
+    def _alive(self) -> np.ndarray:
         """[R] bool: rows whose job has not ended early."""
         if not self.dead:
-            return torch.ones(self.in_flight(), dtype=torch.bool)
-        return ~torch.isin(self.job, torch.tensor(sorted(self.dead)))
+            return np.ones(self.in_flight(), bool)
+        return ~np.isin(self.job, np.array(sorted(self.dead), np.int64))
 
-    def _compact(self, keep: Tensor) -> None:
+    def _compact(self, keep: np.ndarray) -> None:
         """Keep the rows where `keep` is True and whose job is alive."""
         if self.dead:
             keep = keep & self._alive()
             self.dead.clear()
-        if bool(keep.all()):
+        if keep.all():
             return
-        if not bool(keep.any()):
+        idx = np.flatnonzero(keep)
+        if not len(idx):
             return self._clear()
-        idx = keep.nonzero().flatten()
-        self.x, self.k, self.K = self.x[idx], self.k[idx], self.K[idx]
-        self.y, self.w, self.job = self.y[idx], self.w[idx], self.job[idx]
-        self.rows = len(idx) + int((self.w != 1.0).sum())
+        self.x = self.x[_index(idx, self.x)]
+        self.k, self.K, self.y, self.w, self.job = (
+            a[idx] for a in (self.k, self.K, self.y, self.w, self.job)
+        )
+        self.rows = len(idx) + int(np.count_nonzero(self.w != 1.0))
 
     def _collect(self, job: Job, chunk: Tensor, now: float) -> None:
         job.chunks.append(chunk)
@@ -361,3 +370,9 @@ class Scheduler:
         self.jobs.pop(job.id, None)
         if job.on_done is not None:
             job.on_done(job)
+
+
+def _index(idx: np.ndarray, x: Tensor) -> Tensor:
+    """Row indices for x (on x's device)."""
+    i = torch.from_numpy(idx)
+    return i if x.device.type == "cpu" else i.to(x.device, non_blocking=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, create_model
 
 from server.service import SEED_MAX
 from server.settings import ServerSettings
@@ -52,13 +52,20 @@ class Health(BaseModel):
     status: str
 
 
+class V2Error(BaseModel):
+    """Open Inference Protocol error body (every v2 error status)."""
+
+    error: str = Field(description="What was wrong, naming the input or output when one was.")
+
+
 def generate_request_model(s: ServerSettings) -> type[BaseModel]:
-    """The /v1/generate body, with this server's limits."""
-    steps = Annotated[int, Field(ge=1, le=s.max_steps)]
-    label = Annotated[int, Field(ge=0, le=MAX_CLASS)]
+    """The /v1/generate body, with this server's limits. Strict types: no "2" or true for an integer, no
+    2.0 for a count; floats take JSON integers (2 is 2.0) but never NaN or Infinity."""
+    steps = Annotated[StrictInt, Field(ge=1, le=s.max_steps)]
+    label = Annotated[StrictInt, Field(ge=0, le=MAX_CLASS)]
     fields = {
         "model": (
-            str | None,
+            StrictStr | None,
             Field(
                 None,
                 min_length=1,
@@ -74,9 +81,9 @@ def generate_request_model(s: ServerSettings) -> type[BaseModel]:
                 f"Default {s.default_steps}.",
             ),
         ),
-        "num_samples": (int, Field(1, ge=1, le=s.max_samples)),
+        "num_samples": (StrictInt, Field(1, ge=1, le=s.max_samples)),
         "seed": (
-            int | None,
+            StrictInt | None,
             Field(
                 None,
                 ge=0,
@@ -94,7 +101,7 @@ def generate_request_model(s: ServerSettings) -> type[BaseModel]:
             ),
         ),
         "guidance_scale": (
-            float | None,
+            StrictFloat | None,
             Field(
                 None,
                 ge=-s.max_guidance,
@@ -112,7 +119,7 @@ def generate_request_model(s: ServerSettings) -> type[BaseModel]:
             ),
         ),
         "deadline_ms": (
-            float | None,
+            StrictFloat | None,
             Field(
                 None,
                 ge=1,
@@ -125,14 +132,22 @@ def generate_request_model(s: ServerSettings) -> type[BaseModel]:
     return create_model("GenerateRequest", __config__=ConfigDict(extra="forbid"), **fields)
 
 
+def _text(v, limit: int) -> str:
+    """str(v) cut to `limit` characters, with what UTF-8 cannot encode (lone surrogates) replaced."""
+    return str(v)[:limit].encode("utf-8", "replace").decode("utf-8")
+
+
 def safe_errors(errors: list[dict]) -> list[dict]:
     """Validation errors that always serialise as strict JSON: the offending input is left out (it may be
-    NaN, Infinity, huge or binary) and context values become strings."""
+    NaN, Infinity, huge or binary), context values become strings, and no string keeps a lone surrogate
+    (a JSON key "\\ud800" would otherwise fail the UTF-8 encoding of the response)."""
     out = []
     for err in errors:
         e = {k: v for k, v in err.items() if k not in ("input", "ctx", "url")}
+        if "msg" in e:
+            e["msg"] = _text(e["msg"], 500)
         if "ctx" in err:
-            e["ctx"] = {k: str(v)[:200] for k, v in err["ctx"].items()}
-        e["loc"] = [v if isinstance(v, int) else str(v)[:100] for v in err.get("loc", ())]
+            e["ctx"] = {_text(k, 100): _text(v, 200) for k, v in err["ctx"].items()}
+        e["loc"] = [v if isinstance(v, int) else _text(v, 100) for v in err.get("loc", ())]
         out.append(e)
     return out

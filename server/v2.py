@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
@@ -16,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 
 from server import http
 from server.encode import to_uint8_nhwc
+from server.schemas import V2Error
 from server.service import GenParams, GenResult, InvalidInput, ModelEntry, Service
 
 DTYPES = {
@@ -39,7 +41,7 @@ INPUTS = {
     "class_label": ("INT32", [-1]),
     "guidance_scale": ("FP32", [1]),
 }
-HEADER = "inference-header-content-length"
+HEADER = "Inference-Header-Content-Length"  # Starlette looks headers up case-insensitively
 
 _tensor = {
     "type": "object",
@@ -71,6 +73,36 @@ INFER_SCHEMA = {
 }
 
 
+INFER_RESPONSE = {
+    "type": "object",
+    "required": ["model_name", "outputs"],
+    "properties": {
+        "model_name": {"type": "string"},
+        "model_version": {"type": "string"},
+        "id": {"type": "string"},
+        "parameters": {"type": "object"},
+        "outputs": {"type": "array", "items": _tensor},
+    },
+}
+
+
+def _errors(*statuses: int) -> dict:
+    """OpenAPI responses: these error statuses, each with the {"error": message} body."""
+    return {s: {"model": V2Error, "description": ERRORS[s]} for s in statuses}
+
+
+ERRORS = {
+    400: "invalid request (the message names the input, output or parameter)",
+    401: "missing or wrong API key",
+    404: "unknown model",
+    408: "request body not received in time",
+    413: "body too large",
+    429: "queue full (Retry-After)",
+    503: "not ready, draining, or an engine core restarting",
+    504: "deadline passed",
+}
+
+
 def outputs_of(e: ModelEntry) -> dict[str, tuple[str, list[int]]]:
     outs = {"samples": ("FP32", [-1, *e.shape])}
     if e.image:
@@ -89,19 +121,51 @@ def metadata(e: ModelEntry) -> dict:
     }
 
 
+def _show(v) -> str:
+    """A client's value for an error message: its repr, cut short (names and values may be anything)."""
+    text = repr(v)
+    return text if len(text) <= 64 else text[:61] + "..."
+
+
+_DIGITS = re.compile(r"[0-9]{1,12}")  # ASCII only: int() would also take " 5" or Arabic-Indic digits
+
+
 def split_body(raw: bytes, header_len: str | None) -> tuple[dict, bytes]:
-    """(JSON header, binary tail) of an infer request."""
+    """(JSON header, binary tail) of an infer request, the header's shape checked."""
+    n = len(raw)
+    if header_len is not None:
+        if not _DIGITS.fullmatch(header_len) or int(header_len) > len(raw):
+            msg = f"{HEADER} must be a byte count 0..{len(raw)} (the body's length), got {_show(header_len)}"
+            raise InvalidInput(msg, HEADER)
+        n = int(header_len)
     try:
-        n = int(header_len) if header_len is not None else len(raw)
-        if not 0 <= n <= len(raw):
-            raise ValueError
         body = json.loads(raw[:n])
-    except (ValueError, UnicodeDecodeError):
-        msg = "request body is not valid JSON (or Inference-Header-Content-Length is wrong)"
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        msg = f"request body is not valid JSON or nested too deeply (or {HEADER} is wrong)"
         raise InvalidInput(msg) from None
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
         raise InvalidInput("request must be a JSON object with an 'inputs' list", "inputs")
+    if "id" in body and not isinstance(body["id"], str):
+        raise InvalidInput(f"request 'id' must be a string, got {_show(body['id'])}", "id")
+    parameters(body, "request")
     return body, raw[n:]
+
+
+def parameters(obj: dict, where: str) -> dict:
+    """The 'parameters' object of the request, an input or an output ({} when absent or null)."""
+    p = obj.get("parameters")
+    if p is None:
+        return {}
+    if not isinstance(p, dict):
+        raise InvalidInput(f"{where}: 'parameters' must be a JSON object, got {_show(p)}", "parameters")
+    return p
+
+
+def _flag(params: dict, key: str, default: bool, where: str) -> bool:
+    v = params.get(key, default)
+    if not isinstance(v, bool):
+        raise InvalidInput(f"{where}: parameter {key!r} must be true or false, got {_show(v)}", key)
+    return v
 
 
 def _flatten(data) -> list:
@@ -115,73 +179,134 @@ def _flatten(data) -> list:
     return out
 
 
+def _json_values(name: str, datatype: str, data) -> np.ndarray:
+    """JSON 'data' (flat or nested row-major) as an array, each value of the datatype's JSON kind: true/false
+    for BOOL, integers within range for INT*/UINT* (no 1.7, "5" or true), numbers for FP* (no strings or
+    booleans, no integer beyond float range; NaN/Infinity tokens parse, and the input's own check refuses
+    them with its name)."""
+    if not isinstance(data, list):
+        raise InvalidInput(f"input {name!r}: 'data' must be a list (or give binary_data_size)", name)
+    values, dtype = _flatten(data), np.dtype(DTYPES[datatype])
+    if dtype.kind == "b":
+        ok = all(type(v) is bool for v in values)
+    elif dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        ok = all(type(v) is int and info.min <= v <= info.max for v in values)
+    else:
+        ok = all(type(v) is float or (type(v) is int and abs(v) < 2**1000) for v in values)
+    if not ok:
+        raise InvalidInput(f"input {name!r}: data does not fit datatype {datatype}", name)
+    with np.errstate(over="ignore"):  # 1e300 as FP32 is inf, refused by the input's own check
+        return np.array(values, dtype=dtype)
+
+
 def decode_tensor(t: dict, binary: bytes, offset: int) -> tuple[np.ndarray, int]:
-    """One input tensor as a flat numpy array; returns the new offset into the binary tail."""
-    name, dtype = t.get("name"), DTYPES.get(t.get("datatype"))
-    shape = t.get("shape")
-    if dtype is None:
-        raise InvalidInput(f"input {name!r}: unsupported datatype {t.get('datatype')!r}", name)
-    if not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d <= 4096 for d in shape):
-        raise InvalidInput(f"input {name!r}: shape must be a list of sizes 0..4096", name)
+    """One input tensor (its name already checked) as a flat numpy array; returns the new offset into the
+    binary tail."""
+    name, datatype, shape = t["name"], t.get("datatype"), t.get("shape")
+    if not isinstance(datatype, str) or datatype not in DTYPES:
+        raise InvalidInput(f"input {name!r}: unsupported datatype {_show(datatype)}", name)
+    if (
+        not isinstance(shape, list)
+        or len(shape) > 8
+        or not all(type(d) is int and 0 <= d <= 4096 for d in shape)
+    ):
+        raise InvalidInput(f"input {name!r}: shape must be a list of at most 8 sizes 0..4096", name)
     size = math.prod(shape)
-    nbytes = (t.get("parameters") or {}).get("binary_data_size")
-    try:
-        if nbytes is not None:
-            arr = np.frombuffer(binary[offset : offset + int(nbytes)], dtype=dtype)
-            offset += int(nbytes)
-        else:
-            arr = np.asarray(_flatten(t.get("data", [])), dtype=dtype)
-    except (TypeError, ValueError, OverflowError):
-        raise InvalidInput(f"input {name!r}: data does not fit datatype {t.get('datatype')}", name) from None
+    nbytes = parameters(t, f"input {name!r}").get("binary_data_size")
+    if nbytes is None:
+        arr = _json_values(name, datatype, t.get("data"))
+    else:
+        itemsize, left = np.dtype(DTYPES[datatype]).itemsize, len(binary) - offset
+        if type(nbytes) is not int or not 0 <= nbytes <= left:
+            msg = f"input {name!r}: binary_data_size must be a byte count 0..{left} (the binary bytes left)"
+            raise InvalidInput(msg, name)
+        if "data" in t:
+            raise InvalidInput(f"input {name!r}: give 'data' or binary_data_size, not both", name)
+        if nbytes != size * itemsize:
+            msg = f"input {name!r}: binary_data_size {nbytes} is not {size} x {itemsize} bytes ({datatype})"
+            raise InvalidInput(msg, name)
+        arr, offset = np.frombuffer(binary, DTYPES[datatype], count=size, offset=offset), offset + nbytes
     if arr.size != size:
         raise InvalidInput(f"input {name!r}: {arr.size} values for shape {shape}", name)
     return arr.reshape(-1), offset
 
 
-def _scalar(arrays: dict, name: str, kind):
+def _ints(arrays: dict, name: str) -> list[int] | None:
+    """An input's values as exact integers: any integer datatype, or a float one holding whole finite
+    numbers (class 1.7, NaN or Infinity is an error, never a silent class 1 or a default)."""
     if name not in arrays:
         return None
     a = arrays[name]
-    if a.size != 1:
-        raise InvalidInput(f"input {name!r} must hold one value, got {a.size}", name)
-    v = a[0].item()
-    if kind is int and (isinstance(v, float) and not v.is_integer()):
-        raise InvalidInput(f"input {name!r} must be an integer", name)
-    return kind(v) if math.isfinite(float(v)) else None
+    if a.dtype.kind == "b":
+        raise InvalidInput(f"input {name!r} must be an integer, not BOOL", name)
+    if a.dtype.kind == "f" and not (np.isfinite(a).all() and (a == np.trunc(a)).all()):
+        raise InvalidInput(f"input {name!r} must hold whole numbers, got {_show(a[:4].tolist())}", name)
+    return [int(v) for v in a.tolist()]
+
+
+def _one(values: list | None, name: str):
+    if values is None:
+        return None
+    if len(values) != 1:
+        raise InvalidInput(f"input {name!r} must hold one value, got {len(values)}", name)
+    return values[0]
+
+
+def _float(arrays: dict, name: str) -> float | None:
+    if name not in arrays:
+        return None
+    a = arrays[name]
+    if a.dtype.kind == "b":
+        raise InvalidInput(f"input {name!r} must be a number, not BOOL", name)
+    v = float(_one(a.tolist(), name))
+    if not math.isfinite(v):
+        raise InvalidInput(f"input {name!r} must be finite, got {v}", name)
+    return v
 
 
 def to_params(model: str, body: dict, binary: bytes) -> GenParams:
     arrays, offset = {}, 0
     for t in body["inputs"]:
-        if not isinstance(t, dict) or t.get("name") not in INPUTS:
-            raise InvalidInput(
-                f"unknown input {t.get('name') if isinstance(t, dict) else t!r}; known: {', '.join(INPUTS)}",
-                "inputs",
-            )
-        arrays[t["name"]], offset = decode_tensor(t, binary, offset)
-    labels = arrays.get("class_label")
-    label = None if labels is None else (int(labels[0]) if labels.size == 1 else [int(v) for v in labels])
-    n = _scalar(arrays, "num_samples", int)
-    steps, seed, w = (
-        _scalar(arrays, "steps", int),
-        _scalar(arrays, "seed", int),
-        _scalar(arrays, "guidance_scale", float),
+        name = t.get("name") if isinstance(t, dict) else None
+        if not isinstance(name, str) or name not in INPUTS:
+            shown = _show(name if isinstance(t, dict) else t)
+            raise InvalidInput(f"unknown input {shown}; known: {', '.join(INPUTS)}", "inputs")
+        if name in arrays:
+            raise InvalidInput(f"input {name!r} given twice", name)
+        arrays[name], offset = decode_tensor(t, binary, offset)
+    if offset != len(binary):
+        msg = f"{len(binary) - offset} bytes after the JSON header belong to no input's binary_data_size"
+        raise InvalidInput(msg, HEADER)
+    labels = _ints(arrays, "class_label")
+    label = labels[0] if labels is not None and len(labels) == 1 else labels
+    n = _one(_ints(arrays, "num_samples"), "num_samples")
+    steps, seed = _one(_ints(arrays, "steps"), "steps"), _one(_ints(arrays, "seed"), "seed")
+    return GenParams(
+        model, steps, 1 if n is None else n, seed, label, _float(arrays, "guidance_scale"), None, "tensor"
     )
-    return GenParams(model, steps, 1 if n is None else n, seed, label, w, None, "tensor")
 
 
 def requested_outputs(e: ModelEntry, body: dict) -> list[tuple[str, bool]]:
-    """[(name, binary)]: what the client asked for, default all outputs as JSON (or binary if asked)."""
+    """[(name, binary)]: what the client asked for, default all outputs as JSON (or binary if asked);
+    each output at most once (a list of 1000 'samples' would multiply the response)."""
     avail = outputs_of(e)
-    default_bin = bool((body.get("parameters") or {}).get("binary_data_output", False))
-    asked = body.get("outputs") or [{"name": k} for k in avail]
-    out = []
-    for o in asked:
+    default_bin = _flag(parameters(body, "request"), "binary_data_output", False, "request")
+    asked = body.get("outputs")
+    if asked is not None and not isinstance(asked, list):
+        raise InvalidInput(
+            f"'outputs' must be a list of {{\"name\": ...}} objects, got {_show(asked)}", "outputs"
+        )
+    out: dict[str, bool] = {}
+    for o in asked or [{"name": k} for k in avail]:
         name = o.get("name") if isinstance(o, dict) else None
-        if name not in avail:
-            raise InvalidInput(f"unknown output {name!r}; available: {', '.join(avail)}", "outputs")
-        out.append((name, bool((o.get("parameters") or {}).get("binary_data", default_bin))))
-    return out
+        if not isinstance(name, str) or name not in avail:
+            shown = _show(name if isinstance(o, dict) else o)
+            raise InvalidInput(f"unknown output {shown}; available: {', '.join(avail)}", "outputs")
+        if name in out:
+            raise InvalidInput(f"output {name!r} asked twice", "outputs")
+        out[name] = _flag(parameters(o, f"output {name!r}"), "binary_data", default_bin, f"output {name!r}")
+    return list(out.items())
 
 
 def encode_outputs(e: ModelEntry, x, wanted: list[tuple[str, bool]]) -> tuple[list[dict], bytes]:
@@ -217,24 +342,41 @@ def router(service: Service, auth) -> APIRouter:
     async def ready():
         return JSONResponse({"ready": service.ready}, 200 if service.ready else 503)
 
-    @r.get("/models/{name}", dependencies=[Depends(auth)])
-    async def model_metadata(name: str):
-        return metadata(_entry(service, name))
+    # {name} is read from the path, not declared as an argument: FastAPI would document a 422 for it, and
+    # v2 never sends one (invalid input is a 400)
+    named = {"parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]}
 
-    @r.get("/models/{name}/ready")
-    async def model_ready(name: str):
+    @r.get("/models/{name}", dependencies=[Depends(auth)], responses=_errors(401, 404), openapi_extra=named)
+    async def model_metadata(request: Request):
+        return metadata(_entry(service, request.path_params["name"]))
+
+    @r.get("/models/{name}/ready", responses=_errors(404, 503), openapi_extra=named)
+    async def model_ready(request: Request):
+        name = request.path_params["name"]
         _entry(service, name)
         return JSONResponse({"name": name, "ready": service.ready}, 200 if service.ready else 503)
 
     @r.post(
         "/models/{name}/infer",
         dependencies=[Depends(auth)],
+        responses={
+            200: {
+                "description": "outputs as JSON; with binary outputs the JSON header "
+                "(Inference-Header-Content-Length bytes), then the raw tensors",
+                "content": {
+                    "application/json": {"schema": INFER_RESPONSE},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                },
+            },
+            **_errors(*ERRORS),
+        },
         openapi_extra={
-            "requestBody": {"required": True, "content": {"application/json": {"schema": INFER_SCHEMA}}}
+            **named,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": INFER_SCHEMA}}},
         },
     )
-    async def infer(name: str, request: Request):
-        return await _infer(service, name, request)
+    async def infer(request: Request):
+        return await _infer(service, request.path_params["name"], request)
 
     return r
 
