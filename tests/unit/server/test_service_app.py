@@ -1,0 +1,240 @@
+"""The API side (service, app, v1 and v2 codecs) over a real engine core in the same process.
+
+`InProcessCore` stands in for server.client.CoreClient: frames go to a real `CoreServer` (the engine
+core's message side) driving a real `EngineCore` with a fake engine, and its outputs settle the
+futures, so everything but the ZeroMQ sockets and the processes runs as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import re
+from types import SimpleNamespace
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from flowmap.samplers import guided, make_noise, sample_flowmap, uniform_grid
+from server import messages as m
+from server.app import create_app
+from server.client import CoreDown
+from server.core import EngineCore, Executor
+from server.core_process import CoreServer
+from server.metrics import Metrics
+from server.scheduler import Scheduler
+from server.service import Service
+from server.settings import ServerSettings
+
+SHAPE, C = [1, 2, 2], 10
+INFO = {
+    "name": "toy",
+    "shape": SHAPE,
+    "num_classes": C,
+    "image": True,
+    "engine": "fake",
+    "device": "cpu",
+    "baked_guidance_scale": 1.0,
+    "method": "esd",
+}
+
+
+def fake_engine(x, s, t, y):
+    """u(x, s, t, y) by elementwise ops only (exact whatever the batch)."""
+    e = lambda v: v.float().reshape(-1, 1, 1, 1)
+    return -0.5 * x + 0.1 * e(y) + e(s) * x - e(t)
+
+
+class InProcessCore:
+    """CoreClient's interface over a CoreServer in this process; `paused` holds the core still."""
+
+    def __init__(self, settings: ServerSettings):
+        sched = Scheduler(settings.max_batch_size, settings.max_queue, 0.0, settings.max_steps)
+        core = EngineCore("toy", sched, Executor(fake_engine, C, conditional=True))
+        self.server = CoreServer(core, SimpleNamespace(shape=SHAPE, num_classes=C), settings, sock=None)
+        self.pending: dict[int, asyncio.Future] = {}
+        self.ids, self.paused, self.down = 0, False, False
+
+    def submit(self, make):
+        if self.down:
+            raise CoreDown("engine core not connected")
+        self.ids += 1
+        fut = asyncio.get_running_loop().create_future()
+        self.pending[self.ids] = fut
+        self.server.handle(b"api", m.encode(make(self.ids)))
+        asyncio.get_running_loop().call_soon(self.pump)
+        return self.ids, fut
+
+    def cancel(self, rid: int) -> None:
+        if self.pending.pop(rid, None) is not None:
+            self.server.handle(b"api", m.encode(m.Cancel(rid)))
+
+    def fail_all(self, reason: str) -> None:
+        for fut in self.pending.values():
+            fut.set_exception(CoreDown(reason))
+        self.pending.clear()
+
+    def pump(self) -> None:
+        while not self.paused and self.server.core.step() is not None:
+            pass
+        for _, frame in self.server.outbox:
+            out = m.decode(frame)
+            fut = self.pending.pop(out.id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(out)
+        self.server.outbox.clear()
+
+
+def states(up: bool, generation: int = 1) -> m.CoreStates:
+    return m.CoreStates([{"up": up, "generation": generation, "info": INFO}])
+
+
+@pytest.fixture()
+def stack():
+    settings = ServerSettings(max_steps=4, max_samples=16, max_queue=2, request_timeout_ms=2000)
+    core = InProcessCore(settings)
+    metrics = Metrics()
+    service = Service(settings, [core], metrics)
+    service.on_states(states(True))
+    app = create_app(service, metrics)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+    return SimpleNamespace(service=service, core=core, client=client, metrics=metrics)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def reference(n: int, steps: int, seed: int, labels: list[int], w: float = 1.0) -> np.ndarray:
+    u = guided(fake_engine, w, C)
+    return sample_flowmap(u, make_noise(n, SHAPE, seed), uniform_grid(steps), torch.tensor(labels)).numpy()
+
+
+def npy(b64: str) -> np.ndarray:
+    return np.load(io.BytesIO(base64.b64decode(b64)), allow_pickle=False)
+
+
+def test_v1_and_v2_give_the_samples_flowmap_sample_gives(stack):
+    async def go():
+        v1 = await stack.client.post(
+            "/v1/generate",
+            json={
+                "steps": 3,
+                "num_samples": 4,
+                "seed": 7,
+                "class_label": 2,
+                "guidance_scale": 1.5,
+                "output": "npy",
+            },
+        )
+        inputs = [
+            {"name": "seed", "shape": [1], "datatype": "INT64", "data": [7]},
+            {"name": "steps", "shape": [1], "datatype": "INT32", "data": [3]},
+            {"name": "num_samples", "shape": [1], "datatype": "INT32", "data": [4]},
+            {"name": "class_label", "shape": [1], "datatype": "INT32", "data": [2]},
+            {"name": "guidance_scale", "shape": [1], "datatype": "FP32", "data": [1.5]},
+        ]
+        v2 = await stack.client.post("/v2/models/toy/infer", json={"inputs": inputs})
+        return v1, v2
+
+    v1, v2 = run(go())
+    assert v1.status_code == 200 and v2.status_code == 200, (v1.text, v2.text)
+    want = reference(4, 3, 7, [2] * 4, 1.5)
+    np.testing.assert_allclose(npy(v1.json()["array"]), want, rtol=0, atol=1e-6)
+    (samples,) = [o for o in v2.json()["outputs"] if o["name"] == "samples"]
+    np.testing.assert_allclose(np.array(samples["data"]).reshape(want.shape), want, rtol=0, atol=1e-6)
+    assert v1.json()["timings"]["total_ms"] >= v1.json()["timings"]["compute_ms"] >= 0
+
+
+def test_concurrent_requests_share_calls_and_stay_batch_invariant(stack):
+    async def go():
+        bodies = [{"steps": 1 + i % 4, "num_samples": 2, "seed": i, "output": "npy"} for i in range(6)]
+        stack.core.server.core.scheduler.max_queue = 16
+        stack.core.paused = True  # let all six queue, then run them together
+        tasks = [asyncio.ensure_future(stack.client.post("/v1/generate", json=b)) for b in bodies]
+        await asyncio.sleep(0.05)
+        stack.core.paused = False
+        stack.core.pump()
+        return bodies, await asyncio.gather(*tasks)
+
+    bodies, rs = run(go())
+    for b, r in zip(bodies, rs, strict=True):
+        want = reference(2, b["steps"], b["seed"], [0, 1])  # classes cycle 0..C-1 when omitted
+        np.testing.assert_allclose(npy(r.json()["array"]), want, rtol=0, atol=1e-6)
+
+
+def test_a_stopped_core_fails_held_requests_with_503_and_readiness(stack):
+    async def go():
+        stack.core.paused = True
+        held = asyncio.ensure_future(stack.client.post("/v1/generate", json={"steps": 2}))
+        await asyncio.sleep(0.05)
+        stack.service.on_states(states(False, generation=1))  # the supervisor saw the core die
+        r = await held
+        ready = await stack.client.get("/readyz")
+        refused = await stack.client.post("/v1/generate", json={})
+        stack.core.paused = False
+        stack.service.on_states(states(True, generation=2))  # restarted
+        again = await stack.client.post("/v1/generate", json={})
+        return r, ready, refused, again
+
+    r, ready, refused, again = run(go())
+    assert r.status_code == 503 and "engine core" in r.json()["detail"]
+    assert ready.status_code == 503 and refused.status_code == 503
+    assert again.status_code == 200
+
+
+def test_queue_full_gives_429_with_retry_after_and_deadline_504(stack):
+    async def go():
+        stack.core.paused = True
+        first = [
+            asyncio.ensure_future(stack.client.post("/v1/generate", json={"deadline_ms": 100}))
+            for _ in (0, 1)
+        ]
+        await asyncio.sleep(0.02)
+        full = await stack.client.post("/v1/generate", json={})
+        return full, await asyncio.gather(*first)
+
+    full, late = run(go())
+    assert full.status_code == 429 and int(full.headers["retry-after"]) >= 1
+    assert [r.status_code for r in late] == [504, 504]
+
+
+def test_unknown_models_mint_no_series_and_v2_400_is_recorded_as_400(stack):
+    async def go():
+        for i in range(50):
+            await stack.client.post("/v1/generate", json={"model": f"nope-{i}"})
+            await stack.client.post(f"/v2/models/nope-{i}/infer", json={"inputs": []})
+        bad = {
+            "name": "class_label",
+            "shape": [1],
+            "datatype": "INT32",
+            "data": [99],
+        }  # decodes; out of range
+        r = await stack.client.post("/v2/models/toy/infer", json={"inputs": [bad]})
+        assert r.status_code == 400 and "class_label" in r.json()["error"]
+        return (await stack.client.get("/metrics")).text
+
+    text = run(go())
+    assert "nope-" not in text
+    assert re.search(r'flowmap_rejections_total\{model="",reason="not_found"\} 100\.0', text)
+    assert 'flowmap_request_duration_seconds_count{model="toy",status="400",steps="1"}' in text
+    assert 'status="422"' not in text
+
+
+def test_draining_refuses_new_work_and_fails_readiness(stack):
+    stack.service.begin_drain()
+
+    async def go():
+        return await stack.client.post("/v1/generate", json={}), await stack.client.get("/readyz")
+
+    r, ready = run(go())
+    assert r.status_code == 503 and r.json()["detail"] == "server is draining"
+    assert ready.json() == {"status": "draining"}
+
+
+def test_openapi_declares_no_security_without_a_key(stack):
+    spec = run(stack.client.get("/openapi.json")).json()
+    assert "securitySchemes" not in spec.get("components", {})
