@@ -17,15 +17,17 @@ import os
 import signal
 import socket
 import sys
+import time
 
 import uvicorn
-import zmq.asyncio
+import zmq
 
 from server.client import CoreClient, watch_states
 from server.limits import guarded_http
 from server.settings import ServerSettings
 
 log = logging.getLogger("flowmap.server")
+DRAIN_LINGER = 1.0  # seconds of 503s after the last accepted request finished, before the socket closes
 
 
 class DrainingServer(uvicorn.Server):
@@ -56,9 +58,13 @@ class DrainingServer(uvicorn.Server):
         self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain()))
 
     async def _drain(self) -> None:
+        start = time.monotonic()
         ok = await self.service.drained(self.drain_timeout)
         if not ok:
             log.warning("drain timeout: %d requests still in flight", self.service.inflight)
+        else:  # keep answering 503 (Connection: close) a moment longer: a client that reconnects right
+            # after its last response must meet a 503, not a listening socket closing under it
+            await asyncio.sleep(min(DRAIN_LINGER, max(0.0, self.drain_timeout - (time.monotonic() - start))))
         self.should_exit = True
 
 
@@ -68,20 +74,20 @@ def build(settings: ServerSettings, run_dir: str):
     from server.metrics import Metrics
     from server.service import Service
 
-    ctx = zmq.asyncio.Context()
+    ctx = zmq.Context()
     clients = [CoreClient(ctx, f"ipc://{run_dir}/core-{i}") for i in range(len(settings.models))]
     metrics = Metrics()
     service = Service(settings, clients, metrics)
-    tasks: list[asyncio.Task] = []
+    feeds = []
 
     async def start():
         for c in clients:
             c.start()
-        tasks.append(asyncio.create_task(watch_states(ctx, f"ipc://{run_dir}/state", service.on_states)))
+        feeds.append(watch_states(ctx, f"ipc://{run_dir}/state", service.on_states))
 
     async def stop():
-        for t in tasks:
-            t.cancel()
+        for io in feeds:
+            io.close()
         for c in clients:
             c.close()
 

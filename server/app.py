@@ -4,7 +4,7 @@
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -53,6 +53,7 @@ def create_app(service: Service, metrics=None, lifespan_hooks=None) -> FastAPI:
         timeout=settings.body_timeout_s,
         on_reject=service.reject,
     )
+    app.add_middleware(http.CloseWhenDraining, service=service)
     _handlers(app, service)
     auth = http.make_auth(service)
     _v1_routes(app, service, auth)
@@ -93,9 +94,7 @@ def _handlers(app: FastAPI, service: Service) -> None:
 def _v1_routes(app: FastAPI, service: Service, auth) -> None:
     GenerateRequest = generate_request_model(service.settings)
 
-    @app.post(
-        "/v1/generate", response_model=GenerateResponse, dependencies=[Depends(auth)], responses=V1_ERRORS
-    )
+    @app.post("/v1/generate", response_model=GenerateResponse, dependencies=auth, responses=V1_ERRORS)
     async def generate(body: GenerateRequest, request: Request):  # type: ignore[valid-type]
         """Generate samples; requests share network calls step by step."""
         p = to_params(body, service.settings.default_steps)
@@ -103,7 +102,7 @@ def _v1_routes(app: FastAPI, service: Service, auth) -> None:
         body = await http.generate(service, p, request, lambda r: to_response(r, p).model_dump_json())
         return Response(body, media_type="application/json")
 
-    @app.get("/v1/models", response_model=ModelList, dependencies=[Depends(auth)])
+    @app.get("/v1/models", response_model=ModelList, dependencies=auth)
     async def models():
         """The models served (the first is the default)."""
         infos = [model_info(e.info) for e in service.entries.values()]

@@ -1,5 +1,10 @@
 """The API side of the engine cores: one DEALER socket per core, futures keyed by request id, and the
-supervisor's CoreStates feed. Runs on the API process's event loop (zmq.asyncio); no torch here.
+supervisor's CoreStates feed. Runs on the API process's event loop; no torch here.
+
+The sockets are plain (non-async) ZeroMQ sockets read from the loop's own reader callback: ZeroMQ
+signals its file descriptor edge-triggered, so every callback drains all waiting frames, and every
+send schedules one more look (a send can consume the edge a waiting frame raised). This costs a
+fraction of zmq.asyncio's per-message future and flag bookkeeping on the latency path.
 """
 
 from __future__ import annotations
@@ -10,39 +15,80 @@ import logging
 from collections.abc import Callable
 
 import zmq
-import zmq.asyncio
 
 from server import messages as m
 
 log = logging.getLogger("flowmap.server")
+POLLIN = int(zmq.POLLIN)
+EVENTS = int(zmq.EVENTS)
 
 
 class CoreDown(Exception):
     """The engine core is not connected, or went away with this request in it."""
 
 
+class LoopSocket:
+    """A ZeroMQ socket whose incoming frames go to `on_frame`, called on the event loop."""
+
+    def __init__(self, sock: zmq.Socket, on_frame: Callable[[bytes], None]):
+        self.sock, self.on_frame = sock, on_frame
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(self.sock.getsockopt(zmq.FD), self.drain)
+        self.loop.call_soon(self.drain)  # frames that arrived before the reader was registered
+
+    def drain(self) -> None:
+        sock = self.sock
+        while not sock.closed and sock.getsockopt(EVENTS) & POLLIN:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self.on_frame(frame)
+            except Exception:  # one bad frame must not stop the reader
+                log.exception("dropped a frame")
+
+    def send(self, frame: bytes) -> bool:
+        """Send now, or False when the peer cannot take it (not connected, or its queue is full)."""
+        try:
+            self.sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        if self.loop is not None:
+            self.loop.call_soon(self.drain)
+        return True
+
+    def close(self) -> None:
+        if self.loop is not None and not self.sock.closed:
+            self.loop.remove_reader(self.sock.getsockopt(zmq.FD))
+        self.sock.close(0)
+
+
 class CoreClient:
     """Send Generate / Cancel to one core; `submit` returns a future settled with its Done or Failed."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, address: str):
+    def __init__(self, ctx: zmq.Context, address: str):
         self.address = address
-        self.sock = ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing towards a core that is not connected
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, 100_000)
-        self.sock.setsockopt(zmq.RCVHWM, 100_000)
-        self.sock.connect(address)
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing towards a core that is not connected
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.connect(address)
+        self.io = LoopSocket(sock, self._on_frame)
         self.ids = itertools.count(1)
         self.pending: dict[int, asyncio.Future] = {}
-        self.task: asyncio.Task | None = None
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._read())
+        self.io.start()
 
     def submit(self, make: Callable[[int], m.Generate]) -> tuple[int, asyncio.Future]:
         """(request id, future). Raises CoreDown when the core cannot take messages now."""
         rid = next(self.ids)
-        if not self._send(m.encode(make(rid))):
+        if not self.io.send(m.encode(make(rid))):
             raise CoreDown(f"engine core {self.address} is not connected")
         fut = asyncio.get_running_loop().create_future()
         self.pending[rid] = fut
@@ -50,14 +96,7 @@ class CoreClient:
 
     def cancel(self, rid: int) -> None:
         if self.pending.pop(rid, None) is not None:
-            self._send(m.encode(m.Cancel(rid)))  # when the core is gone, nothing runs for it any more
-
-    def _send(self, frame: bytes) -> bool:
-        """Send now or report False (with NOBLOCK, pyzmq settles the future at once)."""
-        f = self.sock.send(frame, zmq.NOBLOCK)
-        if not f.done():  # another send is queued: it goes out when the socket can take it
-            return True
-        return f.exception() is None
+            self.io.send(m.encode(m.Cancel(rid)))  # when the core is gone, nothing runs for it any more
 
     def fail_all(self, reason: str) -> None:
         """The core went away: every request in it fails now (the API answers 503)."""
@@ -66,39 +105,35 @@ class CoreClient:
             if not fut.done():
                 fut.set_exception(CoreDown(reason))
 
-    async def _read(self) -> None:
-        while True:
-            try:
-                frame = await self.sock.recv()
-                msg = m.decode(frame)
-            except m.WireError as e:
-                log.warning("dropped a frame from %s: %s", self.address, e)
-                continue
-            except (asyncio.CancelledError, zmq.ContextTerminated):
-                return
-            fut = self.pending.pop(getattr(msg, "id", -1), None)
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
+    def _on_frame(self, frame: bytes) -> None:
+        try:
+            msg = m.decode(frame)
+        except m.WireError as e:
+            log.warning("dropped a frame from %s: %s", self.address, e)
+            return
+        fut = self.pending.pop(getattr(msg, "id", -1), None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
 
     def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-        self.sock.close(0)
+        self.io.close()
 
 
-async def watch_states(ctx: zmq.asyncio.Context, address: str, on_states: Callable[[m.CoreStates], None]):
-    """Feed every CoreStates the supervisor publishes to `on_states` (runs until cancelled)."""
+def watch_states(ctx: zmq.Context, address: str, on_states: Callable[[m.CoreStates], None]) -> LoopSocket:
+    """Feed every CoreStates the supervisor publishes to `on_states`; returns the started socket."""
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.SUBSCRIBE, b"")
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(address)
-    try:
-        while True:
-            try:
-                msg = m.decode(await sock.recv())
-            except m.WireError:
-                continue
-            if isinstance(msg, m.CoreStates):
-                on_states(msg)
-    finally:
-        sock.close(0)
+
+    def on_frame(frame: bytes) -> None:
+        try:
+            msg = m.decode(frame)
+        except m.WireError:
+            return
+        if isinstance(msg, m.CoreStates):
+            on_states(msg)
+
+    io = LoopSocket(sock, on_frame)
+    io.start()
+    return io

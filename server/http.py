@@ -69,8 +69,9 @@ def error_response(request: Request, e: ServiceError) -> Response:
     return JSONResponse({"detail": str(e)}, e.status, headers=headers)
 
 
-def make_auth(service: Service):
-    """A dependency: 401 unless the API key (X-API-Key or Bearer) matches, when one is set."""
+def make_auth(service: Service) -> list:
+    """The route dependencies: 401 unless the API key (X-API-Key or Bearer) matches; none without a key
+    (so /openapi.json declares no security and requests skip dependency resolution)."""
     header, bearer = APIKeyHeader(name="X-API-Key", auto_error=False), HTTPBearer(auto_error=False)
 
     async def auth(
@@ -81,10 +82,7 @@ def make_auth(service: Service):
         if not got or not hmac.compare_digest(got.encode(), expected.encode()):
             raise Unauthorized("missing or wrong API key")
 
-    async def open_access():
-        return None
-
-    return auth if service.settings.key() is not None else open_access
+    return [Depends(auth)] if service.settings.key() is not None else []
 
 
 class BodyLimit:
@@ -147,3 +145,22 @@ def _replay(body: bytes, receive):
         return await receive()  # afterwards: wait for http.disconnect
 
     return replay
+
+
+class CloseWhenDraining:
+    """ASGI middleware: while the service drains, every response says `Connection: close`, so clients stop
+    reusing connections that are about to go (instead of racing a request against the close)."""
+
+    def __init__(self, app, service: Service):
+        self.app, self.service = app, service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_closing(msg):
+            if msg["type"] == "http.response.start" and self.service.draining:
+                msg = {**msg, "headers": [*msg.get("headers", []), (b"connection", b"close")]}
+            await send(msg)
+
+        return await self.app(scope, receive, send_closing)

@@ -12,7 +12,7 @@ import math
 import re
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from server import http
@@ -346,7 +346,7 @@ def router(service: Service, auth) -> APIRouter:
     # v2 never sends one (invalid input is a 400)
     named = {"parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]}
 
-    @r.get("/models/{name}", dependencies=[Depends(auth)], responses=_errors(401, 404), openapi_extra=named)
+    @r.get("/models/{name}", dependencies=auth, responses=_errors(401, 404), openapi_extra=named)
     async def model_metadata(request: Request):
         return metadata(_entry(service, request.path_params["name"]))
 
@@ -358,7 +358,7 @@ def router(service: Service, auth) -> APIRouter:
 
     @r.post(
         "/models/{name}/infer",
-        dependencies=[Depends(auth)],
+        dependencies=auth,
         responses={
             200: {
                 "description": "outputs as JSON; with binary outputs the JSON header "

@@ -131,6 +131,8 @@ def test_sigterm_under_load_with_two_api_processes_loses_nothing(checkpoints):
             try:
                 r = await c.post("/v1/generate", json={"num_samples": 2, "steps": 1 + i % 4, "seed": i})
                 results.append(r.status_code)
+                if r.status_code == 503:  # draining: a client goes elsewhere (or waits) rather than hammer
+                    return
             except httpx.ConnectError:  # refused once every API process has gone: never accepted
                 results.append("refused")
                 return
@@ -152,6 +154,6 @@ def test_sigterm_under_load_with_two_api_processes_loses_nothing(checkpoints):
 
     results = asyncio.run(scenario())
     assert s.proc.wait(60) == 0
-    assert results.count(200) > 20
+    assert results.count(200) >= 12  # each client had a request in flight at SIGTERM
     # every request either finished (200) or was turned away at the door (503 draining / refused)
     assert set(results) <= {200, 503, "refused"}, sorted(set(map(str, results)))
