@@ -107,8 +107,6 @@ def test_errors(server, triton):
         triton.infer("digits", inputs(steps=9), headers=HEADERS)
     with pytest.raises(InferenceServerException, match="class_label"):
         triton.infer("gmm8", inputs(label=2), headers=HEADERS)
-    with pytest.raises(InferenceServerException):
-        triton.infer("digits", inputs())  # no API key
     r = httpx.post(server.url + "/v2/models/digits/infer", content=b"[1, 2", headers=HEADERS)
     assert r.status_code == 400 and "error" in r.json()
     r = httpx.post(
@@ -117,3 +115,44 @@ def test_errors(server, triton):
         json={"inputs": [{"name": "seed", "shape": [2], "datatype": "INT64", "data": [1]}]},
     )
     assert r.status_code == 400 and "seed" in r.json()["error"]
+
+
+INFER_BODY = {
+    "inputs": [
+        {"name": "seed", "shape": [1], "datatype": "INT64", "data": [3]},
+        {"name": "steps", "shape": [1], "datatype": "INT32", "data": [1]},
+        {"name": "num_samples", "shape": [1], "datatype": "INT32", "data": [2]},
+    ]
+}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong-key"},
+        {"X-API-Key": "wrong-key"},
+        {"Authorization": f"Basic {KEY}"},
+    ],
+    ids=["no-key", "wrong-bearer", "wrong-x-api-key", "not-bearer"],
+)
+def test_v2_without_the_key_is_401_with_an_error_body(server, headers):
+    for method, path, kw in [
+        ("POST", "/v2/models/digits/infer", {"json": INFER_BODY}),
+        ("GET", "/v2/models/digits", {}),
+    ]:
+        r = httpx.request(method, server.url + path, headers=headers, **kw)
+        assert r.status_code == 401, (method, path, r.status_code, r.text)
+        body = r.json()  # the Open Inference Protocol error body: {"error": message}
+        assert set(body) == {"error"} and "API key" in body["error"], body
+        assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_v2_401_reaches_tritonclient_and_the_key_lets_the_same_request_through(server, triton):
+    with pytest.raises(InferenceServerException) as err:
+        triton.infer("digits", inputs(seed=3, steps=1, n=2))  # no API key
+    assert err.value.status() == "401" and "API key" in err.value.message(), str(err.value)
+    for headers in (HEADERS, {"X-API-Key": KEY}):  # control: only the key differs
+        r = httpx.post(server.url + "/v2/models/digits/infer", json=INFER_BODY, headers=headers)
+        assert r.status_code == 200, r.text
+        assert {o["name"] for o in r.json()["outputs"]} >= {"samples"}

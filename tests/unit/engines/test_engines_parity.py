@@ -21,9 +21,18 @@ has_ort = importlib.util.find_spec("onnxruntime") is not None
     ],
 )
 def test_engine_matches_eager(tiny, name):
-    engine = load_engine(name, tiny, buckets=(1, 4))  # load_engine already checked parity
+    engine = load_engine(name, tiny, buckets=(1, 4))  # load_engine ran check_parity already
     assert engine.name == name and engine.dtype == torch.float32
-    assert check_parity(engine, tiny) <= base.TOLERANCE[torch.float32]
+    # compared here, not through check_parity: the model's own network on fresh inputs, batches
+    # equal to, between and above the buckets (padded, split)
+    for batch in (1, 3, 4, 9):
+        inputs = example_inputs(tiny, batch, seed=1000 + batch)
+        with torch.inference_mode():
+            want = tiny.net(*inputs).double()
+        got = engine(*inputs).double()
+        assert got.shape == want.shape, (batch, got.shape)
+        err = ((got - want).abs().max() / want.abs().max()).item()
+        assert err <= base.TOLERANCE[torch.float32], (name, batch, err)
     engine.warmup()
 
 
@@ -53,6 +62,7 @@ BROKEN = textwrap.dedent("""
     from engines.eager import EagerEngine
 
     class Noisy(EagerEngine):
+        # u + scale * max|u|: relative error exactly `scale` (up to float32 rounding of the sum)
         name = "noisy"
 
         def __call__(self, x, s, t, y):
@@ -67,25 +77,49 @@ BROKEN = textwrap.dedent("""
 
     class NoisyTiny(Noisy):
         scale = 1e-7
+
+    class NoisySmall(Noisy):
+        scale = 1e-5
+
+    class OffAtLargeBatch(Noisy):
+        # exact at batch 1, off by 1e-2 from batch 4 on: only the second bucket can catch it
+        def __call__(self, x, s, t, y):
+            self.scale = 1e-2 if x.shape[0] >= 4 else 0.0
+            return super().__call__(x, s, t, y)
 """)
+BROKEN_CLASSES = ("NoisyOff", "NoisyNaN", "NoisyTiny", "NoisySmall", "OffAtLargeBatch")
 
 
 @pytest.fixture
 def broken(tmp_path, monkeypatch):
     (tmp_path / "broken_engines.py").write_text(BROKEN)
     monkeypatch.syspath_prepend(str(tmp_path))
-    for cls in ("NoisyOff", "NoisyNaN", "NoisyTiny"):
+    for cls in BROKEN_CLASSES:
         monkeypatch.setitem(base.ENGINES, cls, f"broken_engines:{cls}")
 
 
 @pytest.mark.parametrize(
-    "name,match", [("NoisyOff", r"relative error 0\.0[0-9]+ > 0\.0001"), ("NoisyNaN", "relative error nan")]
+    "name,match",
+    [
+        ("NoisyOff", r"at batch 1: relative error 0\.01 > 0\.0001"),
+        ("NoisyNaN", "relative error nan"),
+        ("OffAtLargeBatch", r"at batch 4: relative error 0\.01 > 0\.0001"),
+    ],
 )
 def test_engine_failing_parity_is_refused(tiny, broken, name, match):
     with pytest.raises(EngineError, match=match) as err:
         load_engine(name, tiny, buckets=(1, 4))
     assert "refusing to serve" in str(err.value)
+    load_engine(name, tiny, buckets=(1, 4), parity=False)  # it loads: the refusal is the parity check's
 
 
 def test_engine_within_tolerance_is_accepted(tiny, broken):
     assert load_engine("NoisyTiny", tiny, buckets=(1, 4)).name == "noisy"
+
+
+def test_check_parity_reports_the_measured_error(tiny, broken):
+    """check_parity compares with eager for real: it returns the error the engine was built to have."""
+    engine = load_engine("NoisySmall", tiny, buckets=(1, 4), parity=False)
+    assert check_parity(engine, tiny, seed=5) == pytest.approx(1e-5, rel=2e-2)
+    exact = load_engine("eager", tiny, buckets=(1, 4))
+    assert check_parity(exact, tiny, seed=5) == 0.0

@@ -4,6 +4,7 @@ global batch (JVP losses included), and `train` under torchrun-style env writes 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import socket
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
 
 from flowmap import distributed, losses
 from flowmap.checkpoint import load_model
@@ -85,14 +87,49 @@ def test_two_process_gradients_equal_single_process_on_the_same_global_batch(tmp
     assert not dist.is_initialized()
 
 
+TRAIN_STEPS = 6
+
+
+def flat(tensors) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1) for t in tensors]).clone()
+
+
 def train_worker(rank: int, port: int, out: str) -> None:
+    """`train` on this rank, recording what the process group gave it and what it did: the context
+    from setup, each step's local and averaged gradients, the final weights, the checkpoints it wrote."""
+    from flowmap import train as train_mod
     from flowmap.train import TrainConfig, train
 
     setup_env(rank, WORLD, port)
+    rec, tensors = {"saved_at": []}, {}
+    setup, average, ema_update = distributed.setup, distributed.average_gradients, train_mod.ema_update
+    save_checkpoint = train_mod.save_checkpoint
+
+    def recording_setup():
+        ctx = setup()
+        rec.update(rank=ctx.rank, world=ctx.world, group_world=dist.get_world_size() if ctx.enabled else 1)
+        return ctx
+
+    def recording_average(module, ctx):
+        step = sum(k.startswith("local.") for k in tensors)
+        tensors[f"local.{step}"] = flat(p.grad for p in module.parameters())
+        average(module, ctx)
+        tensors[f"averaged.{step}"] = flat(p.grad for p in module.parameters())
+
+    def recording_ema_update(ema, net, decay):
+        ema_update(ema, net, decay)
+        tensors["net"], tensors["ema"] = flat(net.parameters()), flat(ema.parameters())
+
+    def recording_save(path, net, config):
+        rec["saved_at"].append(config["train"]["steps"])
+        return save_checkpoint(path, net, config)
+
+    distributed.setup, distributed.average_gradients = recording_setup, recording_average
+    train_mod.ema_update, train_mod.save_checkpoint = recording_ema_update, recording_save
     cfg = TrainConfig(
         data="gmm8",
         method="esd",
-        steps=6,
+        steps=TRAIN_STEPS,
         width=32,
         depth=1,
         batch_size=64,
@@ -100,15 +137,33 @@ def train_worker(rank: int, port: int, out: str) -> None:
         out=str(Path(out) / "ddp.safetensors"),
     )
     train(cfg, progress=False)
-    ctx_world = int(os.environ["WORLD_SIZE"])
-    assert ctx_world == WORLD and not dist.is_initialized()
+    rec["initialized_after"] = dist.is_initialized()
+    save_file(tensors, Path(out) / f"rank{rank}.safetensors")
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps(rec))
 
 
 def test_train_under_two_processes_writes_one_checkpoint_from_rank_zero(tmp_path):
     mp.start_processes(train_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
+    recs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    runs = [load_file(tmp_path / f"rank{r}.safetensors") for r in range(WORLD)]
+    # each process joined one group of WORLD: ranks and size as the process group reports them
+    assert [(r["rank"], r["world"], r["group_world"]) for r in recs] == [(0, WORLD, WORLD), (1, WORLD, WORLD)]
+    assert not any(r["initialized_after"] for r in recs)
+    assert [r["saved_at"] for r in recs] == [[3, TRAIN_STEPS], []]  # ckpt_every=3, rank 0 only
+    for step in range(TRAIN_STEPS):
+        local = [run[f"local.{step}"] for run in runs]
+        assert not torch.allclose(local[0], local[1]), step  # each rank saw its own data and noise
+        mean = (local[0] + local[1]) / WORLD  # the average computed here, from both ranks' own gradients
+        for run in runs:
+            torch.testing.assert_close(run[f"averaged.{step}"], mean, rtol=1e-6, atol=1e-8)
+    assert f"local.{TRAIN_STEPS}" not in runs[0]
+    # so both ranks stepped alike and end with the same weights, and rank 0 wrote its EMA weights
+    torch.testing.assert_close(runs[0]["net"], runs[1]["net"], rtol=0, atol=0)
+    torch.testing.assert_close(runs[0]["ema"], runs[1]["ema"], rtol=0, atol=0)
     model = load_model(str(tmp_path / "ddp.safetensors"))
-    assert model.config["train"]["steps"] == 6
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
+    torch.testing.assert_close(flat(model.net.parameters()), runs[0]["ema"], rtol=0, atol=0)
+    assert model.config["train"]["steps"] == TRAIN_STEPS
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("rank")) == [
         "ddp.json",
         "ddp.safetensors",
         "ddp.state.safetensors",

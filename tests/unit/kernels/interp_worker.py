@@ -47,11 +47,26 @@ def run_case(spec: dict, tensors: dict) -> tuple[torch.Tensor | None, dict]:
     return out, {"paths": paths, "dtype": str(out.dtype), "shape": list(out.shape)}
 
 
+def process_report() -> dict:
+    """What this process ran under, as triton itself sees it (the test checks it, not its own env)."""
+    import triton
+
+    knobs = getattr(triton, "knobs", None)  # triton >= 3.4 reads TRITON_INTERPRET through knobs
+    return {
+        "pid": os.getpid(),
+        "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET"),
+        "knob_interpret": bool(knobs.runtime.interpret) if knobs is not None else None,
+        "step_kernel_type": type(dispatch._triton_module()._step_kernel).__name__,
+        "triton": triton.__version__,
+    }
+
+
 def main(inputs: str, spec_path: str, outputs: str, report_path: str) -> None:
     torch.set_num_threads(1)
     tensors = load_file(inputs)
     specs = json.loads(open(spec_path).read())
     results, report = {}, {"cases": {}, "interpreted": dispatch._triton_module().interpreted()}
+    report["process"] = process_report()
     for spec in specs:
         out, info = run_case(spec, tensors)
         report["cases"][spec["name"]] = info

@@ -102,16 +102,21 @@ def inputs(name: str) -> dict:
     return kw
 
 
+def child_env() -> dict:
+    """This process's environment without TRITON_INTERPRET (only the worker sets it for itself)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return env
+
+
 @pytest.fixture(scope="module")
 def interp(tmp_path_factory):
     d = tmp_path_factory.mktemp("interp")
     save_file(TENSORS, d / "in.safetensors")
     (d / "spec.json").write_text(json.dumps(CASES))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     args = [str(d / f) for f in ("in.safetensors", "spec.json", "out.safetensors", "report.json")]
-    proc = subprocess.run([sys.executable, str(WORKER), *args], env=env, capture_output=True, text=True,
-                          timeout=240)  # fmt: skip
+    cmd = [sys.executable, str(WORKER), *args]
+    proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return load_file(d / "out.safetensors"), json.loads((d / "report.json").read_text())
 
@@ -132,8 +137,34 @@ def test_interpreter_ran_the_triton_code(interp):
     assert ran and all(p == ["triton-interpret"] for p in ran.values()), ran
 
 
-def test_env_does_not_leak_into_this_process(interp):
-    assert os.environ.get("TRITON_INTERPRET") != "1"  # the worker set it in its own process only
+def test_worker_process_ran_under_the_triton_interpreter(interp):
+    """The worker, a process of its own, saw TRITON_INTERPRET=1 and triton built interpreted kernels."""
+    proc = interp[1]["process"]
+    assert proc["pid"] != os.getpid()
+    assert proc["TRITON_INTERPRET"] == "1", proc
+    assert proc["knob_interpret"] in (True, None), proc  # None: a triton without `knobs`
+    assert proc["step_kernel_type"] == "InterpretedFunction", proc
+
+
+CONTROL = """
+import torch, kernels
+x = torch.randn(2, 3)
+try:
+    kernels.fused_step(x, x, 1.0, 0.0, backend="triton")
+except kernels.KernelError as e:
+    print("refused:", e)
+else:
+    print("ran")
+"""
+
+
+def test_interpretation_comes_from_the_worker_not_the_env_it_was_given(interp):
+    """Control: the env the worker was started with does not by itself run triton on CPU tensors, so the
+    interpreted results above come from the worker setting TRITON_INTERPRET=1 in its own process."""
+    proc = subprocess.run([sys.executable, "-c", CONTROL], env=child_env(), capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "refused:" in proc.stdout and "needs TRITON_INTERPRET=1" in proc.stdout, proc.stdout
 
 
 @pytest.mark.parametrize("name", EXACT)
