@@ -145,10 +145,20 @@ def split_body(raw: bytes, header_len: str | None) -> tuple[dict, bytes]:
         raise InvalidInput(msg) from None
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
         raise InvalidInput("request must be a JSON object with an 'inputs' list", "inputs")
-    if "id" in body and not isinstance(body["id"], str):
-        raise InvalidInput(f"request 'id' must be a string, got {_show(body['id'])}", "id")
+    if "id" in body and not (isinstance(body["id"], str) and _utf8(body["id"])):
+        raise InvalidInput(f"request 'id' must be a string of UTF-8 text, got {_show(body['id'])}", "id")
     parameters(body, "request")
     return body, raw[n:]
+
+
+def _utf8(text: str) -> bool:
+    """False for a string holding a lone surrogate ("\\ud800" in the JSON): the response echoes the id, and
+    UTF-8 cannot encode it."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def parameters(obj: dict, where: str) -> dict:

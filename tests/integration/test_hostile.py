@@ -307,6 +307,7 @@ V2_BAD = {
     ),
     "binary_data_output 1": (infer(tensor(), parameters={"binary_data_output": 1}), {}, "binary_data_output"),
     "id a number": (infer(tensor(), id=5), {}, "id"),
+    "id a lone surrogate": (infer(tensor(), id="\ud800"), {}, "id"),  # echoed: UTF-8 cannot encode it
     # the binary tensor extension with wrong lengths
     "size a string": binary([(tensor(data=None, parameters={"binary_data_size": "8"}), b"\0" * 8)])
     + ("seed",),
