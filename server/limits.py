@@ -3,8 +3,9 @@ request's headers and a cap on their size (slow, half-sent or endless requests w
 socket and memory: httptools buffers a header line without limit, 600 MB in a second on loopback).
 
 `guarded_http(max_connections, header_timeout)` returns an HTTP protocol class for uvicorn.Config(http=...).
-The body has its own deadline and size limit (server.http.BodyLimit); idle keep-alive connections close
-after uvicorn's `timeout_keep_alive`.
+The header deadline runs from the connection (first request) or from the first byte of the next request
+(keep-alive). The body has its own deadline and size limit (server.http.BodyLimit); idle keep-alive
+connections close after uvicorn's `timeout_keep_alive`.
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ class GuardedHttpTools(HttpToolsProtocol):
             return
         super().connection_made(transport)
         self._header_bytes: int | None = 0  # bytes received while a request's headers are not in; None: in
-        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._start_header_timer()  # the first request's headers: from the connection on
 
     def data_received(self, data: bytes) -> None:
+        if self._header_timer is None and (self.cycle is None or self.cycle.response_complete):
+            self._start_header_timer()  # a kept-alive connection's next request: from its first byte on
         if self._header_bytes is not None:
             self._header_bytes += len(data)
         super().data_received(data)
@@ -51,24 +55,27 @@ class GuardedHttpTools(HttpToolsProtocol):
             self._header_bytes = 0
 
     def on_headers_complete(self) -> None:
-        self._header_timer.cancel()
+        self._stop_header_timer()
         self._header_bytes = None
         super().on_headers_complete()
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():  # the next request's headers get their own deadline
-            self._header_timer.cancel()
-            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
-
     def connection_lost(self, exc: Exception | None) -> None:
-        timer = getattr(self, "_header_timer", None)
-        if timer is not None:
-            timer.cancel()
+        if getattr(self, "_header_timer", None) is not None:
+            self._stop_header_timer()
         if getattr(self, "transport", None) is not None:
             super().connection_lost(exc)
 
+    # An idle kept-alive connection is uvicorn's: it closes after timeout_keep_alive (--keep-alive).
+    def _start_header_timer(self) -> None:
+        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
+
+    def _stop_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
     def _headers_late(self) -> None:
+        self._header_timer = None
         if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
             self.transport.close()
 

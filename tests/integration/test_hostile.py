@@ -432,6 +432,21 @@ def test_half_sent_headers_close_after_the_header_timeout(bare):
     assert time.monotonic() - t0 < HEADER_TIMEOUT + 3 and sent < 100
 
 
+def test_idle_keep_alive_follows_keep_alive_not_the_header_timeout(bare):
+    """--keep-alive (5 s default) governs an idle connection; the next request's header deadline starts
+    with its first byte."""
+    conn = Raw(bare.url)
+    try:
+        assert conn.request("GET", "/healthz")[0] == 200
+        time.sleep(2 * HEADER_TIMEOUT)  # idle, within the keep-alive
+        assert conn.request("GET", "/healthz")[0] == 200
+        conn.send(b"GET /healthz HTTP/1.1\r\n")  # the next request's headers, half-sent
+        t = conn.closed_within(HEADER_TIMEOUT + 5)
+        assert t is not None and 0.5 * HEADER_TIMEOUT < t < HEADER_TIMEOUT + 3
+    finally:
+        conn.close()
+
+
 @pytest.mark.parametrize("path,key", [("/v1/generate", "detail"), ("/v2/models/digits/infer", "error")])
 def test_half_sent_body_gets_408(bare, path, key):
     conn = Raw(bare.url)
