@@ -458,19 +458,14 @@ def test_half_sent_body_gets_408(bare, path, key):
     assert conn.closed_within(3) is not None
 
 
-def _poll_refused(socks: list[socket.socket]) -> list[bool]:
-    """Which connections the server has already reset or closed (it refuses at once)."""
-    readable, _, _ = select.select(socks, [], [], 0)
-    out = []
-    for s in socks:
-        if s not in readable:
-            out.append(False)
-            continue
-        try:
-            out.append(s.recv(1) == b"")
-        except OSError:
-            out.append(True)
-    return out
+def _reset(s: socket.socket) -> bool | None:
+    """True: the server reset the connection (refused); False: it closed it (header timeout); None: open."""
+    if not select.select([s], [], [], 0)[0]:
+        return None
+    try:
+        return None if s.recv(1) else False
+    except ConnectionResetError:
+        return True
 
 
 def test_connections_over_the_cap_are_refused_and_the_server_recovers(bare):
@@ -481,9 +476,13 @@ def test_connections_over_the_cap_are_refused_and_the_server_recovers(bare):
             s = socket.create_connection(("127.0.0.1", bare.port), timeout=5)
             s.sendall(b"GET /healthz HTTP/1.1\r\n")  # half-sent: held until the header timeout
             held.append(s)
-        time.sleep(0.3)  # < HEADER_TIMEOUT
-        refused = _poll_refused(held)
-        assert refused.count(False) == MAX_CONNECTIONS and all(refused[MAX_CONNECTIONS:]), refused
+        states: dict[int, bool | None] = {}
+        end = time.monotonic() + 5
+        while sum(v is True for v in states.values()) < 4 and time.monotonic() < end:
+            states |= {i: r for i, s in enumerate(held) if i not in states and (r := _reset(s)) is not None}
+            time.sleep(0.05)
+        refused = sorted(i for i, v in states.items() if v)
+        assert refused == list(range(MAX_CONNECTIONS, MAX_CONNECTIONS + 4)), states  # the first 8 were served
     finally:
         for s in held:
             s.close()
@@ -510,6 +509,6 @@ def test_endless_headers_are_cut_off_and_memory_stays_bounded(bare):
         while sent < 256 * 2**20:  # 256 MB of headers within the header timeout, if the server takes them
             conn.send(chunk)
             sent += len(chunk)
-    assert sent < 16 * 2**20, f"the server read {sent >> 20} MB of headers"
+    assert sent < 32 * 2**20, f"the server took {sent >> 20} MB of headers"  # socket buffers: a few MB
     assert rss_mb(pid) < rss0 + 32
     assert httpx.get(bare.url + "/healthz").status_code == 200
