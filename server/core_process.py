@@ -17,7 +17,9 @@ import logging
 import math
 import os
 import signal
+import subprocess
 import sys
+from pathlib import Path
 
 import torch
 import zmq
@@ -54,14 +56,34 @@ def pick_engine(settings: ServerSettings, device: str) -> str:
     return default_engine(device)
 
 
-def build_core(spec: str, settings: ServerSettings, on_iteration=None) -> tuple[EngineCore, Model, dict]:
-    """Load model `spec` and its engine; returns (core, model, info for the API)."""
+def export_in_child(spec: str, engine_name: str, out: Path) -> str:
+    """The ONNX export of `spec` written by a short-lived `flowmap export` process; returns its path.
+
+    The exporter imports ~250 MB of modules (torch.export, onnxscript) that would otherwise stay
+    resident in the engine core for its whole life; loading the verified artifact needs none of them."""
+    cmd = [sys.executable, "-m", "flowmap", "export", "--model", spec, "--engine", engine_name]
+    cmd += ["--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise RuntimeError(f"ONNX export failed: {lines[-1] if lines else done.returncode}")
+    return str(out)
+
+
+def build_core(
+    spec: str, settings: ServerSettings, on_iteration=None, workdir: str | None = None
+) -> tuple[EngineCore, Model, dict]:
+    """Load model `spec` and its engine; returns (core, model, info for the API). With a `workdir`, an
+    onnxruntime engine is exported there by a child process and loaded as an artifact."""
     from engines import load_engine
 
     model = load_model(spec)
     device = resolve_device(settings.device)
     engine_name = pick_engine(settings, device)
-    engine = load_engine(engine_name, model, device=device, buckets=buckets_for(settings.max_batch_size))
+    source = engine_name
+    if workdir is not None and engine_name == "onnxruntime":
+        source = export_in_child(spec, engine_name, Path(workdir) / f"{Path(spec).stem}-{os.getpid()}.onnx")
+    engine = load_engine(source, model, device=device, buckets=buckets_for(settings.max_batch_size))
     sched = Scheduler(
         settings.max_batch_size,
         settings.max_queue,
@@ -223,7 +245,7 @@ def serve(index: int, spec: str, run_dir: str, settings: ServerSettings) -> int:
 
         metrics = Metrics()
         torch.set_num_threads(settings.threads)
-        core, model, info = build_core(spec, settings, metrics.iteration)
+        core, model, info = build_core(spec, settings, metrics.iteration, run_dir)
         metrics.build_info(__version__, info["engine"], ops.BACKEND)
         warm_up(core, model, settings)
         sock = ctx.socket(zmq.ROUTER)
