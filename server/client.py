@@ -73,7 +73,11 @@ class CoreClient:
     def __init__(self, ctx: zmq.Context, address: str):
         self.address = address
         sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing towards a core that is not connected
+        # Frames queue while the connection is (re)established: the supervisor reports a core up once it
+        # listens, and the connection follows within a reconnect interval. Requests are never sent to
+        # a core reported down (Service.check_open), and those held by a core that stops are failed.
+        sock.setsockopt(zmq.RECONNECT_IVL, 20)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.RCVHWM, 100_000)
@@ -89,7 +93,7 @@ class CoreClient:
         """(request id, future). Raises CoreDown when the core cannot take messages now."""
         rid = next(self.ids)
         if not self.io.send(m.encode(make(rid))):
-            raise CoreDown(f"engine core {self.address} is not connected")
+            raise CoreDown(f"engine core {self.address}: send queue full ({len(self.pending)} pending)")
         fut = asyncio.get_running_loop().create_future()
         self.pending[rid] = fut
         return rid, fut

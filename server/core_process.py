@@ -161,6 +161,7 @@ class CoreServer:
             return
         self.owner[job.id] = (ident, g.id)
         self.jobs[(ident, g.id)] = job
+        self.core.scheduler.admit_waiting(self.core.clock())  # between iterations: a step boundary
 
     def check(self, g: m.Generate) -> str | None:
         """The core trusts no one: a bad request must fail alone, never inside a shared batch."""

@@ -146,8 +146,10 @@ class Scheduler:
 
     # ---------------------------------------------------------------- intake
     def submit(self, job: Job, now: float) -> None:
-        """Queue a job (QueueFull when the queue is at its limit); resolves "auto" steps here."""
-        if len(self.waiting) >= self.max_queue:
+        """Queue a job; resolves "auto" steps here. QueueFull when `max_queue` requests already wait and
+        this one would not fit in the next batch anyway (a burst that fits the batch is never refused)."""
+        fits = self.rows + self.waiting_rows() + job.n * job.rows_per_sample <= self.max_batch
+        if len(self.waiting) >= self.max_queue and not fits:
             raise QueueFull(self.retry_after())
         if job.steps is None:
             job.steps = self.choose_steps(job, now)
@@ -158,6 +160,11 @@ class Scheduler:
         self.jobs[job.id] = job
         if job.deadline is not None:
             self.next_deadline = min(self.next_deadline, job.deadline)
+
+    def admit_waiting(self, now: float) -> None:
+        """Admit waiting jobs into free rows now (call only between iterations, as next_batch does)."""
+        if self.batching == "step" or not self.in_flight():
+            self._admit(now)
 
     def cancel(self, job: Job, now: float) -> None:
         if not job.done:

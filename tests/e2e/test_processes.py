@@ -115,7 +115,7 @@ def test_a_model_that_cannot_warm_up_stops_the_server_with_the_reason(checkpoint
     s = ServerProcess(["--model", str(checkpoints["digits"]), "--engine", "slow_engine:BrokenWarmupEngine"],
                       slow_ms=0)  # fmt: skip
     code = s.proc.wait(90)
-    out = s.proc.stdout.read()
+    out = s.output()
     assert code == 1, out
     assert "device lost during warm-up" in out and "flowmap serve: error: model" in out
 

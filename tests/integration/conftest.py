@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,15 +60,20 @@ class ServerProcess:
             full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests/integration"), str(ROOT)])
             args = ["--engine", "slow_engine:SlowEngine", *args]
         cmd = [sys.executable, "-m", "server", "--port", str(self.port), "--log-level", "warning", *args]
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
+        # the log goes to a file: a pipe nobody reads fills up and blocks the server's log writes
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="flowmap-server-", suffix=".log")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        """Everything the server has logged so far."""
+        with open(self.log.name) as f:
+            return f.read()
 
     def wait_ready(self, timeout: float = 90.0) -> ServerProcess:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}: {self.proc.stdout.read()}")
+                raise RuntimeError(f"server exited {self.proc.returncode}: {self.output()}")
             try:
                 if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
                     return self

@@ -118,5 +118,5 @@ def test_drain_on_sigterm_finishes_accepted_requests(checkpoints):
     done, ready, late = asyncio.run(scenario())
     assert ready.status_code == 503 and ready.json()["status"] == "draining"
     assert late.status_code == 503
-    assert [r.status_code for r in done] == [200] * 8
+    assert [r.status_code for r in done] == [200] * 8, ([r.text[:200] for r in done], s.output()[-3000:])
     assert s.proc.wait(20) == 0

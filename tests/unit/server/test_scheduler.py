@@ -177,8 +177,18 @@ def test_wait_window_counts_from_the_first_queued_request():
     assert isinstance(sched2.next_batch(0.0), Batch)  # a full batch does not wait
 
 
+def test_a_burst_that_fits_the_next_batch_is_never_refused():
+    sched, eng, ex = setup(max_queue=1, max_batch=4)
+    for i in range(4):  # four 1-row requests arrive before any iteration: they all start together
+        sched.submit(job(1, 1, seed=i), 0.0)
+    with pytest.raises(QueueFull):
+        sched.submit(job(1, 1, seed=9), 0.0)  # a fifth would wait: the queue limit applies
+    drain(sched, ex)
+    assert [c["rows"] for c in eng.calls] == [4]
+
+
 def test_queue_limit_and_deadline():
-    sched, eng, ex = setup(max_queue=2)
+    sched, eng, ex = setup(max_queue=2, max_batch=2)
     late = job(1, 1, deadline=0.5)
     sched.submit(late, 0.0)
     sched.submit(job(1, 1), 0.0)
