@@ -131,7 +131,7 @@ class CoreServer:
         self.core, self.model, self.settings, self.sock = core, model, settings, sock
         self.owner: dict[int, tuple[bytes, int]] = {}  # job id -> (API identity, request id)
         self.jobs: dict[tuple[bytes, int], Job] = {}
-        self.outbox: list[tuple[bytes, bytes]] = []
+        self.outbox: list[tuple[bytes, bytes]] = []  # only without a socket (tests read it)
 
     def handle(self, ident: bytes, frame: bytes) -> None:
         try:
@@ -149,7 +149,7 @@ class CoreServer:
     def generate(self, ident: bytes, g: m.Generate) -> None:
         problem = self.check(g)
         if problem:
-            self.outbox.append((ident, m.encode(m.Failed(g.id, "invalid", problem))))
+            self.send(ident, m.Failed(g.id, "invalid", problem))
             return
         noise = make_noise(g.n, self.model.shape, g.seed, self.core.executor.device)
         labels = g.labels if g.labels is not None else [0] * g.n
@@ -157,7 +157,7 @@ class CoreServer:
         try:
             self.core.submit(job)
         except QueueFull as q:
-            self.outbox.append((ident, m.encode(m.Failed(g.id, "queue_full", str(q), q.retry_after))))
+            self.send(ident, m.Failed(g.id, "queue_full", str(q), q.retry_after))
             return
         self.owner[job.id] = (ident, g.id)
         self.jobs[(ident, g.id)] = job
@@ -197,7 +197,7 @@ class CoreServer:
             out = m.Failed(rid, "cancelled", "cancelled")
         else:
             out = m.Failed(rid, "failed", f"network call failed: {type(err).__name__}")
-        self.outbox.append((ident, m.encode(out)))
+        self.send(ident, out)  # at once: the rest of the iteration's bookkeeping runs after it left
 
     def receive(self) -> None:
         """Every message waiting now, without blocking."""
@@ -210,22 +210,23 @@ class CoreServer:
                 continue
             self.handle(ident, frame)
 
-    def flush(self) -> None:
-        for ident, frame in self.outbox:
-            try:
-                self.sock.send_multipart([ident, frame], zmq.NOBLOCK)
-            except zmq.ZMQError:  # that API process is gone (ROUTER_MANDATORY) or its queue is full
-                log.warning("model %s: an output could not be delivered", self.core.name)
-        self.outbox.clear()
+    def send(self, ident: bytes, msg) -> None:
+        frame = m.encode(msg)
+        if self.sock is None:
+            self.outbox.append((ident, frame))
+            return
+        try:
+            self.sock.send_multipart([ident, frame], zmq.NOBLOCK)
+        except zmq.ZMQError:  # that API process is gone (ROUTER_MANDATORY) or its queue is full
+            log.warning("model %s: an output could not be delivered", self.core.name)
 
     def run(self, parent: int) -> None:
         timeout = 0
         while True:
             if self.sock.poll(timeout):
                 self.receive()
-            wait = self.core.step(emit=False)
-            self.flush()  # finished requests go out first, then the metrics are recorded
-            self.core.emit()
+            wait = self.core.step(emit=False)  # finished requests are sent as they finish
+            self.core.emit()  # then the iteration's metrics are recorded
             if wait is None:
                 if os.getppid() != parent:
                     log.warning("model %s: supervisor gone; exiting", self.core.name)
