@@ -29,11 +29,19 @@ class Executor:
         self.engine, self.null_label, self.conditional = engine, null_label, conditional
         self.device = torch.device(device)
 
+    def warmup(self) -> None:
+        """The engine's own warm-up (compilation, CUDA graphs, allocator)."""
+        warm = getattr(self.engine, "warmup", None)
+        if warm is not None:
+            warm()
+
     @torch.inference_mode()
     def __call__(self, batch: Batch) -> Tensor:
         dev = self.device
         x, s, t, w = batch.x, batch.s.to(dev), batch.t.to(dev), batch.w
         y = (batch.y if self.conditional else torch.zeros_like(batch.y)).to(dev)
+        if batch.rows == batch.n:  # no guided row: one plain call
+            return ops.step(x, self.engine(x, s, t, y), s, t)
         g = (w != 1.0).nonzero().flatten()  # guided rows: [G]
         if len(g):  # the null-label copies of the guided rows go after the batch
             gd = g.to(dev)
@@ -62,6 +70,13 @@ class EngineCore:
         self.name, self.scheduler, self.executor = name, scheduler, executor
         self.on_iteration, self.clock = on_iteration, clock
         self._stats: list[IterationStats] = []
+
+    @property
+    def device(self) -> torch.device:
+        return self.executor.device
+
+    def warmup(self) -> None:
+        self.executor.warmup()
 
     def submit(self, job: Job) -> None:
         """Queue a job; raises scheduler.QueueFull. Completion arrives through job.on_done."""

@@ -94,7 +94,6 @@ def build_core(
     )
     executor = Executor(engine, model.num_classes, model.num_classes > 0, device)
     core = EngineCore(model.name, sched, executor, on_iteration)
-    core.engine = engine
     info = {
         "name": model.name,
         "shape": list(model.shape),
@@ -112,8 +111,8 @@ def warm_up(core: EngineCore, model: Model, settings: ServerSettings) -> None:
     """The engine's own warm-up, then real 1-step batches (largest buckets) to seed the call-time estimate.
 
     Raises when a warm-up batch fails: a model that cannot run must not be reported ready."""
-    core.engine.warmup()
-    device = core.executor.device
+    core.warmup()
+    device = core.device
     for n in buckets_for(settings.max_batch_size)[-3:]:
         job = Job(make_noise(n, model.shape, 0, device), [0] * n, 1)
         core.submit(job)
@@ -151,7 +150,7 @@ class CoreServer:
         if problem:
             self.send(ident, m.Failed(g.id, "invalid", problem))
             return
-        noise = make_noise(g.n, self.model.shape, g.seed, self.core.executor.device)
+        noise = make_noise(g.n, self.model.shape, g.seed, self.core.device)
         labels = g.labels if g.labels is not None else [0] * g.n
         job = Job(noise, labels, g.steps or None, g.guidance, g.deadline, self._done, g.seed)
         try:
