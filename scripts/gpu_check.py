@@ -8,6 +8,8 @@
 3. K-step sampling latency (K = 1..4, batch 1 and 32): eager vs the compile engine (CUDA graphs),
    and the 1-step CUDA-graph latency against one bare network forward.
 4. The onnxruntime CUDA engine (and tensorrt, when installed) at the same batches.
+5. The server on the device (scripts/server_check.py): lone 1-step request p50 against the bare
+   batch-1 forward, and the engine-core loop utilisation under load.
 Prints a table and writes JSON. On a machine without CUDA it says so and exits 0.
 """
 
@@ -24,6 +26,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # server_check
 
 import torch  # noqa: E402
 
@@ -158,6 +161,16 @@ def section(results: dict, name: str, fn, *args) -> None:
     results.setdefault("seconds", {})[name] = round(time.perf_counter() - t0, 1)
 
 
+def server_line(srv: dict) -> str:
+    ratio = srv.get("p50_vs_bare_forward")
+    ratio = f" ({ratio:.1f}x the bare forward)" if ratio else ""
+    return (
+        f"server: lone 1-step p50 {srv['p50_ms']:.3f} ms{ratio}, "
+        f"core compute {srv['core_compute_p50_ms']:.3f} ms; "
+        f"loop utilisation under load {srv['loop_utilisation']:.0%}"
+    )
+
+
 def format_results(r: dict) -> str:
     lines = [f"device: {r['device']}  torch {r['torch']}"]
     k = r.get("kernels")
@@ -179,6 +192,9 @@ def format_results(r: dict) -> str:
             )
         for name, why in lat["skipped"].items():
             lines.append(f"skipped {name}: {why}")
+    srv = r.get("server")
+    if isinstance(srv, dict) and "p50_ms" in srv:
+        lines.append(server_line(srv))
     for name, value in r.items():
         if isinstance(value, dict) and "error" in value:
             lines.append(f"{name} FAILED: {value['error']}")
@@ -211,6 +227,17 @@ def main(argv: list[str] | None = None) -> int:
         return {"rows": rows, "skipped": skipped}
 
     section(results, "latency", latency)
+
+    def server():
+        from server_check import check
+
+        out = check("cuda", args.model)
+        bare = [r for r in results.get("latency", {}).get("rows", []) if r["engine"] == "bare forward"]
+        if bare:
+            out["p50_vs_bare_forward"] = out["p50_ms"] / bare[0]["ms"]
+        return out
+
+    section(results, "server", server)
     print(format_results(results))
     args.out.write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out}")
