@@ -163,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:  # the server's supervisor must not import torch: only its own parser
+        from server.main import main as serve
+
+        return serve(argv[1:], prog="flowmap")
     args = build_parser().parse_args(argv)
     import torch
 

@@ -60,8 +60,10 @@ class DrainingServer(uvicorn.Server):
     async def _drain(self) -> None:
         start = time.monotonic()
         ok = await self.service.drained(self.drain_timeout)
-        if not ok:
+        if not ok:  # answer them (503) rather than let the shutdown cut them off without a response
             log.warning("drain timeout: %d requests still in flight", self.service.inflight)
+            self.service.fail_pending("the server shut down before this request finished")
+            await asyncio.sleep(0.1)
         else:  # keep answering 503 (Connection: close) a moment longer: a client that reconnects right
             # after its last response must meet a 503, not a listening socket closing under it
             await asyncio.sleep(min(DRAIN_LINGER, max(0.0, self.drain_timeout - (time.monotonic() - start))))
@@ -103,7 +105,7 @@ async def watch_parent(server: uvicorn.Server, parent: int) -> None:
             server.should_exit = True
 
 
-def run(settings: ServerSettings, run_dir: str, fd: int) -> int:
+def run(settings: ServerSettings, run_dir: str, fd: int, parent: int | None = None) -> int:
     app, service = build(settings, run_dir)
     config = uvicorn.Config(
         app,
@@ -116,7 +118,7 @@ def run(settings: ServerSettings, run_dir: str, fd: int) -> int:
     )
     server = DrainingServer(config, service, settings.drain_timeout_s)
     sock = socket.socket(fileno=fd)
-    parent = os.getppid()
+    parent = os.getppid() if parent is None else parent
 
     async def main():
         watcher = asyncio.create_task(watch_parent(server, parent))
@@ -138,11 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fd", type=int, required=True)
     p.add_argument("--dir", required=True)
     p.add_argument("--settings", required=True, help="ServerSettings as JSON (without the API key)")
+    p.add_argument("--parent", type=int, required=True, help="the supervisor's pid (exit when it is gone)")
     a = p.parse_args(argv)
     settings = ServerSettings(**json.loads(a.settings))  # the key, if any, from FLOWMAP_API_KEY
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(settings.log_level.upper())
-    return run(settings, a.dir, a.fd)
+    return run(settings, a.dir, a.fd, a.parent)
 
 
 if __name__ == "__main__":

@@ -71,8 +71,13 @@ class CoreClient:
     """Send Generate / Cancel to one core; `submit` returns a future settled with its Done or Failed."""
 
     def __init__(self, ctx: zmq.Context, address: str):
-        self.address = address
-        sock = ctx.socket(zmq.DEALER)
+        self.ctx, self.address = ctx, address
+        self.io = LoopSocket(self._socket(), self._on_frame)
+        self.ids = itertools.count(1)
+        self.pending: dict[int, asyncio.Future] = {}
+
+    def _socket(self) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.DEALER)
         # Frames queue while the connection is (re)established: the supervisor reports a core up once it
         # listens, and the connection follows within a reconnect interval. Requests are never sent to
         # a core reported down (Service.check_open), and those held by a core that stops are failed.
@@ -81,10 +86,8 @@ class CoreClient:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.RCVHWM, 100_000)
-        sock.connect(address)
-        self.io = LoopSocket(sock, self._on_frame)
-        self.ids = itertools.count(1)
-        self.pending: dict[int, asyncio.Future] = {}
+        sock.connect(self.address)
+        return sock
 
     def start(self) -> None:
         self.io.start()
@@ -101,6 +104,16 @@ class CoreClient:
     def cancel(self, rid: int) -> None:
         if self.pending.pop(rid, None) is not None:
             self.io.send(m.encode(m.Cancel(rid)))  # when the core is gone, nothing runs for it any more
+
+    def reconnect(self, reason: str) -> None:
+        """The core went away: fail what it held and start a fresh socket, dropping the frames still
+        queued for it (a restarted core must not compute requests already answered 503)."""
+        self.fail_all(reason)
+        started = self.io.loop is not None
+        self.io.close()
+        self.io = LoopSocket(self._socket(), self._on_frame)
+        if started:
+            self.io.start()
 
     def fail_all(self, reason: str) -> None:
         """The core went away: every request in it fails now (the API answers 503)."""

@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -38,6 +39,8 @@ from server.settings import ServerSettings
 
 log = logging.getLogger("flowmap.server")
 IDLE_POLL_MS = 500  # an idle core wakes this often to notice a vanished supervisor
+RECEIVE_MAX = 256  # messages taken per loop turn
+PARENT_CHECK_S = 1.0  # how often the loop checks that the supervisor is still there
 
 
 def buckets_for(max_batch: int) -> tuple[int, ...]:
@@ -84,6 +87,9 @@ def build_core(
     if workdir is not None and engine_name == "onnxruntime":
         source = export_in_child(spec, engine_name, Path(workdir) / f"{Path(spec).stem}-{os.getpid()}.onnx")
     engine = load_engine(source, model, device=device, buckets=buckets_for(settings.max_batch_size))
+    if source != engine_name:  # loaded: the exported file (and its sidecar) is not needed any more
+        for path in (Path(source), Path(source + ".json")):
+            path.unlink(missing_ok=True)
     sched = Scheduler(
         settings.max_batch_size,
         settings.max_queue,
@@ -133,22 +139,30 @@ class CoreServer:
         self.outbox: list[tuple[bytes, bytes]] = []  # only without a socket (tests read it)
 
     def handle(self, ident: bytes, frame: bytes) -> None:
+        """One frame from an API process; a frame that is not a well-formed message is dropped (logged),
+        never allowed to stop the core."""
         try:
             msg = m.decode(frame)
-        except m.WireError as e:
+            if isinstance(msg, m.Generate):
+                self.generate(ident, msg)
+            elif isinstance(msg, m.Cancel) and type(msg.id) is int:
+                job = self.jobs.get((ident, msg.id))
+                if job is not None:
+                    self.core.cancel(job)
+        except (m.WireError, TypeError, ValueError) as e:
             log.warning("model %s: dropped a frame: %s", self.core.name, e)
-            return
-        if isinstance(msg, m.Generate):
-            self.generate(ident, msg)
-        elif isinstance(msg, m.Cancel):
-            job = self.jobs.get((ident, msg.id))
-            if job is not None:
-                self.core.cancel(job)
 
     def generate(self, ident: bytes, g: m.Generate) -> None:
+        if type(g.id) is not int:
+            raise TypeError("Generate.id must be an int")
         problem = self.check(g)
         if problem:
             self.send(ident, m.Failed(g.id, "invalid", problem))
+            return
+        try:  # refuse before drawing noise: under a flood of refusals a refusal must stay cheap
+            self.core.scheduler.check_room(g.n * (1 if g.guidance == 1.0 else 2))
+        except QueueFull as q:
+            self.send(ident, m.Failed(g.id, "queue_full", str(q), q.retry_after))
             return
         noise = make_noise(g.n, self.model.shape, g.seed, self.core.device)
         labels = g.labels if g.labels is not None else [0] * g.n
@@ -160,22 +174,28 @@ class CoreServer:
             return
         self.owner[job.id] = (ident, g.id)
         self.jobs[(ident, g.id)] = job
-        self.core.scheduler.admit_waiting(self.core.clock())  # between iterations: a step boundary
+        sched = self.core.scheduler
+        if sched.max_wait == 0 or sched.in_flight():  # between iterations: a step boundary
+            sched.admit_waiting(self.core.clock())
 
     def check(self, g: m.Generate) -> str | None:
         """The core trusts no one: a bad request must fail alone, never inside a shared batch."""
         st, c = self.settings, self.model.num_classes
-        if not (isinstance(g.n, int) and 1 <= g.n <= st.max_samples):
+        number = lambda v: type(v) in (int, float) and math.isfinite(v)
+        if not (type(g.n) is int and 1 <= g.n <= st.max_samples):
             return f"num_samples must be in 1..{st.max_samples}"
-        if not (isinstance(g.steps, int) and 0 <= g.steps <= st.max_steps):
+        if not (type(g.steps) is int and 0 <= g.steps <= st.max_steps):
             return f"steps must be in 1..{st.max_steps}"
-        if not (isinstance(g.seed, int) and 0 <= g.seed < 2**63):
+        if not (type(g.seed) is int and 0 <= g.seed < 2**63):
             return "seed must be in 0..2^63-1"
-        if not (isinstance(g.guidance, float | int) and math.isfinite(g.guidance)):
-            return "guidance_scale must be finite"
+        if not number(g.guidance) or not number(g.deadline):
+            return "guidance_scale and deadline must be finite numbers"
         if g.guidance != 1.0 and c == 0:
             return "guidance needs a class-conditional model"
-        if g.labels is not None and (len(g.labels) != g.n or any(not 0 <= v < c for v in g.labels)):
+        labels = g.labels
+        if labels is not None and not (
+            type(labels) is list and len(labels) == g.n and all(type(v) is int and 0 <= v < c for v in labels)
+        ):
             return f"class_label must be num_samples classes in 0..{c - 1}"
         return None
 
@@ -199,8 +219,9 @@ class CoreServer:
         self.send(ident, out)  # at once: the rest of the iteration's bookkeeping runs after it left
 
     def receive(self) -> None:
-        """Every message waiting now, without blocking."""
-        while True:
+        """The messages waiting now, without blocking: at most RECEIVE_MAX before the next iteration,
+        so a flood of requests cannot starve the ones already running."""
+        for _ in range(RECEIVE_MAX):
             try:
                 ident, frame = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)[:2]
             except zmq.Again:
@@ -220,27 +241,27 @@ class CoreServer:
             log.warning("model %s: an output could not be delivered", self.core.name)
 
     def run(self, parent: int) -> None:
-        timeout = 0
+        timeout, checked = 0, time.monotonic()
         while True:
             if self.sock.poll(timeout):
                 self.receive()
             wait = self.core.step(emit=False)  # finished requests are sent as they finish
             self.core.emit()  # then the iteration's metrics are recorded
-            if wait is None:
+            timeout = IDLE_POLL_MS if wait is None else math.ceil(wait * 1000)
+            if time.monotonic() - checked > PARENT_CHECK_S:
+                checked = time.monotonic()
                 if os.getppid() != parent:
                     log.warning("model %s: supervisor gone; exiting", self.core.name)
                     return
-                timeout = IDLE_POLL_MS
-            else:
-                timeout = math.ceil(wait * 1000)
 
 
-def serve(index: int, spec: str, run_dir: str, settings: ServerSettings) -> int:
+def serve(index: int, spec: str, run_dir: str, settings: ServerSettings, parent: int) -> int:
     ctx = zmq.Context()
     control = ctx.socket(zmq.PUSH)
     control.setsockopt(zmq.LINGER, 2000)
     control.connect(f"ipc://{run_dir}/control")
-    parent = os.getppid()
+    if os.getppid() != parent:  # the supervisor died while this process was importing torch
+        return 1
     try:
         from server.metrics import Metrics
 
@@ -274,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True)
     p.add_argument("--dir", required=True)
     p.add_argument("--settings", required=True, help="ServerSettings as JSON")
+    p.add_argument("--parent", type=int, required=True, help="the supervisor's pid (exit when it is gone)")
     a = p.parse_args(argv)
     settings = ServerSettings.model_validate(json.loads(a.settings))
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -281,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when a core stops
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with torch.inference_mode():
-        return serve(a.index, a.model, a.dir, settings)
+        return serve(a.index, a.model, a.dir, settings, a.parent)
 
 
 if __name__ == "__main__":

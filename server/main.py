@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m server") -> int:
     import argparse
 
     from server.cli import register
 
-    parser = argparse.ArgumentParser(prog="python -m server")
+    parser = argparse.ArgumentParser(prog=prog)
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
     return args.func(args)

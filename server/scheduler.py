@@ -34,6 +34,7 @@ from flowmap.samplers import uniform_grid
 from server.estimator import CallTimer
 
 _ids = itertools.count(1)
+SIMULATE_MAX = 64  # waiting requests up to which start_delay simulates admission exactly
 
 
 class SchedulingError(Exception):
@@ -134,6 +135,8 @@ class Scheduler:
         self.waiting: deque[Job] = deque()
         self.jobs: dict[int, Job] = {}  # every job not yet done (waiting or in flight), by id
         self.dead: set[int] = set()  # ids of jobs ended early whose rows are still in the state
+        self.waiting_work = 0  # row-steps of the samples not yet admitted (kept, not recounted: O(1))
+        self._waiting_rows = 0
         self.next_deadline = math.inf
         self._clear()
 
@@ -146,20 +149,25 @@ class Scheduler:
 
     # ---------------------------------------------------------------- intake
     def submit(self, job: Job, now: float) -> None:
-        """Queue a job; resolves "auto" steps here. QueueFull when `max_queue` requests already wait and
-        this one would not fit in the next batch anyway (a burst that fits the batch is never refused)."""
-        fits = self.rows + self.waiting_rows() + job.n * job.rows_per_sample <= self.max_batch
-        if len(self.waiting) >= self.max_queue and not fits:
-            raise QueueFull(self.retry_after())
+        """Queue a job; resolves "auto" steps here. QueueFull as in `check_room`."""
+        self.check_room(job.n * job.rows_per_sample)
         if job.steps is None:
             job.steps = self.choose_steps(job, now)
         if not 1 <= job.steps <= self.max_steps:
             raise ValueError(f"steps must be in 1..{self.max_steps}, got {job.steps}")
         job.arrival, job.remaining = now, job.n
         self.waiting.append(job)
+        self._waiting_rows += job.n * job.rows_per_sample
+        self.waiting_work += job.n * job.rows_per_sample * job.steps
         self.jobs[job.id] = job
         if job.deadline is not None:
             self.next_deadline = min(self.next_deadline, job.deadline)
+
+    def check_room(self, rows: int) -> None:
+        """QueueFull when `max_queue` requests already wait and `rows` more would not fit the next batch
+        anyway (a burst that fits the batch is never refused). O(1): cheap enough for a flood."""
+        if len(self.waiting) >= self.max_queue and self.rows + self._waiting_rows + rows > self.max_batch:
+            raise QueueFull(self.retry_after())
 
     def admit_waiting(self, now: float) -> None:
         """Admit waiting jobs into free rows now (call only between iterations, as next_batch does)."""
@@ -229,7 +237,7 @@ class Scheduler:
         return len(self.k)
 
     def waiting_rows(self) -> int:
-        return sum((j.n - j.admitted) * j.rows_per_sample for j in self.waiting)
+        return self._waiting_rows
 
     def steps_left(self) -> list[int]:
         """Network rows in flight by steps left: out[j] = rows with j steps to go."""
@@ -239,18 +247,22 @@ class Scheduler:
     def pending_work(self) -> int:
         """Row-steps still to compute for everything queued or in flight."""
         active = sum(j * r for j, r in enumerate(self.steps_left()))
-        return active + sum((j.n - j.admitted) * j.rows_per_sample * j.steps for j in self.waiting)
+        return active + self.waiting_work
 
-    def predict_seconds(self, rows: int, steps: int) -> float:
-        """Predicted seconds to finish a new job of `rows` rows and `steps` steps queued behind all now."""
+    def predict_seconds(self, rows: int, steps: int, delay: float | None = None) -> float:
+        """Predicted seconds to finish a new job of `rows` rows and `steps` steps queued behind all now
+        (`delay`: its start_delay, when already known)."""
         b = self.max_batch
         busy = min(b, self.rows + self.waiting_rows() + rows)
         wait = 0.0 if (self.in_flight() or self.waiting) else self.max_wait
         own = steps * math.ceil(rows / b) * self.timer.predict(busy)
-        return wait + self.start_delay(min(rows, b)) + own
+        return wait + (self.start_delay(min(rows, b)) if delay is None else delay) + own
 
     def start_delay(self, rows: int) -> float:
-        """Predicted seconds until a job queued now is first admitted: a FIFO simulation by row counts."""
+        """Predicted seconds until a job queued now is first admitted: a FIFO simulation by row counts
+        while the queue is short; beyond SIMULATE_MAX waiting requests, the work ahead at full batches."""
+        if len(self.waiting) > SIMULATE_MAX:
+            return math.ceil(self.pending_work() / self.max_batch) * self.timer.predict(self.max_batch)
         depth = max([self.max_steps] + [j.steps for j in self.waiting]) + 1
         left = self.steps_left() + [0] * (depth - self.max_steps - 1)
         queue = [[j.rows_per_sample, j.n - j.admitted, j.steps] for j in self.waiting]
@@ -268,7 +280,7 @@ class Scheduler:
     def _admit_counts(self, queue: list[list[int]], left: list[int], busy: int) -> int:
         while queue:
             rps, n, steps = queue[0]
-            take = n if rps * n <= self.max_batch - busy else (self.max_batch - busy) // rps
+            take = n if rps * n <= self.max_batch - busy else max(0, self.max_batch - busy) // rps
             if busy == 0:
                 take = max(take, 1)
             if take == 0:
@@ -287,8 +299,9 @@ class Scheduler:
         if job.deadline is None:
             return self.max_steps
         budget, rows = job.deadline - now, job.n * job.rows_per_sample
+        delay = self.start_delay(min(rows, self.max_batch))  # the same for every k: computed once
         for k in range(self.max_steps, 1, -1):
-            if self.predict_seconds(rows, k) <= budget:
+            if self.predict_seconds(rows, k, delay) <= budget:
                 return k
         return 1
 
@@ -300,7 +313,7 @@ class Scheduler:
     # ---------------------------------------------------------------- internals
     def _admit(self, now: float) -> None:
         """Move waiting samples into the state while rows are free (FIFO; one at least when empty)."""
-        free, takes = self.max_batch - self.rows, []
+        free, takes = max(0, self.max_batch - self.rows), []
         while self.waiting:
             job = self.waiting[0]
             r = job.rows_per_sample
@@ -311,7 +324,9 @@ class Scheduler:
                 break
             takes.append((job, job.admitted, take))
             job.admitted += take
-            free -= take * r
+            free = max(0, free - take * r)
+            self._waiting_rows -= take * r
+            self.waiting_work -= take * r * job.steps
             if job.first_admit is None:
                 job.first_admit = now
             if job.admitted < job.n:
@@ -374,6 +389,9 @@ class Scheduler:
             self.dead.add(job.id)
         if job.admitted < job.n:
             self.waiting.remove(job)
+            left = (job.n - job.admitted) * job.rows_per_sample
+            self._waiting_rows -= left
+            self.waiting_work -= left * job.steps
         self.jobs.pop(job.id, None)
         if job.on_done is not None:
             job.on_done(job)

@@ -136,6 +136,7 @@ class Service:
         self.settings, self.clients, self.metrics = settings, clients, metrics
         self.entries: dict[str, ModelEntry] = {}
         self.generations: list[int] = [-1] * len(clients)
+        self.up: list[bool] = [False] * len(clients)  # per core, from the supervisor
         self.cores_up = False
         self.draining = False
         self.inflight = 0
@@ -160,10 +161,11 @@ class Service:
         """The supervisor's CoreStates: models appear when their core is ready; a core that stopped
         (down, or restarted since) fails the requests it held."""
         for i, core in enumerate(states.cores[: len(self.clients)]):
-            info, gen = core.get("info"), core.get("generation", 0)
-            if self.generations[i] not in (-1, gen) or not core.get("up"):
-                self.clients[i].fail_all("the engine core stopped with this request in it")
-            self.generations[i] = gen
+            info, gen, up = core.get("info"), core.get("generation", 0), bool(core.get("up"))
+            if self.up[i] and (not up or gen != self.generations[i]):
+                # drop what is queued for the dead core too, so its replacement does not compute it
+                self.clients[i].reconnect("the engine core stopped with this request in it")
+            self.generations[i], self.up[i] = gen, up
             if info and info.get("name") not in self.entries:
                 self.entries[info["name"]] = ModelEntry(i, info, self.clients[i])
                 # in the order of --model (the first is the default), whichever core was ready first
@@ -185,11 +187,18 @@ class Service:
         except asyncio.TimeoutError:
             return False
 
-    def check_open(self) -> None:
+    def fail_pending(self, reason: str) -> None:
+        """Answer every request still waiting on a core (503): the drain timed out."""
+        for c in self.clients:
+            c.fail_all(reason)
+
+    def check_open(self, e: ModelEntry | None = None) -> None:
         if self.draining:
             raise Draining("server is draining")
-        if not self.cores_up:
-            raise Unavailable("server is warming up" if not self.entries else "an engine core is restarting")
+        if not self.entries:
+            raise Unavailable("server is warming up")
+        if e is not None and not self.up[e.index]:
+            raise CoreUnavailable(f"the engine core of model {e.name!r} is restarting", retry_after=1)
 
     # ------------------------------------------------------------ stats (labels: server-known values only)
     def known_model(self, name: str | None) -> str:
@@ -207,6 +216,8 @@ class Service:
 
     # ------------------------------------------------------------ generation
     def entry(self, name: str | None) -> ModelEntry:
+        if not self.entries:  # still starting: nothing is known to be missing yet
+            raise Unavailable("server is warming up")
         name = name or self.default_model or ""
         if name not in self.entries:
             shown = name if len(name) <= 64 else name[:64] + "..."
@@ -217,6 +228,7 @@ class Service:
         """Validate against the model, send to its core, wait (deadline, disconnect). Raises ServiceError."""
         self.check_open()
         e = self.entry(p.model)
+        self.check_open(e)
         self.validate(e, p)
         self.inflight += 1
         self.idle.clear()

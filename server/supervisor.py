@@ -83,6 +83,7 @@ def listen(host: str, port: int) -> socket.socket:
 class Supervisor:
     def __init__(self, settings: ServerSettings):
         self.settings = settings
+        self.sock = listen(settings.host, settings.port)  # first: a port in use leaves nothing behind
         self.run_dir = tempfile.mkdtemp(prefix="flowmap-")
         self.metrics_dir = os.path.join(self.run_dir, "metrics")
         os.makedirs(self.metrics_dir)
@@ -95,7 +96,6 @@ class Supervisor:
         self.control.bind(f"ipc://{self.run_dir}/control")
         self.states = self.ctx.socket(zmq.PUB)
         self.states.bind(f"ipc://{self.run_dir}/state")
-        self.sock = listen(settings.host, settings.port)
         self.port = self.sock.getsockname()[1]
         self.cores = [self._core(i, spec) for i, spec in enumerate(settings.models)]
         self.apis = [self._api(i) for i in range(settings.api_processes())]
@@ -119,13 +119,13 @@ class Supervisor:
         env = self._env()
         env.pop("FLOWMAP_API_KEY", None)  # cores never see the key
         cmd = [sys.executable, "-m", "server.core_process", "--index", str(i), "--model", spec]
-        cmd += ["--dir", self.run_dir, "--settings", self._settings_json()]
+        cmd += ["--dir", self.run_dir, "--settings", self._settings_json(), "--parent", str(os.getpid())]
         return Child("core", i, cmd, env)
 
     def _api(self, i: int) -> Child:
         fd = self.sock.fileno()
         cmd = [sys.executable, "-m", "server.api_process", "--fd", str(fd), "--dir", self.run_dir]
-        cmd += ["--settings", self._settings_json()]
+        cmd += ["--settings", self._settings_json(), "--parent", str(os.getpid())]
         return Child("api", i, cmd, self._env(), pass_fds=(fd,))
 
     # ------------------------------------------------------------ the loop
@@ -142,6 +142,9 @@ class Supervisor:
             print(f"flowmap serve: error: {e}", file=sys.stderr)
             self._kill_all()
             return e.code
+        except BaseException:  # never leave children running behind a dead supervisor
+            self._kill_all()
+            raise
         finally:
             self._cleanup()
 
@@ -150,6 +153,7 @@ class Supervisor:
         if self.stopping > 1 and sig == signal.SIGINT:
             log.warning("second interrupt: stopping now")
             self._kill_all()
+            shutil.rmtree(self.run_dir, ignore_errors=True)
             os._exit(1)
 
     def _tick(self) -> None:
@@ -180,7 +184,7 @@ class Supervisor:
                 raise StartupFailed(f"model {self.settings.models[msg.index]}: {msg.message}", msg.code)
             log.error("model %s: engine core failed: %s", self.settings.models[msg.index], msg.message)
             return
-        if msg.pid != core.proc.pid:
+        if core.proc is None or msg.pid != core.proc.pid:
             return  # from a process that is already gone
         core.up, core.info = True, msg.info
         if not self.ready_once and all(c.up for c in self.cores):

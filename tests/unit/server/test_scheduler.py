@@ -240,3 +240,30 @@ def test_engine_core_survives_a_failing_batch():
     assert seen == [bad, good]
     assert isinstance(bad.error, RuntimeError) and good.error is None
     torch.testing.assert_close(good.result, reference(good, FakeEngine()), rtol=0, atol=1e-6)
+
+
+def test_guided_samples_wider_than_the_batch_run_alone_and_right():
+    sched, eng, ex = setup(max_batch=1)
+    g, plain = job(3, 2, seed=5, label=4, guidance=2.0), job(2, 1, seed=6, label=1)
+    sched.submit(g, 0.0)
+    sched.submit(plain, 0.0)
+    assert sched.waiting_rows() == 3 * 2 + 2
+    drain(sched, ex)
+    assert all(c["rows"] <= 2 for c in eng.calls)
+    for j in (g, plain):
+        torch.testing.assert_close(j.result, reference(j, FakeEngine()), rtol=0, atol=1e-6)
+    assert sched.waiting_rows() == 0 and sched.waiting_work == 0
+
+
+def test_auto_steps_with_a_long_queue_stay_cheap(monkeypatch):
+    sched, eng, ex = setup(max_batch=8, max_queue=1000, max_steps=64)
+    sched.timer.observe(8, 0.001)
+    for i in range(500):
+        sched.submit(job(4, 64, seed=i), 0.0)
+    calls = []
+    real = sched.start_delay
+    monkeypatch.setattr(sched, "start_delay", lambda rows: calls.append(rows) or real(rows))
+    monkeypatch.setattr(sched, "_admit_counts", lambda *a: pytest.fail("simulated a 500-request queue"))
+    assert sched.choose_steps(job(1, None, deadline=10.0), 0.0) == 1  # 500 x 4 x 64 row-steps ahead
+    assert sched.choose_steps(job(1, None, deadline=1e6), 0.0) == 64
+    assert calls == [1, 1]  # once per decision, not once per candidate step count

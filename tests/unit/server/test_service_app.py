@@ -11,6 +11,7 @@ import asyncio
 import base64
 import io
 import re
+import time
 from types import SimpleNamespace
 
 import httpx
@@ -71,6 +72,9 @@ class InProcessCore:
     def cancel(self, rid: int) -> None:
         if self.pending.pop(rid, None) is not None:
             self.server.handle(b"api", m.encode(m.Cancel(rid)))
+
+    def reconnect(self, reason: str) -> None:
+        self.fail_all(reason)
 
     def fail_all(self, reason: str) -> None:
         for fut in self.pending.values():
@@ -237,3 +241,79 @@ def test_draining_refuses_new_work_and_fails_readiness(stack):
 def test_openapi_declares_no_security_without_a_key(stack):
     spec = run(stack.client.get("/openapi.json")).json()
     assert "securitySchemes" not in spec.get("components", {})
+
+
+def test_one_core_down_leaves_the_other_models_serving():
+    settings = ServerSettings(models=["a", "b"], max_steps=4)
+    cores = [InProcessCore(settings), InProcessCore(settings)]
+    service = Service(settings, cores)
+    infos = [dict(INFO, name="a"), dict(INFO, name="b")]
+    service.on_states(m.CoreStates([{"up": True, "generation": 1, "info": i} for i in infos]))
+    service.on_states(m.CoreStates([{"up": True, "generation": 1, "info": infos[0]},
+                                    {"up": False, "generation": 1, "info": infos[1]}]))  # fmt: skip
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service)), base_url="http://t")
+
+    async def go():
+        return [await client.post("/v1/generate", json={"model": n}) for n in "ab"] + [
+            await client.get("/readyz")
+        ]
+
+    a, b, ready = run(go())
+    assert a.status_code == 200
+    assert b.status_code == 503 and "'b'" in b.json()["detail"] and b.headers["retry-after"] == "1"
+    assert ready.status_code == 503  # readiness is for the whole server
+
+
+def test_before_any_core_is_up_v2_says_503_not_404():
+    settings = ServerSettings(max_steps=4)
+    service = Service(settings, [InProcessCore(settings)])
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service)), base_url="http://t")
+
+    async def go():
+        return await client.post("/v2/models/toy/infer", json={"inputs": []}), await client.get(
+            "/v2/models/toy"
+        )
+
+    infer, meta = run(go())
+    assert infer.status_code == 503 and meta.status_code == 503
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"labels": ["a"]},
+        {"labels": 5},
+        {"labels": [1.0]},
+        {"id": [1]},
+        {"deadline": "x"},
+        {"deadline": float("nan")},
+        {"n": True},
+        {"steps": 0, "deadline": "soon"},
+        {"guidance": float("inf")},
+    ],
+)
+def test_a_malformed_generate_never_stops_the_core(fields):
+    core = InProcessCore(ServerSettings(max_steps=4))
+    good = dict(id=1, n=1, seed=0, steps=1, labels=[1], guidance=1.0, deadline=time.monotonic() + 10)
+    core.server.handle(b"api", m.encode(m.Generate(**{**good, **fields})))
+    core.server.handle(b"api", m.encode(m.Cancel({})))
+    core.server.handle(b"api", b"\x93garbage")
+    core.server.handle(b"api", m.encode(m.Generate(**{**good, "id": 2})))  # the core still serves
+    while core.server.core.step() is not None:
+        pass
+    outs = [m.decode(f) for _, f in core.server.outbox]
+    assert isinstance(outs[-1], m.Done) and outs[-1].id == 2
+    assert all(isinstance(o, m.Failed) and o.kind == "invalid" for o in outs[:-1])
+
+
+def test_a_refused_request_draws_no_noise(monkeypatch):
+    import server.core_process as cp
+
+    core = InProcessCore(ServerSettings(max_steps=4, max_queue=1, max_batch_size=1))
+    gen = lambda i: m.encode(m.Generate(i, 1, i, 1, [1], 1.0, time.monotonic() + 10))
+    for i in (1, 2):  # one admitted, one waiting: the queue is full
+        core.server.handle(b"api", gen(i))
+    monkeypatch.setattr(cp, "make_noise", lambda *a: pytest.fail("noise drawn for a refused request"))
+    core.server.handle(b"api", gen(3))
+    (refusal,) = [m.decode(f) for _, f in core.server.outbox]
+    assert refusal.kind == "queue_full" and refusal.retry_after >= 1
