@@ -19,7 +19,7 @@ FLAGS = {
     "--device": ("device", str, "auto, cpu, cuda or cuda:N (default auto)"),
     "--host": ("host", str, "address to bind (default 127.0.0.1)"),
     "--port": ("port", int, "TCP port (default 8000)"),
-    "--max-batch-size": ("max_batch_size", int, "most network rows per engine call (default 64)"),
+    "--max-batch-size": ("max_batch_size", int, "most network rows per engine call (default 128)"),
     "--max-queue": ("max_queue", int, "most waiting requests per model before 429 (default 256)"),
     "--max-wait-ms": (
         "max_wait_ms",

@@ -44,7 +44,7 @@ PARENT_CHECK_S = 1.0  # how often the loop checks that the supervisor is still t
 
 
 def buckets_for(max_batch: int) -> tuple[int, ...]:
-    return tuple(sorted({b for b in (1, 8, 32, 128, 512) if b < max_batch} | {max_batch}))
+    return tuple(sorted({b for b in (1, 8, 16, 32, 64, 128, 256, 512) if b < max_batch} | {max_batch}))
 
 
 def resolve_device(device: str) -> str:

@@ -34,7 +34,7 @@ class ServerSettings(BaseSettings):
     host: str = Field(default="127.0.0.1", min_length=1, description="Address to bind.")
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0: any free port).")
     max_batch_size: int = Field(
-        default=64,
+        default=128,
         ge=1,
         le=4096,
         description="Most network rows per engine call (a guided sample takes two).",
