@@ -246,6 +246,9 @@ class Service:
         deadline_ms = p.deadline_ms if p.deadline_ms is not None else self.settings.request_timeout_ms
         deadline = t0 + deadline_ms / 1000
         make = lambda rid: m.Generate(rid, p.num_samples, seed, p.steps or 0, labels, guidance, deadline)
+        if len(e.client.pending) >= self.settings.max_queue + self.settings.max_batch_size:
+            # more outstanding than the core could hold: refuse here, so a flood never reaches the core
+            raise Overloaded("queue full", retry_after=1)
         try:
             rid, fut = e.client.submit(make)
         except CoreDown as err:

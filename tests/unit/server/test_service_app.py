@@ -317,3 +317,26 @@ def test_a_refused_request_draws_no_noise(monkeypatch):
     core.server.handle(b"api", gen(3))
     (refusal,) = [m.decode(f) for _, f in core.server.outbox]
     assert refusal.kind == "queue_full" and refusal.retry_after >= 1
+
+
+def test_the_api_sheds_load_before_it_reaches_the_core():
+    settings = ServerSettings(max_steps=4, max_queue=1, max_batch_size=1)
+    core = InProcessCore(settings)
+    service = Service(settings, [core])
+    service.on_states(states(True))
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service)), base_url="http://t")
+    sent = []
+    handle = core.server.handle
+    core.server.handle = lambda ident, frame: sent.append(frame) or handle(ident, frame)
+
+    async def go():
+        core.paused = True
+        held = [asyncio.ensure_future(client.post("/v1/generate", json={"deadline_ms": 200})) for _ in (0, 1)]
+        await asyncio.sleep(0.02)
+        shed = await client.post("/v1/generate", json={})
+        return shed, await asyncio.gather(*held)
+
+    shed, held = run(go())
+    assert shed.status_code == 429 and shed.headers["retry-after"] == "1"
+    assert sum(isinstance(m.decode(f), m.Generate) for f in sent) == 2  # the third never reached the core
+    assert [r.status_code for r in held] == [504, 504]
