@@ -119,6 +119,7 @@ def check(device: str = "cuda", model: str = "digits", seconds: float = 5.0, lon
         ok = asyncio.run(load(port, seconds))
         busy, wall = engine_seconds(port) - e0, time.monotonic() - t0
         out.update({"loaded_requests": ok, "loop_utilisation": busy / wall, "device": device, "model": model})
+        log.unlink()  # kept only when something failed
         return out
     finally:
         proc.send_signal(signal.SIGTERM)
