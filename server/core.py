@@ -41,9 +41,9 @@ class Executor:
         x, s, t, w = batch.x, batch.s.to(dev), batch.t.to(dev), batch.w
         y = (batch.y if self.conditional else torch.zeros_like(batch.y)).to(dev)
         if batch.rows == batch.n:  # no guided row: one plain call
-            return ops.step(x, self.engine(x, s, t, y), s, t)
-        g = (w != 1.0).nonzero().flatten()  # guided rows: [G]
-        if len(g):  # the null-label copies of the guided rows go after the batch
+            u = self.engine(x, s, t, y)
+        else:  # the null-label copies of the guided rows go after the batch
+            g = (w != 1.0).nonzero().flatten()  # guided rows: [G]
             gd = g.to(dev)
             null = torch.full_like(gd, self.null_label)
             u = self.engine(
@@ -51,8 +51,6 @@ class Executor:
             )
             u, u_null = u[: len(x)].clone(), u[len(x) :]
             u[gd] = cfg_mix(u[gd], u_null, w[g].to(dev))
-        else:
-            u = self.engine(x, s, t, y)
         return ops.step(x, u, s, t)  # [N, *shape]
 
 

@@ -55,69 +55,41 @@ class Metrics:
 
     def __init__(self):
         self.registry = r = CollectorRegistry()
-        self.latency = Histogram(
+        model = ["model"]
+        hist = lambda name, doc, labels, buckets: Histogram(name, doc, labels, buckets=buckets, registry=r)
+        count = lambda name, doc, labels: Counter(name, doc, labels, registry=r)
+        gauge = lambda name, doc, labels, mode: Gauge(name, doc, labels, registry=r, multiprocess_mode=mode)
+        self.latency = hist(
             "flowmap_request_duration_seconds",
             "Request latency (arrival to response)",
             ["model", "steps", "status"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
-        self.queue_wait = Histogram(
+        self.queue_wait = hist(
             "flowmap_queue_wait_seconds",
             "Time from submission to first admission into a batch",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            model,
+            LATENCY_BUCKETS,
         )
-        self.call = Histogram(
-            "flowmap_engine_call_seconds",
-            "One batched network call plus its step",
-            ["model"],
-            buckets=CALL_BUCKETS,
-            registry=r,
+        self.call = hist(
+            "flowmap_engine_call_seconds", "One batched network call plus its step", model, CALL_BUCKETS
         )
-        self.batch = Histogram(
-            "flowmap_batch_samples",
-            "Samples advanced per network call",
-            ["model"],
-            buckets=BATCH_BUCKETS,
-            registry=r,
+        self.batch = hist("flowmap_batch_samples", "Samples advanced per network call", model, BATCH_BUCKETS)
+        self.in_flight = gauge("flowmap_samples_in_flight", "Samples being computed", model, "livesum")
+        self.depth = gauge("flowmap_queue_depth", "Requests waiting for admission", model, "livesum")
+        self.nfe = count(
+            "flowmap_network_evaluations_total", "Network rows evaluated (a guided sample: 2)", model
         )
-        live = {"multiprocess_mode": "livesum"}
-        self.in_flight = Gauge(
-            "flowmap_samples_in_flight", "Samples being computed", ["model"], registry=r, **live
+        self.failed = count("flowmap_engine_failures_total", "Network calls that raised", model)
+        self.rejections = count(
+            "flowmap_rejections_total", "Requests turned away, by reason", ["reason", "model"]
         )
-        self.depth = Gauge(
-            "flowmap_queue_depth", "Requests waiting for admission", ["model"], registry=r, **live
+        self.restarts = count(
+            "flowmap_engine_core_restarts_total", "Engine-core processes restarted after they died", model
         )
-        self.nfe = Counter(
-            "flowmap_network_evaluations_total",
-            "Network rows evaluated (a guided sample: 2)",
-            ["model"],
-            registry=r,
-        )
-        self.failed = Counter(
-            "flowmap_engine_failures_total", "Network calls that raised", ["model"], registry=r
-        )
-        self.rejections = Counter(
-            "flowmap_rejections_total", "Requests turned away, by reason", ["reason", "model"], registry=r
-        )
-        self.restarts = Counter(
-            "flowmap_engine_core_restarts_total",
-            "Engine-core processes restarted after they died",
-            ["model"],
-            registry=r,
-        )
-        self.cores_up = Gauge(
-            "flowmap_engine_cores_up", "Engine cores loaded and serving", registry=r, multiprocess_mode="max"
-        )
-        self.info = Gauge(
-            "flowmap_build_info",
-            "Build information (value 1)",
-            ["version", "torch", "python", "engine", "kernels"],
-            registry=r,
-            multiprocess_mode="max",
-        )
+        self.cores_up = gauge("flowmap_engine_cores_up", "Engine cores loaded and serving", [], "max")
+        build = ["version", "torch", "python", "engine", "kernels"]
+        self.info = gauge("flowmap_build_info", "Build information (value 1)", build, "max")
 
     # ---------------------------------------------------------------- recording
     def build_info(self, version: str, engine: str, kernels: str) -> None:

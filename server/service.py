@@ -137,7 +137,6 @@ class Service:
         self.entries: dict[str, ModelEntry] = {}
         self.generations: list[int] = [-1] * len(clients)
         self.up: list[bool] = [False] * len(clients)  # per core, from the supervisor
-        self.cores_up = False
         self.draining = False
         self.inflight = 0
         self.idle = asyncio.Event()
@@ -148,6 +147,10 @@ class Service:
         if self.draining:
             return "draining"
         return "ready" if self.cores_up else ("starting" if not self.entries else "unavailable")
+
+    @property
+    def cores_up(self) -> bool:
+        return all(self.up)
 
     @property
     def ready(self) -> bool:
@@ -170,7 +173,6 @@ class Service:
                 self.entries[info["name"]] = ModelEntry(i, info, self.clients[i])
                 # in the order of --model (the first is the default), whichever core was ready first
                 self.entries = dict(sorted(self.entries.items(), key=lambda kv: kv[1].index))
-        self.cores_up = len(states.cores) == len(self.clients) and all(c.get("up") for c in states.cores)
 
     def begin_drain(self) -> None:
         self.draining = True

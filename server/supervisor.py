@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import zmq
 
@@ -54,7 +54,7 @@ class Child:
     info: dict | None = None
     restarts: int = 0
     next_start: float = 0.0
-    started_at: float = field(default=0.0)
+    started_at: float = 0.0
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.cmd, env=self.env, pass_fds=self.pass_fds, start_new_session=True)
@@ -156,11 +156,12 @@ class Supervisor:
             shutil.rmtree(self.run_dir, ignore_errors=True)
             os._exit(1)
 
-    def _tick(self) -> None:
+    def _tick(self, draining: bool = False) -> None:
+        """Control messages, dead children, CoreStates. While API processes drain they are not restarted,
+        but cores that die still are, so accepted requests can finish."""
         self._receive(TICK_MS)
-        changed = self._reap(self.cores) | self._reap(self.apis)
-        now = time.monotonic()
-        if changed or now - self.last_publish > PUBLISH_EVERY:
+        changed = self._reap(self.cores) | (False if draining else self._reap(self.apis))
+        if changed or time.monotonic() - self.last_publish > PUBLISH_EVERY:
             self._publish()
 
     def _receive(self, timeout_ms: int) -> None:
@@ -242,19 +243,12 @@ class Supervisor:
             a.signal(signal.SIGTERM)
         end = time.monotonic() + self.settings.drain_timeout_s + 10
         while any(a.alive for a in self.apis) and time.monotonic() < end and self.stopping < 3:
-            self._tick_draining()
+            self._tick(draining=True)
         clean = not any(a.alive for a in self.apis)
         for c in self.apis + self.cores:
             c.signal(signal.SIGTERM if c.role == "core" else signal.SIGKILL)
         self._wait_all(KILL_GRACE)
         return 0 if clean else 1
-
-    def _tick_draining(self) -> None:
-        """While API processes drain, cores that die still get restarted so accepted requests can finish."""
-        self._receive(TICK_MS)
-        self._reap(self.cores)
-        if time.monotonic() - self.last_publish > PUBLISH_EVERY:
-            self._publish()
 
     def _wait_all(self, timeout: float) -> None:
         end = time.monotonic() + timeout
