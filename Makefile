@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install run sample models test lint format clean
+.PHONY: install sysdeps run sample models test lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	touch $@
 
 install: $(STAMP)
+
+sysdeps:   # Debian tools the tests drive: wrk, prometheus, chromium, chromium-driver
+	bash scripts/install_sysdeps.sh
 
 run: $(STAMP)
 	$(BIN)/flowmap serve
@@ -35,7 +38,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: $(STAMP) lint
+test: $(STAMP) sysdeps lint
 	$(BIN)/python -m pytest -q -ra
 
 clean:

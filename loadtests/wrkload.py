@@ -2,7 +2,7 @@
 
 `run(port, path, bodies, connections, seconds)` cycles through `bodies` (JSON objects) and returns a
 `Load` with successful requests/s and latency percentiles. wrk is driven with loadtests/wrk_post.lua,
-whose done() prints one `WRK_RESULT {json}` line. Install wrk with `bash loadtests/install_wrk.sh`.
+whose done() prints one `WRK_RESULT {json}` line. Install wrk with `bash scripts/install_sysdeps.sh`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from loadtests import httpload
 LUA = Path(__file__).with_name("wrk_post.lua")
 MISSING = (
     "wrk not found: falling back to the Python load generator (loadtests/httpload.py), which shares the "
-    "CPU with the servers and saturates sooner; install wrk with `bash loadtests/install_wrk.sh`"
+    "CPU with the servers and saturates sooner; install wrk with `bash scripts/install_sysdeps.sh`"
 )
 
 

@@ -20,7 +20,7 @@ needs_litserve = pytest.mark.skipif(
     importlib.util.find_spec("litserve") is None, reason="litserve not installed (pip install -e '.[bench]')"
 )
 needs_wrk = pytest.mark.skipif(
-    shutil.which("wrk") is None, reason="wrk not installed (loadtests/install_wrk.sh)"
+    shutil.which("wrk") is None, reason="wrk not installed (scripts/install_sysdeps.sh)"
 )
 
 
