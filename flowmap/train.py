@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -55,6 +56,7 @@ class TrainConfig:
     diagonal: float | None = None  # fraction of pairs with s = t; None: the method's default
     adaptive_p: float | None = None
     label_dropout: float = 0.1
+    labels: str = "use"  # use, or drop: train an unconditional model on labelled data (same split)
     guidance: float = 1.0  # guidance scale baked into training (esd, cd, distill, lmd, emd)
     teacher: str | None = None  # teacher checkpoint for cd, distill, lmd, emd
     threads: int = 1
@@ -65,6 +67,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or not 0 <= self.ema < 1:
             raise ValueError("lr must be > 0 and ema in [0, 1)")
+        if self.labels not in ("use", "drop"):
+            raise ValueError(f"labels must be use or drop, got {self.labels!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
 
@@ -183,6 +187,8 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, resume: bool, progres
     distributed.local_batch(cfg.batch_size, ctx)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     data = load_data(cfg.data)
+    if cfg.labels == "drop":  # unconditional on the same split: eval still finds the data by name
+        data = dataclasses.replace(data, num_classes=0, y_train=None, y_test=None)
     loss_fn = build_loss(cfg)
     net = build_net(arch_config(cfg, data))
     ema = copy.deepcopy(net).requires_grad_(False)
