@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-make the shipped models with the commands README.md ("Shipped models") documents: one torch thread,
 # seeded, so the same software gives the same weights. Writes runs/ship/ (or $1); compare with
-# `flowmap eval`, then copy gmm8.safetensors and digits.safetensors into flowmap/assets/ to ship them.
+# `flowmap eval`, then copy gmm8, digits and digits_uncond .safetensors into flowmap/assets/ to ship them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
@@ -12,6 +12,10 @@ $FLOWMAP train --data gmm8 --method fm --steps 6000 --ema 0.995 --out "$OUT/gmm8
 $FLOWMAP train --data gmm8 --method distill --teacher "$OUT/gmm8_fm.safetensors" --steps 8000 \
   --time-dist uniform --out "$OUT/gmm8.safetensors"
 $FLOWMAP train --data digits --method esd --steps 8000 --ckpt-every 1000 --out "$OUT/digits.safetensors"
+# digits_uncond: the same recipe without class labels, for reward steering (docs/steering.md)
+$FLOWMAP train --data digits --method esd --labels drop --steps 8000 --ckpt-every 1000 \
+  --out "$OUT/digits_uncond.safetensors"
 
 $FLOWMAP eval --model "$OUT/gmm8.safetensors" --steps 1,2,4
 $FLOWMAP eval --model "$OUT/digits.safetensors" --steps 1,2,4
+$FLOWMAP eval --model "$OUT/digits_uncond.safetensors" --steps 1,2,4
