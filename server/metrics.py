@@ -125,10 +125,28 @@ class Metrics:
         self.cores_up.set(n)
 
     # ---------------------------------------------------------------- rendering
-    def render(self) -> bytes:
+    def _readable(self) -> CollectorRegistry:
+        """This process's registry, or (multiprocess) one that sums every process's files."""
         path = multiprocess_dir()
         if path is None:
-            return generate_latest(self.registry)
+            return self.registry
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=path)
-        return generate_latest(registry)
+        return registry
+
+    def render(self) -> bytes:
+        return generate_latest(self._readable())
+
+    def latency_buckets(self, status: str = "200") -> dict[tuple[str, str], dict[float, float]]:
+        """Request-latency histograms as plain data: (model, steps) -> {upper bound s: cumulative count}
+        over requests answered with `status`, summed over every process (the same sum as /metrics)."""
+        out: dict[tuple[str, str], dict[float, float]] = {}
+        for family in self._readable().collect():
+            if family.name != "flowmap_request_duration_seconds":
+                continue
+            for s in family.samples:
+                if s.name.endswith("_bucket") and s.labels.get("status") == status:
+                    buckets = out.setdefault((s.labels["model"], s.labels["steps"]), {})
+                    le = float(s.labels["le"])
+                    buckets[le] = buckets.get(le, 0.0) + s.value
+        return out
