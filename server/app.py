@@ -61,6 +61,9 @@ def create_app(service: Service, metrics=None, lifespan_hooks=None) -> FastAPI:
     from server.v2 import router
 
     app.include_router(router(service, auth))
+    from server import playground
+
+    playground.include(app, service, metrics, auth)  # the page at / and GET /v1/stats
     return app
 
 
