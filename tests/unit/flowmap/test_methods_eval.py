@@ -126,9 +126,11 @@ def test_digits_eval_reports_precision_recall_and_plots_the_floor(tmp_path):
     )
     assert rc == 0
     res = json.loads((tmp_path / "d.json").read_text())
-    assert res["fd_floor_train_vs_test"] > 0
+    assert res["fd_floor_train_vs_test"] > 0 and res["fd_pixel_floor_train_vs_test"] > 0
+    assert Image.open(tmp_path / "d_pixel.png").size[0] > 100
     for row in res["rows"]:
-        assert {"fd", "energy", "precision", "recall", "memorised", "class_acc"} <= set(row)
+        assert {"fd", "fd_pixel", "energy", "precision", "recall", "memorised", "class_acc"} <= set(row)
+        assert {"diversity", "diversity_min", "nn_ratio"} <= set(row)
         assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
     width, height = Image.open(tmp_path / "d_1step.png").size  # a row of 8 per class, 10 rows, 4x scale
     assert (width, height) == (4 * (8 * 9 + 1), 4 * (10 * 9 + 1))
