@@ -4,10 +4,10 @@ The load tests keep what the server answered (npy output: float32 samples, with 
 steps and requested classes). This module
 - pools them into one scored set: up to `per_class` samples of each class in arrival order (eval's
   composition: 100 per class), so FD is compared at the sample count `flowmap eval` uses;
-- scores a set with `quality()`, the one seam to eval's metric code (never a second implementation);
+- scores a set with `quality()`: flowmap.quality.score_digits, the function `flowmap eval` calls;
 - reproduces the same requests with the library (`flowmap sample`'s noise-from-seed and sampler), so a
   test can check that the server's samples and their scores equal the library's (batch invariance);
-- measures the FD's seed noise: the same scorer on library samples of several seeds.
+- runs `flowmap eval` itself for several seeds: the reference numbers and the FD's seed noise.
 
     python -m loadtests.score DIR          # score kept samples (DIR/*.npz from --keep-samples)
 """
@@ -25,27 +25,13 @@ import torch
 PER_CLASS = 100  # flowmap eval's default: 100 samples per class
 
 
-def quality(x: np.ndarray, labels: np.ndarray, data: str = "digits") -> dict:
-    """eval's metrics of samples x [N, *shape] (model space) whose requested classes are labels [N]."""
-    from flowmap.classifier import load_classifier
-    from flowmap.data import load_data
-    from flowmap.metrics import energy_distance, frechet_distance, memorisation_rate, precision_recall
+def quality(x: np.ndarray, labels: np.ndarray) -> dict:
+    """eval's metrics (flowmap.quality.score_digits, the function `flowmap eval` calls) of samples
+    x [N, 1, 8, 8] (model space) whose requested classes are labels [N]; plus n, the sample count."""
+    from flowmap.quality import score_digits
 
-    # the same calls, in the same way, as flowmap.evaluate.eval_images (until flowmap.quality lands)
-    d, clf = load_data(data), load_classifier()
-    xs, y = torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(np.asarray(labels))
-    feats = lambda v: clf.features(v).double().numpy()  # noqa: E731
-    fx, test = feats(xs), feats(d.x_test)
-    precision, recall = precision_recall(torch.from_numpy(test), torch.from_numpy(fx))
-    return {
-        "n": len(xs),
-        "fd": frechet_distance(fx, test),
-        "energy": energy_distance(torch.from_numpy(fx), torch.from_numpy(test)),
-        "precision": precision,
-        "recall": recall,
-        "memorised": memorisation_rate(xs, d.x_train, d.x_test),
-        "class_acc": float((clf(xs).argmax(1) == y).double().mean()),
-    }
+    xs = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+    return {"n": len(xs), **score_digits(xs, torch.from_numpy(np.asarray(labels, np.int64)))}
 
 
 # ---- kept samples ---------------------------------------------------------------------------------
@@ -125,28 +111,27 @@ def library_samples(model, records: list[dict]) -> list[np.ndarray]:
     return out
 
 
-def seed_noise(model, steps: int, seeds: list[int], per_class: int = PER_CLASS) -> list[dict]:
-    """quality() of library samples at `steps` for several seeds (eval's composition): the FD's seed noise."""
-    from flowmap.evaluate import _sample_labelled, balanced_labels
+def eval_rows(model, steps: list[int], seeds: list[int], per_class: int = PER_CLASS) -> dict[int, list[dict]]:
+    """`flowmap eval --steps ... --seed S` (flowmap.evaluate.evaluate) for several seeds: per step count,
+    one row per seed. Their spread is the FD's seed noise at eval's sample count."""
+    from flowmap.evaluate import evaluate
 
-    y = balanced_labels(model.num_classes, per_class)
-    rows = []
+    out: dict[int, list[dict]] = {k: [] for k in steps}
     for s in seeds:
-        x = _sample_labelled(model, steps, len(y), y, s, 1.0)
-        rows.append({"seed": s, **quality(x.numpy(), y.numpy(), model.config["data"]["name"])})
-    return rows
+        for row in evaluate(model, steps, per_class=per_class, seed=s)["rows"]:
+            out[row["steps"]].append({"seed": s, **row})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="score kept samples (.npz files of --keep-samples)")
     p.add_argument("paths", nargs="+", help=".npz files or folders of them")
     p.add_argument("--per-class", type=int, default=PER_CLASS)
-    p.add_argument("--data", default="digits")
     a = p.parse_args(argv)
     files = [f for q in map(Path, a.paths) for f in (sorted(q.glob("*.npz")) if q.is_dir() else [q])]
     for f in files:
         s = pool(load(f), a.per_class)
-        print(json.dumps({"file": str(f), **quality(s["x"], s["labels"], a.data)}))
+        print(json.dumps({"file": str(f), **quality(s["x"], s["labels"])}))
     return 0
 
 
