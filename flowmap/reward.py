@@ -1,0 +1,131 @@
+"""Rewards: callables on final samples in model space, x: [B, *shape] -> [B] scalars (higher is better).
+
+Built in, named by a spec string (`make_reward`):
+- `class:C`   log p(C | x) under the shipped digits classifier (flowmap/classifier.py), images [1, 8, 8];
+- `ink`       stroke mass: the mean pixel brightness in [0, 1] (a class-free reward), images;
+- `mode:K`    gmm8: log N(x; mu_K, std^2 I), the log-density of mixture mode K (0..7), 2-D points.
+Anything else of the form `package.module:function` is imported and called as r(x) -> [B].
+Rewards must be differentiable in x for gradient guidance and fine-tuning (all built-ins are).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import sys
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from flowmap.data import GMM8_K, GMM8_STD, gmm8_means
+from flowmap.errors import UserError
+
+Reward = Callable[[Tensor], Tensor]
+DIGITS_SHAPE = [1, 8, 8]
+
+
+class RewardError(UserError, ValueError):
+    """A reward spec that names no reward, a bad argument, or a reward that does not fit the model."""
+
+
+class ClassLogProb:
+    """log p(target | x) under the shipped digits classifier (trained on the train split only)."""
+
+    def __init__(self, target: int, classifier=None):
+        from flowmap.classifier import load_classifier
+
+        self.target = target
+        self.clf = classifier if classifier is not None else load_classifier()
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return torch.log_softmax(self.clf(x.float()), dim=1)[:, self.target]  # x: [B, 1, 8, 8]
+
+
+class Ink:
+    """Stroke mass: mean brightness (clip(x, -1, 1) + 1) / 2 over all pixels, in [0, 1]."""
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return ((x.clamp(-1, 1) + 1) / 2).flatten(1).mean(1)
+
+
+class GMM8Mode:
+    """log N(x; mu_k, std^2 I) for gmm8's mode k (DESIGN.md: radius 2, std 0.2)."""
+
+    def __init__(self, mode: int):
+        self.mode = mode
+        self.mean = gmm8_means(torch.float32)[mode]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        d2 = ((x - self.mean.to(x)) ** 2).sum(1)  # x: [B, 2]
+        return -d2 / (2 * GMM8_STD**2) - math.log(2 * math.pi * GMM8_STD**2)
+
+
+def _int_arg(spec: str, arg: str, lo: int, hi: int) -> int:
+    try:
+        value = int(arg)
+    except ValueError:
+        raise RewardError(f"reward {spec!r}: {arg!r} is not an integer") from None
+    if not lo <= value <= hi:
+        raise RewardError(f"reward {spec!r}: {value} out of range {lo}..{hi}")
+    return value
+
+
+def _check_shape(spec: str, shape: list[int] | None, want: list[int], what: str) -> None:
+    if shape is not None and list(shape) != want:
+        raise RewardError(f"reward {spec!r} needs {what} of shape {want}; the model makes {list(shape)}")
+
+
+def _builtin(spec: str, name: str, arg: str | None, shape: list[int] | None) -> Reward:
+    if name == "class":
+        _check_shape(spec, shape, DIGITS_SHAPE, "digits images")
+        return ClassLogProb(_int_arg(spec, arg or "", 0, 9))
+    if name == "ink":
+        if arg is not None or (shape is not None and len(shape) != 3):
+            raise RewardError(f"reward {spec!r}: 'ink' takes no argument and needs images [C, H, W]")
+        return Ink()
+    _check_shape(spec, shape, [2], "gmm8 points")
+    return GMM8Mode(_int_arg(spec, arg or "", 0, GMM8_K - 1))
+
+
+BUILTINS = ("class", "ink", "mode")
+
+
+def import_reward(spec: str) -> Reward:
+    """`package.module:function` -> the function (no other code runs than the module's import)."""
+    module, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:  # like uvicorn's --app-dir ".": a module beside the user is found
+        sys.path.insert(0, os.getcwd())
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except ImportError as e:
+        raise RewardError(f"reward {spec!r}: cannot import module {module!r} ({e})") from None
+    except AttributeError:
+        raise RewardError(f"reward {spec!r}: module {module!r} has no attribute {attr!r}") from None
+    if not callable(fn):
+        raise RewardError(f"reward {spec!r}: {attr!r} is not callable")
+    return fn
+
+
+def make_reward(spec: str, shape: list[int] | None = None) -> Reward:
+    """A reward from its spec (`class:7`, `ink`, `mode:0`, `package.module:function`), checked
+    against the model's sample shape when one is given."""
+    name, sep, arg = spec.partition(":")
+    if name in BUILTINS:
+        return _builtin(spec, name, arg if sep else None, shape)
+    if sep and name and arg:
+        return import_reward(spec)
+    raise RewardError(
+        f"unknown reward {spec!r}: use class:C (digits), ink (images), mode:K (gmm8) "
+        "or package.module:function"
+    )
+
+
+def evaluate_reward(reward: Reward, x: Tensor) -> Tensor:
+    """r(x) as a [B] tensor; a clear error if a user reward returns anything else."""
+    r = reward(x)
+    if not isinstance(r, Tensor) or r.shape != (len(x),):
+        got = tuple(r.shape) if isinstance(r, Tensor) else type(r).__name__
+        raise RewardError(f"reward must return a tensor of shape ({len(x)},), got {got}")
+    return r
