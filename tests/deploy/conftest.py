@@ -104,3 +104,37 @@ def labels_in(expr: str) -> set[str]:
 def load_yaml(path: Path):
     with open(path) as f:
         return yaml.safe_load(f)
+
+
+def rule_groups() -> list[dict]:
+    return load_yaml(DEPLOY / "prometheus" / "flowmap-rules.yaml")["groups"]
+
+
+def rules() -> list[dict]:
+    return [r for g in rule_groups() for r in g["rules"]]
+
+
+def dashboard() -> dict:
+    import json
+
+    return json.loads((DEPLOY / "grafana" / "flowmap.json").read_text())
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    """(panel title, expr) for every query of every dashboard panel."""
+    return [(p["title"], t["expr"]) for p in dashboard()["panels"] for t in p["targets"]]
+
+
+def grafana_to_promql(expr: str) -> str:
+    """A dashboard query as Prometheus runs it with every variable on All."""
+    return expr.replace("$__rate_interval", "1m").replace('"$namespace"', '".*"').replace('"$model"', '".*"')
+
+
+def adapter_rules() -> list[dict]:
+    return load_yaml(DEPLOY / "prometheus-adapter" / "config.yaml")["rules"]
+
+
+def adapter_query(rule: dict, namespace: str, pods: list[str]) -> str:
+    """The PromQL prometheus-adapter runs for the HPA's pods metric (its Go template, filled in)."""
+    matchers = f'namespace="{namespace}",pod=~"{"|".join(pods)}"'
+    return rule["metricsQuery"].replace("<<.LabelMatchers>>", matchers).replace("<<.GroupBy>>", "pod")
