@@ -49,6 +49,33 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _finetune_parser(sub) -> None:
+    from flowmap.finetune import FinetuneConfig
+
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a flow map toward a reward",
+        description="Back-propagate a reward (flowmap.reward spec) through the 1-2 step generator, "
+        "regularised toward the frozen base model's samples on the same noise (docs/steering.md).",
+    )
+    for f in dataclasses.fields(FinetuneConfig):
+        kind = {"int": int, "float": float, "str": str}[str(f.type)]
+        p.add_argument(
+            "--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f"(default: {f.default})"
+        )
+    p.add_argument("--resume", action="store_true", help="continue from OUT's .state.safetensors")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_finetune)
+
+
+def cmd_finetune(args) -> int:
+    from flowmap.finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig.from_dict(vars(args))
+    print(f"wrote {finetune(cfg, resume=args.resume, progress=not args.no_progress)}")
+    return 0
+
+
 def _sample_parser(sub) -> None:
     from flowmap.generate import SAMPLER_NAMES
 
@@ -195,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _sample_parser(sub)
     _eval_parser(sub)
+    _finetune_parser(sub)
     for name in PLUGINS:
         try:
             importlib.import_module(name).register(sub)
