@@ -18,6 +18,7 @@ const state = {
   stats: null,
   statsNote: "",
   polling: false,
+  countTouched: false, // until the user sets it: 16 images, or as many points as allowed
 };
 
 // ------------------------------------------------------------------ talking to the server
@@ -162,6 +163,7 @@ function modelChanged() {
     $("class-help").textContent = "This model has no classes.";
     $("guidance").disabled = true;
   }
+  if (!state.countTouched) $("count").value = m.image ? Math.min(16, state.limits.maxSamples) : state.limits.maxSamples;
   $("chart-model").textContent = m.name;
   drawStats();
 }
@@ -372,7 +374,8 @@ function stripCell(k) {
 async function runStrip() {
   const v = formValues();
   const seed = v.seed || state.lastSeed || randomSeed();
-  const count = Math.min(v.count, STRIP_MAX_SAMPLES);
+  const image = (state.models.get($("model").value) || {}).image !== false;
+  const count = image ? Math.min(v.count, STRIP_MAX_SAMPLES) : v.count; // points: one plot each, any count
   const steps = STRIP_STEPS.filter((k) => k <= state.limits.maxSteps);
   const cells = steps.map(stripCell);
   $("strip").replaceChildren(...cells.map((c) => c.li));
@@ -382,12 +385,18 @@ async function runStrip() {
     const r = await generate(String(k), count, seed);
     results.push(r);
     cells[i].cap.textContent = `${k} step${k === 1 ? "" : "s"} · ${fmt(r.json.timings.total_ms)} ms`;
-    if (r.json.images) cells[i].box.replaceChildren(...pngImages(r.json, `${k}-step`));
+    if (r.json.images) {
+      cells[i].box.style.setProperty("--cols", String(Math.min(count, 4)));
+      cells[i].box.replaceChildren(...pngImages(r.json, `${k}-step`));
+    }
   }
   if (!results[0].json.images) {
     const arrays = results.map((r) => parseNpy(r.json.array));
     const r = extent(arrays);
-    arrays.forEach((a, i) => cells[i].box.replaceChildren(pointsCanvas(a, r, `${steps[i]}-step samples`)));
+    arrays.forEach((a, i) => {
+      cells[i].box.className = "strip-points";
+      cells[i].box.replaceChildren(pointsCanvas(a, r, `${steps[i]}-step samples`));
+    });
   }
   state.lastSeed = seed;
   $("strip-h").textContent = `Steps strip (seed ${seed})`;
@@ -490,7 +499,7 @@ function drawChart(rows) {
   g.setTransform(dpr, 0, 0, dpr, 0, 0);
   g.clearRect(0, 0, w, h);
   g.font = "12px system-ui, sans-serif";
-  const pad = { l: 48, r: 10, t: 22, b: 28 };
+  const pad = { l: 48, r: 10, t: 22, b: 36 };
   const pw = w - pad.l - pad.r;
   const ph = h - pad.t - pad.b;
   const steps = [];
@@ -547,7 +556,9 @@ function drawChart(rows) {
     lx += 52;
   }
   g.fillStyle = color("--muted", "#666");
-  g.fillText(state.statsNote || (rows.length ? "steps →" : "no requests yet"), lx + 8, 15);
+  g.fillText(state.statsNote || (rows.length ? "" : "no requests yet"), lx + 8, 15);
+  g.textAlign = "center";
+  g.fillText("steps", pad.l + pw / 2, h - 3);
   canvas.setAttribute("aria-label", label.length ? label.join("; ") : "No latency data yet");
 }
 
@@ -570,12 +581,14 @@ async function start() {
   $("key-form").addEventListener("submit", onKey);
   $("forget-key").addEventListener("click", forgetKey);
   $("model").addEventListener("change", modelChanged);
+  $("count").addEventListener("input", () => {
+    state.countTouched = true;
+  });
   $("steps").addEventListener("change", () => {
     $("deadline").disabled = $("steps").value !== "auto";
   });
   window.addEventListener("resize", drawStats);
   await loadLimits();
-  $("count").value = Math.min(16, state.limits.maxSamples);
   drawStats();
   if (await loadModels()) startPolling();
   document.body.dataset.ready = "true"; // for tests and scripts: the first load is done
