@@ -13,7 +13,11 @@ import json
 import sys
 from pathlib import Path
 
-METRICS = {"gmm8": ("rel_mse", "energy"), "digits": ("fd", "class_acc")}
+# one table per group of columns (digits: the two FDs and accuracy, then what blur and over-fitting move)
+METRICS = {
+    "gmm8": [("rel_mse", "energy")],
+    "digits": [("fd", "fd_pixel", "class_acc"), ("recall", "diversity", "nn_ratio")],
+}
 
 
 def _fmt(v: float) -> str:
@@ -21,22 +25,31 @@ def _fmt(v: float) -> str:
 
 
 def methods_table(folder: Path) -> str:
-    runs = {r["method"]: r for r in json.loads((folder / "manifest.json").read_text())["runs"]}
     results = json.loads((folder / "eval.json").read_text())
     results = results if isinstance(results, list) else [results]
-    data = results[0]["data"]
-    a, b = METRICS.get(data, ("fd", "precision"))
+    groups = METRICS.get(results[0]["data"], [("fd", "precision")])
+    tables = [_group_table(folder, results, g) for g in groups]
+    if "fd_floor_train_vs_test" in results[0]:
+        floors = f"FD floor (train split vs test split): {results[0]['fd_floor_train_vs_test']:.2f}"
+        if "fd_pixel_floor_train_vs_test" in results[0]:
+            floors += f"; pixel space: {results[0]['fd_pixel_floor_train_vs_test']:.2f}"
+        tables.append(floors + ".")
+    return "\n\n".join(tables)
+
+
+def _group_table(folder: Path, results: list[dict], metrics: tuple[str, ...]) -> str:
+    runs = {r["method"]: r for r in json.loads((folder / "manifest.json").read_text())["runs"]}
     steps = [r["steps"] for r in results[0]["rows"]]
-    head = ["method", "train steps", "cpu s", "sampler"]
-    head += [f"{a} {k}" for k in steps] + [f"{b} {k}" for k in steps]
-    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * 2 + "---|" + "---:|" * 2 * len(steps)]
+    head = ["method", "train steps", "cpu s", "sampler"] + [f"{a} {k}" for a in metrics for k in steps]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|---|" + "---:|" * 2 + "---|" + "---:|" * len(metrics) * len(steps),
+    ]
     for res in results:
         m, rows = res["method"], res["rows"]
         cells = [f"`{m}`", str(runs[m]["steps"]), f"{runs[m]['cpu_seconds']:.0f}", rows[0]["sampler"]]
-        cells += [_fmt(r[a]) for r in rows] + [_fmt(r[b]) for r in rows]
+        cells += [_fmt(r[a]) for a in metrics for r in rows]
         lines.append("| " + " | ".join(cells) + " |")
-    if "fd_floor_train_vs_test" in results[0]:
-        lines += ["", f"FD floor (train split vs test split): {results[0]['fd_floor_train_vs_test']:.2f}."]
     return "\n".join(lines)
 
 
@@ -46,7 +59,18 @@ def ode_table(folder: Path) -> str:
         return ""
     res = json.loads(path.read_text())
     rows = res["rows"]
-    keys = [k for k in ("rel_mse", "energy", "fd", "class_acc", "precision", "recall") if k in rows[0]]
+    names = (
+        "rel_mse",
+        "energy",
+        "fd",
+        "fd_pixel",
+        "class_acc",
+        "precision",
+        "recall",
+        "diversity",
+        "nn_ratio",
+    )
+    keys = [k for k in names if k in rows[0]]
     lines = ["| Heun steps (2 calls each) | " + " | ".join(str(r["steps"]) for r in rows) + " |"]
     lines.append("|---|" + "---:|" * len(rows))
     lines += [f"| {k} | " + " | ".join(_fmt(r[k]) for r in rows) + " |" for k in keys]
