@@ -123,6 +123,42 @@ class Eulerian:
 
 
 @dataclass
+class EulerianTerminal(Eulerian):
+    """esdt: esd (MeanFlow) plus a terminal self-consistency term for long jumps, in u units:
+    ||u(x_s, s, 0) - (x_s - sg(X^k_{s,0}(x_s))) / s||^2, X^k the model's own k-jump composite from s to 0
+    (shortcut models' self-consistency, Frans et al. 2024, aimed at X_{s,0} as consistency models are).
+
+    A fraction `long_fraction` of the terminal pairs start at s = 1 (the 1-step sampler's jump), the rest
+    at s ~ U(s_min, 1). Targets from sg(student) (iCT) or the EMA net.
+    """
+
+    terminal_weight: float = 1.0
+    substeps: int = 4
+    long_fraction: float = 0.5
+    s_min: float = 0.05
+    ema_targets: bool = False
+    uses: ClassVar[tuple[str, ...]] = ("ema",)
+
+    def __call__(self, net, x0: Tensor, y: Tensor | None = None, *, ema=None) -> Tensor:
+        esd = super().__call__(net, x0, y)
+        s = self.s_min + (1 - self.s_min) * torch.rand(x0.shape[0], device=x0.device)
+        s = torch.where(torch.rand_like(s) < self.long_fraction, torch.ones_like(s), s)
+        x_s, _ = interpolate(self.interpolant, x0, torch.randn_like(x0), s)
+        y = drop_labels(y, self.label_dropout, getattr(net, "num_classes", 0))
+        x_0 = self.composite(ema if self.ema_targets else net, x_s, s, y)
+        u = net(x_s, s, torch.zeros_like(s), y)
+        return esd + self.terminal_weight * sqnorm(u - (x_s - x_0) / expand(s, x_s))
+
+    @torch.no_grad()
+    def composite(self, net, x: Tensor, s: Tensor, y: Tensor | None) -> Tensor:
+        """X^k_{s,0}(x): k flow-map jumps on the uniform grid from s to 0, per sample."""
+        for j in range(self.substeps):
+            a, b = s * (1 - j / self.substeps), s * (1 - (j + 1) / self.substeps)
+            x = x + expand(b - a, x) * net(x, a, b, y)
+        return x
+
+
+@dataclass
 class Lagrangian:
     """lsd (Boffi, Albergo & Vanden-Eijnden 2025): diagonal flow matching plus
     ||d/dt X_{s,t}(x_s) - sg(u(X_{s,t}(x_s), t, t))||^2, the t-derivative by a forward-mode JVP."""
@@ -299,6 +335,7 @@ class EulerianDistill:
 LOSSES = {
     "fm": FlowMatching,
     "esd": Eulerian,
+    "esdt": EulerianTerminal,
     "lsd": Lagrangian,
     "psd": Progressive,
     "ct": ConsistencyTraining,

@@ -183,11 +183,48 @@ def test_self_distillation_targets_vanish_at_the_exact_flow_map():
     assert torch.allclose(u, target, atol=1e-12)
 
 
+def test_esdt_terminal_target_is_k_hand_composed_jumps_and_vanishes_at_the_exact_map():
+    net, (x, s, _) = mlp(), pairs()
+    loss = losses.EulerianTerminal(substeps=3)
+    by_hand, grid = x, [s, 2 * s / 3, s / 3, torch.zeros_like(s)]
+    for a, b in zip(grid[:-1], grid[1:], strict=True):
+        by_hand = flow_step(net, by_hand, a, b)
+    assert torch.allclose(loss.composite(net, x, s, None), by_hand, atol=1e-12)
+    exact, wrong = GaussFlow(), GaussFlow(scale=1.1)  # X^k_{s,0} = X_{s,0} only for the exact map
+    assert torch.allclose(loss.composite(exact, x, s, None), flow_step(exact, x, s, torch.zeros_like(s)))
+    assert not torch.allclose(loss.composite(wrong, x, s, None), flow_step(wrong, x, s, torch.zeros_like(s)))
+
+
+@pytest.mark.parametrize("ema_targets", [False, True])
+def test_esdt_is_esd_plus_the_weighted_terminal_residual(ema_targets):
+    net, x0 = mlp(), gauss_batch(256)
+    ema = copy.deepcopy(net)
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    kw = dict(time=TimeSampler("uniform"), label_dropout=0.0, ema_targets=ema_targets)
+    torch.manual_seed(3)
+    esd = losses.Eulerian(time=TimeSampler("uniform"), label_dropout=0.0)(net, x0)
+    torch.manual_seed(3)
+    off = losses.EulerianTerminal(terminal_weight=0.0, **kw)(net, x0, ema=ema)
+    torch.manual_seed(3)
+    on = losses.EulerianTerminal(terminal_weight=2.0, long_fraction=0.0, **kw)(net, x0, ema=ema)
+    assert torch.allclose(off, esd)
+    torch.manual_seed(3)
+    losses.Eulerian(time=TimeSampler("uniform"), label_dropout=0.0)(net, x0)  # replay the esd draws
+    s = (0.05 + 0.95 * torch.rand(len(x0))).double()  # the loss's s ~ U(s_min, 1), then its long-jump coin
+    torch.rand(len(x0))
+    x_s = expand(1 - s, x0) * x0 + expand(s, x0) * torch.randn_like(x0)
+    target = losses.EulerianTerminal(substeps=4).composite(ema if ema_targets else net, x_s, s, None)
+    term = ((net(x_s, s, 0 * s) - (x_s - target) / expand(s, x_s)) ** 2).mean(1)
+    assert torch.allclose(on, esd + 2.0 * term)
+
+
 def test_make_loss_rejects_unknown_methods_and_registry_is_complete():
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         losses.make_loss("nope")
     assert set(losses.LOSSES) >= {"fm", "lsd", "esd", "psd", "ct", "cd", "distill", "lmd", "emd"}
-    assert losses.uses(losses.make_loss("psd")) == ("ema",)
+    assert losses.uses(losses.make_loss("psd")) == ("ema",) == losses.uses(losses.make_loss("esdt"))
     assert {m for m in losses.LOSSES if "teacher" in losses.uses(losses.make_loss(m))} == {
         "cd",
         "distill",
