@@ -119,7 +119,7 @@ def eval_rows(model, steps: list[int], seeds: list[int], per_class: int = PER_CL
     out: dict[int, list[dict]] = {k: [] for k in steps}
     for s in seeds:
         for row in evaluate(model, steps, per_class=per_class, seed=s)["rows"]:
-            out[row["steps"]].append({"seed": s, **row})
+            out[row["steps"]].append({"seed": s, "n": per_class * model.num_classes, **row})
     return out
 
 

@@ -1,0 +1,333 @@
+"""The sweep's markdown report, goals and PNG plots (from the JSON loadtests.sweep writes).
+
+python -m loadtests.sweep_report runs/sweep/sweep.json    # re-render OUT/sweep.md and the plots
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from loadtests.plots import Panel, panels
+
+
+def span(values, spec: str = ".1f") -> str:
+    v = [x for x in values if x is not None and x == x]
+    if not v:
+        return "n/a"
+    lo, hi = format(min(v), spec), format(max(v), spec)
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def cells(result: dict) -> dict[tuple[str, float], list[dict]]:
+    """(steps, rate) -> its rows over the repeats."""
+    out = defaultdict(list)
+    for r in result["rows"]:
+        out[(r["steps"], r["rate"])].append(r)
+    return out
+
+
+def q(row: dict, key: str):
+    return (row.get("quality") or {}).get(key)
+
+
+def settings(result: dict) -> list[str]:
+    return list(dict.fromkeys(r["steps"] for r in result["rows"]))
+
+
+# ---- goals --------------------------------------------------------------------------------------
+
+
+def knee(rows: list[dict], limit: float = 0.9) -> float | None:
+    """The lowest offered rate at which attainment falls below `limit` (None: never)."""
+    below = [r["rate"] for r in rows if r["attainment"] < limit]
+    return min(below) if below else None
+
+
+def goals_of_repeat(rows: list[dict]) -> dict:
+    """Issue 10's auto goals on one repeat: 4-step knee L90, auto/4-step goodput there, auto's worst
+    attainment up to 2 L90, and whether auto's FD rises with load from the 4-step toward the 1-step value."""
+    by = defaultdict(dict)
+    for r in rows:
+        by[r["steps"]][r["rate"]] = r
+    four, auto = by.get("4", {}), by.get("auto", {})
+    l90 = knee(list(four.values()))
+    out = {"l90": l90, "goodput_ratio": None, "worst_attainment_to_2x": None, "fd_monotone": None}
+    if l90 is None or not auto:
+        return out
+    if l90 in auto and four[l90]["goodput_rps"] > 0:
+        out["goodput_ratio"] = auto[l90]["goodput_rps"] / four[l90]["goodput_rps"]
+    elif l90 in auto:
+        out["goodput_ratio"] = float("inf") if auto[l90]["goodput_rps"] > 0 else None
+    upto = [auto[r]["attainment"] for r in auto if r <= 2 * l90]
+    out["worst_attainment_to_2x"] = min(upto) if upto else None
+    fds = [q(auto[r], "fd") for r in sorted(auto)]
+    fds = [f for f in fds if f is not None]
+    if len(fds) > 1:
+        out["fd_monotone"] = bool(all(b >= a * 0.9 for a, b in zip(fds, fds[1:], strict=False)))
+    return out
+
+
+def goals(result: dict) -> list[str]:
+    reps = defaultdict(list)
+    for r in result["rows"]:
+        reps[r["repeat"]].append(r)
+    gs = [goals_of_repeat(v) for _, v in sorted(reps.items())]
+    verdict = lambda ok: "n/a" if ok is None else ("met" if ok else "**NOT met**")
+    ratio = [g["goodput_ratio"] for g in gs]
+    worst = [g["worst_attainment_to_2x"] for g in gs]
+    mono = [g["fd_monotone"] for g in gs]
+    all_ok = lambda vs, f: None if not vs or None in vs else all(f(v) for v in vs)
+    rows = [
+        (
+            "fixed 4 steps: lowest offered load below 90% attainment (L90)",
+            f"{span([g['l90'] for g in gs], '.0f')} req/s",
+            "",
+        ),
+        (
+            "auto goodput at L90 >= 2x fixed 4 steps",
+            f"{span(ratio, '.2f')}x",
+            verdict(all_ok(ratio, lambda v: v >= 2)),
+        ),
+        (
+            "auto attainment >= 99% up to 2 x L90",
+            f"worst {span(worst, '.3f')}",
+            verdict(all_ok(worst, lambda v: v >= 0.99)),
+        ),
+        ("auto FD rises with load (each point >= 0.9x the previous)", str(mono), verdict(all_ok(mono, bool))),
+    ]
+    return ["| goal | measured (per repeat) | met |", "|---|---|---|"] + [
+        f"| {g} | {m} | {v} |" for g, m, v in rows
+    ]
+
+
+# ---- tables -------------------------------------------------------------------------------------
+
+
+LOAD_COLUMNS = (
+    "steps | offered req/s | SLO attainment | goodput req/s | p50 ms | p99 ms | FD | FD pixel | class acc"
+    " | recall | samples scored | steps used (1/2/3/4) | non-200 | load avg (1/5/15 min)"
+)
+
+
+def load_row(steps: str, rs: list[dict]) -> str:
+    bad = defaultdict(int)
+    for r in rs:
+        for code, n in r["statuses"].items():
+            if code != "200":
+                bad[code] += n
+    chosen = "/".join(map(str, np.sum([r["chosen_steps"] for r in rs], 0).tolist()))
+    col = lambda key, spec=".1f": span([r[key] for r in rs], spec)  # noqa: E731
+    qual = lambda key, spec: span([q(r, key) for r in rs], spec)  # noqa: E731
+    vals = [
+        steps,
+        col("offered_rps", ".0f"),
+        col("attainment", ".3f"),
+        col("goodput_rps", ".0f"),
+        col("p50_ms"),
+    ]
+    vals += [col("p99_ms"), qual("fd", ".2f"), qual("fd_pixel", ".2f"), qual("class_acc", ".3f")]
+    vals += [
+        qual("recall", ".3f"),
+        qual("n", ".0f"),
+        chosen,
+        str(dict(bad) or ""),
+        "; ".join(r["load"] for r in rs),
+    ]
+    return "| " + " | ".join(vals) + " |"
+
+
+def load_table(result: dict) -> list[str]:
+    head = ["| " + LOAD_COLUMNS + " |", "|---|" + "---:|" * 10 + "---|---|---|"]
+    return head + [load_row(steps, rs) for (steps, _), rs in cells(result).items()]
+
+
+EVAL_COLUMNS = (
+    "steps | eval FD (seeds: mean, min–max) | sweep FD (all loads) | within eval's seed range +- 3 sd"
+    " | eval FD pixel | sweep FD pixel | eval class acc | sweep class acc | max abs server - library"
+)
+
+
+def within(fd: list, efd: list, n: list[int], n_eval: list[int]) -> str:
+    """Every sweep FD inside [min - 3 sd, max + 3 sd] of eval's seeds?"""
+    if not efd or not fd or None in fd:
+        return "n/a"
+    if min(n) < max(n_eval):
+        return f"n/a (scored {min(n)} samples, eval {max(n_eval)})"
+    sd = float(np.std(efd, ddof=1)) if len(efd) > 1 else 0.0
+    return "yes" if all(min(efd) - 3 * sd <= f <= max(efd) + 3 * sd for f in fd) else "**no**"
+
+
+def eval_row(result: dict, steps: str) -> str:
+    rows = [r for r in result["rows"] if r["steps"] == steps]
+    ev = result.get("eval", {}).get(steps, [])
+    fd, efd = [q(r, "fd") for r in rows], [e["fd"] for e in ev]
+    mean = f"{np.mean(efd):.2f} ({span(efd, '.2f')})" if efd else "n/a"
+    vals = [
+        steps,
+        mean,
+        span(fd, ".2f"),
+        within(fd, efd, [q(r, "n") or 0 for r in rows], [e.get("n", 1000) for e in ev]),
+        span([e["fd_pixel"] for e in ev], ".2f"),
+    ]
+    vals += [span([q(r, "fd_pixel") for r in rows], ".2f"), span([e.get("class_acc") for e in ev], ".3f")]
+    vals += [
+        span([q(r, "class_acc") for r in rows], ".3f"),
+        span([r.get("max_abs_vs_library") for r in rows], ".1e"),
+    ]
+    return "| " + " | ".join(vals) + " |"
+
+
+def eval_table(result: dict) -> list[str]:
+    """Sweep quality per step count (over all loads and repeats) against `flowmap eval` (several seeds)."""
+    head = ["| " + EVAL_COLUMNS + " |", "|---|---|---|---|---|---|---|---|---:|"]
+    return head + [eval_row(result, s) for s in settings(result)]
+
+
+def markdown(result: dict) -> str:
+    m = result["meta"]
+    c = m["ceiling"]
+    L = [
+        f"Date {m['date']}; machine {m['machine']}; git {m['git']}; load average before {m['load_before']}, "
+        f"after {m.get('load_after', '?')}.",
+        f"Command: `{m['command']}`; server: `{m['server']}`; mix `{m['mix']}`; {m['seconds']:g} s per point "
+        f"after {m['warmup']:g} s warm-up.",
+        f"Generator ceiling (GET /healthz, {c['connections']} connections): {c['healthz_rps']:.0f} req/s."
+        + (
+            f" Fixed-4-step closed-loop capacity: {m['capacity_4steps_rps']:.0f} req/s."
+            if m.get("capacity_4steps_rps")
+            else ""
+        ),
+        "",
+        "### Latency, SLO and quality by steps and offered load",
+        "",
+        *load_table(result),
+        "",
+        "### Quality against `flowmap eval`",
+        "",
+        *eval_table(result),
+        "",
+        "### Goals (auto)",
+        "",
+        *goals(result),
+    ]
+    return "\n".join(L) + "\n"
+
+
+# ---- plots --------------------------------------------------------------------------------------
+
+
+def mean_series(result: dict, steps: str, x: str, y) -> list[tuple[float, float]]:
+    pts = defaultdict(list)
+    for r in result["rows"]:
+        if r["steps"] == steps:
+            v = y(r)
+            if v is not None:
+                pts[r[x] if x != "offered" else r["rate"]].append(v)
+    return [(k, float(np.mean(v))) for k, v in sorted(pts.items())]
+
+
+def plot_all(result: dict, out: Path) -> list[Path]:
+    fixed = [s for s in settings(result) if s != "auto"]
+    rates = sorted({r["rate"] for r in result["rows"]})
+    lo = rates[0]
+    lat = {}
+    for rate in (lo, rates[len(rates) // 2]):
+        for p in ("p50_ms", "p99_ms"):
+            lat[f"{p[:3]} @ {rate:g}/s"] = [
+                (int(s), v)
+                for s in fixed
+                for _, v in mean_series(result, s, "rate", lambda r, p=p: r[p])
+                if _ == rate
+            ]
+    fd = {
+        "sweep FD (mean over loads)": [
+            (
+                int(s),
+                float(
+                    np.mean([v for _, v in mean_series(result, s, "rate", lambda r: q(r, "fd"))] or [np.nan])
+                ),
+            )
+            for s in fixed
+        ]
+    }
+    ev = result.get("eval", {})
+    fd["flowmap eval FD (mean of seeds)"] = [
+        (int(k), float(np.mean([e["fd"] for e in v]))) for k, v in ev.items()
+    ]
+    paths = [
+        panels(
+            out / "steps.png",
+            [Panel("latency (ms) vs steps", "steps", lat), Panel("FD vs steps", "steps", fd)],
+        )
+    ]
+    every = settings(result)
+    good = {f"steps={s}": mean_series(result, s, "rate", lambda r: r["goodput_rps"]) for s in every}
+    att = {f"steps={s}": mean_series(result, s, "rate", lambda r: r["attainment"]) for s in every}
+    paths.append(
+        panels(
+            out / "load.png",
+            [
+                Panel("goodput (req/s meeting the SLO) vs offered load", "offered req/s", good),
+                Panel("SLO attainment vs offered load", "offered req/s", att, {"0.99": 0.99, "0.9": 0.9}),
+            ],
+        )
+    )
+    if "auto" in every:
+        paths.append(plot_auto(result, out, fixed))
+    return paths
+
+
+def plot_auto(result: dict, out: Path, fixed: list[str]) -> Path:
+    chosen = lambda r: (
+        (np.dot(r["chosen_steps"], [1, 2, 3, 4]) / max(1, sum(r["chosen_steps"])))
+        if sum(r["chosen_steps"])
+        else None
+    )
+    ref = {}
+    for s in ("1", "4"):
+        v = [q(r, "fd") for r in result["rows"] if r["steps"] == s and q(r, "fd") is not None]
+        if v and s in fixed:
+            ref[f"fixed {s} steps"] = float(np.mean(v))
+    slo_ms = result["meta"].get("slo_ms", 100.0)
+    slo = {f"SLO {slo_ms:g} ms": slo_ms}
+    return panels(
+        out / "auto.png",
+        [
+            Panel(
+                "auto: mean steps used vs offered load",
+                "offered req/s",
+                {"auto": mean_series(result, "auto", "rate", chosen)},
+            ),
+            Panel(
+                "auto: FD vs offered load",
+                "offered req/s",
+                {"auto": mean_series(result, "auto", "rate", lambda r: q(r, "fd"))},
+                ref,
+            ),
+            Panel(
+                "auto: p99 latency (ms) vs offered load",
+                "offered req/s",
+                {"auto": mean_series(result, "auto", "rate", lambda r: r["p99_ms"])},
+                slo,
+            ),
+        ],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    path = Path((argv or sys.argv[1:])[0])
+    result = json.loads(path.read_text())
+    text = markdown(result)
+    (path.parent / "sweep.md").write_text(text)
+    plot_all(result, path.parent)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
