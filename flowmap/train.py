@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -59,6 +60,7 @@ class TrainConfig:
     labels: str = "use"  # use, or drop: train an unconditional model on labelled data (same split)
     guidance: float = 1.0  # guidance scale baked into training (esd, cd, distill, lmd, emd)
     teacher: str | None = None  # teacher checkpoint for cd, distill, lmd, emd
+    init: str | None = None  # start from this checkpoint's weights (a second stage, e.g. esd then esdt)
     threads: int = 1
 
     def __post_init__(self):
@@ -167,14 +169,44 @@ def load_state(path: Path, net, ema, opt) -> int:
     return int(meta["step"])
 
 
+# options that do not change the training trajectory: a state saved under other values still matches
+RESUME_IGNORES = ("threads", "ckpt_every")
+
+
+def config_changes(saved: dict, cfg: TrainConfig) -> list[str]:
+    """What differs between a saved state's config and this one, as 'name old -> new'."""
+    now = {k: v for k, v in asdict(cfg).items() if k not in RESUME_IGNORES}
+    return [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k, v) != v]
+
+
+def resume_from(path: Path, cfg: TrainConfig, parts: tuple, resume: bool | None) -> int:
+    """The step to start from. resume None (the default): continue a saved state of the same config,
+    refuse to replace one of another config; True: continue it whatever changed; False: start over."""
+    if resume is False or not path.exists():
+        return 0
+    tensors, meta = read_tensors(path)
+    changes = config_changes(json.loads(meta.get("config", "{}")), cfg)
+    if changes and resume is None:
+        raise TrainingError(
+            f"{path} holds a run with another config ({'; '.join(changes)}): pass --resume to continue"
+            " it with this config, or --overwrite to start over and replace it"
+        )
+    try:
+        step = load_state(path, *parts)
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise TrainingError(f"{path}: cannot continue it with this config ({str(e)[:200]})") from None
+    print(f"flowmap: resuming {cfg.out} from step {step} of {cfg.steps} ({path.name})", file=sys.stderr)
+    return step
+
+
 @torch.no_grad()
 def ema_update(ema, net, decay: float) -> None:
     for pe, p in zip(ema.parameters(), net.parameters(), strict=True):
         pe.lerp_(p, 1 - decay)
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Train a flow map; returns the checkpoint path (EMA weights)."""
+def train(cfg: TrainConfig, resume: bool | None = None, progress: bool = True) -> Path:
+    """Train a flow map; returns the checkpoint path (EMA weights). resume: see resume_from."""
     torch.set_num_threads(cfg.threads)
     ctx = distributed.setup()  # torchrun: one process per rank; otherwise single-process
     try:
@@ -183,7 +215,17 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         distributed.teardown(ctx)
 
 
-def _train(cfg: TrainConfig, ctx: distributed.DistContext, resume: bool, progress: bool) -> Path:
+def init_weights(net, path: str, arch: dict) -> None:
+    """Load a checkpoint's weights into `net`; a clear error if its architecture differs."""
+    from flowmap.checkpoint import load_model
+
+    model = load_model(path)
+    if model.config.get("arch") != arch:
+        raise ValueError(f"--init {path}: its architecture {model.config.get('arch')} differs from {arch}")
+    net.load_state_dict(model.net.state_dict())
+
+
+def _train(cfg: TrainConfig, ctx: distributed.DistContext, resume: bool | None, progress: bool) -> Path:
     distributed.local_batch(cfg.batch_size, ctx)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     data = load_data(cfg.data)
@@ -191,11 +233,13 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, resume: bool, progres
         data = dataclasses.replace(data, num_classes=0, y_train=None, y_test=None)
     loss_fn = build_loss(cfg)
     net = build_net(arch_config(cfg, data))
+    if cfg.init:
+        init_weights(net, cfg.init, arch_config(cfg, data))
     ema = copy.deepcopy(net).requires_grad_(False)
     extras = loss_extras(loss_fn, cfg, data, ema)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     out = Path(cfg.out)
-    start = load_state(state_path(out), net, ema, opt) if resume and state_path(out).exists() else 0
+    start = resume_from(state_path(out), cfg, (net, ema, opt), resume)
     if ctx.enabled:  # per-rank batches, noise and times; rank 0's weights everywhere
         torch.manual_seed(distributed.rank_seed(cfg.seed, ctx, start))
         distributed.broadcast_params(net, ctx)
