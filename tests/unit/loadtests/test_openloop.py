@@ -1,0 +1,110 @@
+"""Open-loop load math: the Poisson schedule, SLO attainment and goodput, request mixes."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from loadtests import openloop
+from loadtests.mix import MixError, load_mix, parse_mix
+
+
+def test_poisson_times_have_the_rate_and_exponential_gaps():
+    rng = np.random.default_rng(0)
+    t = openloop.poisson_times(200.0, 50.0, rng)
+    assert t.min() >= 0 and t.max() < 50 and np.all(np.diff(t) > 0)
+    assert len(t) == pytest.approx(200 * 50, rel=0.03)  # sd of a Poisson count: sqrt(10000) = 1%
+    gaps = np.diff(t)
+    assert gaps.mean() == pytest.approx(1 / 200, rel=0.03)
+    assert gaps.std() == pytest.approx(1 / 200, rel=0.05)  # exponential: sd = mean (a fixed rate has 0)
+    counts = np.bincount((t / 0.1).astype(int))  # arrivals per 100 ms window: Poisson(20)
+    assert counts.var() == pytest.approx(counts.mean(), rel=0.15)
+
+
+def test_poisson_times_refuse_nonpositive_rate():
+    with pytest.raises(ValueError, match="rate and seconds"):
+        openloop.poisson_times(0, 1, np.random.default_rng(0))
+
+
+def test_stats_attainment_and_goodput_count_only_timely_200s():
+    status = np.array([200, 200, 200, 429, 504, openloop.CONN_ERROR, openloop.NOT_DONE, 200])
+    latency = np.array([10.0, 99.9, 100.1, 1.0, 50.0, np.nan, np.nan, 30.0])
+    slo = np.array([100.0, 100, 100, 100, 100, 100, 100, 20])
+    s = openloop.stats(status, latency, slo, window=4.0, lag=np.zeros(8))
+    # met: 10 <= 100, 99.9 <= 100; not 100.1 > 100; not the 429/504/errors; not 30 > its own SLO of 20
+    assert (s["sent"], s["ok"], s["met"]) == (8, 4, 2)
+    assert s["attainment"] == 2 / 8
+    assert s["goodput_rps"] == 2 / 4.0 and s["throughput_rps"] == 4 / 4.0 and s["offered_rps"] == 8 / 4.0
+    assert s["statuses"] == {"-1": 1, "0": 1, "200": 4, "429": 1, "504": 1}
+    assert s["p50_ms"] == pytest.approx(np.percentile([10, 99.9, 100.1, 30], 50))
+
+
+def test_summarize_drops_the_warmup_and_measures_latency_from_the_schedule():
+    at = np.array([0.0, 0.5, 1.0, 2.0, 3.0])
+    plan = openloop.Plan(at, [b""] * 5, np.zeros(5, int), np.full(5, 100.0))
+    out = openloop.Outcome(
+        plan, np.full(5, 200), at + 0.01, at + np.array([0.5, 0.5, 0.05, 0.2, 0.01]), [None] * 5
+    )
+    s = openloop.summarize(out, warmup=1.0)
+    assert s["sent"] == 3 and s["met"] == 2  # 50 ms and 10 ms met; 200 ms not; the warm-up's two ignored
+    assert s["goodput_rps"] == 2 / 2.0  # window: arrivals from 1.0 to 3.0 s
+
+
+MIX = {
+    "slo_ms": 80,
+    "request": [
+        {"weight": 3, "steps": 4, "num_samples": 3},
+        {"weight": 1, "steps": "auto", "num_samples": 2, "classes": 7, "slo_ms": 200},
+    ],
+}
+
+
+def test_mix_draws_by_weight_and_cycles_classes_across_requests():
+    mix = parse_mix(MIX)
+    picks = mix.draw(20000, random.Random(0))
+    assert np.mean(np.array(picks) == 0) == pytest.approx(0.75, abs=0.015)
+    bodies = mix.bodies([0, 1, 0, 0], seed_base=100, num_classes=4)
+    assert [b["seed"] for b in bodies] == [100, 101, 102, 103]
+    assert bodies[0]["class_label"] == [0, 1, 2] and bodies[2]["class_label"] == [3, 0, 1]  # continues
+    assert bodies[1]["class_label"] == 7 and bodies[1]["deadline_ms"] == 200  # auto: deadline = its SLO
+    assert "deadline_ms" not in bodies[0] and bodies[0]["output"] == "npy"
+    assert [e.slo_ms for e in mix.entries] == [80, 200]
+
+
+def test_with_steps_replaces_steps_and_gives_auto_a_deadline():
+    mix = parse_mix(MIX)
+    auto = mix.with_steps("auto")
+    assert [e.steps for e in auto.entries] == ["auto", "auto"]
+    assert [e.deadline_ms for e in auto.entries] == [80, 200]
+    assert [e.deadline_ms for e in mix.with_steps(2).entries] == [None, 200]
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({}, "at least one"),
+        ({"request": [{"steps": 0}]}, "steps must be an integer"),
+        ({"request": [{"steps": "fast"}]}, "steps must be an integer"),
+        ({"request": [{"weight": -1}]}, "weight must be a number > 0"),
+        ({"request": [{"num_samples": True}]}, "num_samples must be an integer"),
+        ({"request": [{"classes": "many"}]}, "classes must be"),
+        ({"request": [{"stepz": 2}]}, "unknown field"),
+        ({"request": [{"output": "jpg"}]}, "output must be"),
+    ],
+)
+def test_bad_mixes_name_the_field(bad, message):
+    with pytest.raises(MixError, match=message):
+        parse_mix(bad)
+
+
+def test_shipped_mixes_load_and_json_mixes_too(tmp_path):
+    assert load_mix("sweep").entries[0].num_samples == 8
+    assert {e.steps for e in load_mix("mixed").entries} == {1, 2, 4, "auto"}
+    p = tmp_path / "m.json"
+    p.write_text(json.dumps(MIX))
+    assert load_mix(p).entries[1].classes == 7
+    with pytest.raises(MixError, match="not found"):
+        load_mix(tmp_path / "nope.toml")

@@ -1,0 +1,36 @@
+"""The sweep's goal arithmetic on hand-made rows: the 4-step knee, auto's goodput ratio and attainment."""
+
+from __future__ import annotations
+
+from loadtests import sweep_report
+
+
+def row(steps, rate, attainment, goodput, fd=None):
+    return {
+        "steps": steps,
+        "rate": rate,
+        "attainment": attainment,
+        "goodput_rps": goodput,
+        "quality": {"fd": fd},
+    }
+
+
+def test_knee_is_the_lowest_load_below_the_limit():
+    rows = [row("4", 100, 1.0, 100), row("4", 300, 0.5, 150), row("4", 200, 0.89, 178)]
+    assert sweep_report.knee(rows) == 200
+    assert sweep_report.knee(rows[:1]) is None
+
+
+def test_goals_of_a_repeat():
+    rows = [row("4", r, a, g) for r, a, g in [(100, 1.0, 100), (200, 0.5, 100), (400, 0.1, 40)]]
+    rows += [
+        row("auto", r, a, g, fd)
+        for r, a, g, fd in [(100, 1.0, 100, 5), (200, 0.995, 199, 6), (400, 0.98, 392, 9)]
+    ]
+    g = sweep_report.goals_of_repeat(rows)
+    assert g["l90"] == 200
+    assert g["goodput_ratio"] == 199 / 100
+    assert g["worst_attainment_to_2x"] == 0.98  # up to 2 x 200 = 400 included
+    assert g["fd_monotone"] is True
+    rows[-1]["quality"]["fd"] = 4.0  # FD falls with load: not a smooth rise
+    assert sweep_report.goals_of_repeat(rows)["fd_monotone"] is False
