@@ -34,7 +34,14 @@ def _train_parser(sub) -> None:
             required=f.name in ("data", "method", "out"),
             help=f"(default: {f.default})",
         )
-    p.add_argument("--resume", action="store_true", help="continue from OUT's .state.safetensors")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue OUT's .state.safetensors even if the config changed (default: continue it only "
+        "if the config is the same, refuse otherwise)",
+    )
+    again.add_argument("--overwrite", action="store_true", help="start over, replacing OUT's saved state")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -44,7 +51,8 @@ def cmd_train(args) -> int:
 
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("func", "command")}
     cfg = TrainConfig.from_dict(PRESETS.get(given["data"], {}) | given)
-    out = train(cfg, resume=args.resume, progress=not args.no_progress)
+    resume = True if args.resume else (False if args.overwrite else None)
+    out = train(cfg, resume=resume, progress=not args.no_progress)
     print(f"wrote {out}")
     return 0
 
