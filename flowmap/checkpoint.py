@@ -120,8 +120,17 @@ def load_checkpoint(path: Path) -> Model:
             raise CheckpointError(
                 f"{path}: tensor {k!r} has shape {list(tensors[k].shape)}, config implies {list(v.shape)}"
             )
+    check_finite(path, tensors)
     net.load_state_dict(tensors)
     return Model(net.eval().requires_grad_(False), config, path)
+
+
+def check_finite(path: Path, tensors: dict) -> None:
+    """Refuse weights holding NaN or inf (they would only ever produce NaN samples), naming the tensor."""
+    for k, v in tensors.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            bad = int((~torch.isfinite(v)).sum())
+            raise CheckpointError(f"{path}: tensor {k!r} holds {bad} NaN/inf value(s) of {v.numel()}")
 
 
 def resolve_model(name_or_path: str) -> Path:

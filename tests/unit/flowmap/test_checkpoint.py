@@ -64,3 +64,19 @@ def test_refuses_foreign_safetensors(tmp_path):
 def test_unknown_model_name():
     with pytest.raises(CheckpointError, match="unknown model 'nope'"):
         load_model("nope")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_refuses_non_finite_weights_naming_the_tensor(tmp_path, bad, capsys):
+    from flowmap.cli import main
+
+    net = build_net(ARCH)
+    name = list(net.state_dict())[-1]
+    with torch.no_grad():
+        net.state_dict()[name].view(-1)[0] = bad
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, net, CONFIG)
+    with pytest.raises(CheckpointError, match=rf"m.safetensors: tensor '{name}' holds 1 NaN/inf value"):
+        load_checkpoint(path)
+    assert main(["sample", "--model", str(path), "--out", str(tmp_path / "x.npy")]) == 2
+    assert f"tensor '{name}'" in capsys.readouterr().err and not (tmp_path / "x.npy").exists()
