@@ -35,17 +35,57 @@ def labels(model: Model, n: int, class_label: int | None) -> Tensor | None:
     return torch.full((n,), class_label, dtype=torch.long)
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def describe_file(path: str) -> str:
+    """What a file that is not a .npy array looks like, from its first bytes (never parsed further)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive (an .npz? pass one array saved with numpy.save)"
+    if head[:1] == b"\x80":
+        return "a Python pickle"
+    try:
+        first = head.decode("utf-8").splitlines()[0]
+    except (UnicodeDecodeError, IndexError):
+        return f"binary data starting {head[:8]!r}"
+    return f"a text file (it starts {first[:40]!r})"
+
+
+def _read_npy(path: str, want: str) -> np.ndarray:
+    try:
+        with open(path, "rb") as f:
+            is_npy = f.read(len(NPY_MAGIC)) == NPY_MAGIC
+    except OSError as e:
+        raise ValueError(f"--noise {path}: cannot read it ({e.strerror or e}); expected {want}") from None
+    if not is_npy:
+        raise ValueError(f"--noise {path}: this is {describe_file(path)}; expected {want}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        why = (
+            "an object array, which only unpickling could read" if "pickle" in str(e) else f"unreadable ({e})"
+        )
+        raise ValueError(f"--noise {path}: a .npy file, but {why}; expected {want}") from None
+
+
 def load_noise(path: str, shape: list[int]) -> Tensor:
     """Noise rows from a .npy file of shape (N, *shape); never unpickles."""
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"--noise {path}: not a readable .npy file ({e})") from None
+    want = f"a .npy array (numpy.save) of float noise, shape (N, {', '.join(map(str, shape))})"
+    arr = _read_npy(path, want)
+    if arr.dtype.kind not in "fiu":
+        raise ValueError(f"--noise {path}: holds a {arr.dtype} array; expected {want}")
     if arr.ndim != len(shape) + 1 or list(arr.shape[1:]) != list(shape):
         raise ValueError(
             f"--noise {path}: shape {list(arr.shape)} does not match (N, {', '.join(map(str, shape))})"
         )
-    return torch.from_numpy(np.asarray(arr, dtype=np.float32))
+    noise = torch.from_numpy(np.asarray(arr, dtype=np.float32))
+    if not bool(torch.isfinite(noise).all()):
+        raise ValueError(f"--noise {path}: holds NaN or inf; expected finite noise")
+    return noise
 
 
 @torch.inference_mode()
