@@ -68,6 +68,7 @@ class EngineCore:
         self.name, self.scheduler, self.executor = name, scheduler, executor
         self.on_iteration, self.clock = on_iteration, clock
         self._stats: list[IterationStats] = []
+        self._last: tuple[int, float] | None = None  # (rows, start) of the iteration just run
 
     @property
     def device(self) -> torch.device:
@@ -88,7 +89,9 @@ class EngineCore:
 
         emit=False keeps the iteration's stats until `emit()`, so a caller can send the finished
         requests first and record metrics after, off the latency path."""
-        plan = self.scheduler.next_batch(self.clock())
+        start = self.clock()
+        self._observe(start)
+        plan = self.scheduler.next_batch(start)
         if not isinstance(plan, Batch):
             return plan
         t0 = self.clock()
@@ -100,12 +103,22 @@ class EngineCore:
             self._stats.append(self._record(plan, self.clock() - t0, ok=False))
         else:
             dt = self.clock() - t0
-            self.scheduler.timer.observe(plan.rows, dt)
+            self._last = (plan.rows, start)
             self.scheduler.update(plan, x_next, self.clock())
             self._stats.append(self._record(plan, dt, ok=True))
         if emit:
             self.emit()
         return 0.0
+
+    def _observe(self, now: float) -> None:
+        """Feed "auto" steps' estimate with the last iteration's whole period, start to start: scheduling,
+        the network call, retiring and sending outputs, metrics, and the messages received before this
+        step (a step's real cost to the requests in flight; the network call alone is about half of it on
+        CPU). The caller steps again at once after a batch, so the period holds no idle wait."""
+        if self._last is not None:
+            rows, start = self._last
+            self.scheduler.timer.observe(rows, now - start)
+            self._last = None
 
     def run_until_idle(self, limit: int = 1_000_000) -> None:
         """Step until nothing is queued or in flight (warm-up, tests); waits out batching windows."""

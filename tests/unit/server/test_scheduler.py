@@ -267,3 +267,28 @@ def test_auto_steps_with_a_long_queue_stay_cheap(monkeypatch):
     assert sched.choose_steps(job(1, None, deadline=10.0), 0.0) == 1  # 500 x 4 x 64 row-steps ahead
     assert sched.choose_steps(job(1, None, deadline=1e6), 0.0) == 64
     assert calls == [1, 1]  # once per decision, not once per candidate step count
+
+
+def test_auto_steps_estimate_the_whole_iteration_not_only_the_network_call():
+    """The call timer learns each iteration's period (start to start: network call + bookkeeping + sending
+    outputs + receiving), so "auto" plans with what a step really costs the requests in flight."""
+    now = [0.0]
+    clock = lambda: now[0]  # noqa: E731
+
+    def engine(x, s, t, y):
+        now[0] += 0.001  # the network call: 1 ms
+        return FakeEngine()(x, s, t, y)
+
+    def sent(j):
+        now[0] += 0.002  # sending a finished request's output: 2 ms
+
+    sched = Scheduler(8, 16, 0.0, 4)
+    core = EngineCore("m", sched, Executor(engine, C, conditional=True), clock=clock)
+    for i in range(4):
+        core.submit(job(1, 1 + i % 2, seed=i, done=sent))  # 1- and 2-step jobs: outputs sent every step
+    core.run_until_idle()
+    # iterations of 4 rows (two jobs finish: 1 + 2 x 2 = 5 ms) and 2 rows (two finish: 5 ms)
+    assert sched.timer.predict(4) == pytest.approx(0.005)
+    assert sched.timer.predict(2) == pytest.approx(0.005)
+    j = job(1, None, deadline=now[0] + 0.012)  # 5 ms a step predicted: 2 steps fit, 3 would not
+    assert sched.choose_steps(j, now[0]) == 2
