@@ -12,8 +12,8 @@ $FLOWMAP train --data gmm8 --method fm --steps 6000 --ema 0.995 --out "$OUT/gmm8
 $FLOWMAP train --data gmm8 --method distill --teacher "$OUT/gmm8_fm.safetensors" --steps 8000 \
   --time-dist uniform --out "$OUT/gmm8.safetensors"
 $FLOWMAP train --data digits --method esd --steps 8000 --ckpt-every 1000 --out "$OUT/digits.safetensors"
-# digits_uncond: the same recipe without class labels, for reward steering (docs/steering.md)
-$FLOWMAP train --data digits --method esd --labels drop --steps 8000 --ckpt-every 1000 \
+# digits_uncond: the digits recipe without class labels and at half the steps, for reward steering (docs/steering.md)
+$FLOWMAP train --data digits --method esd --labels drop --steps 4000 --ckpt-every 500 \
   --out "$OUT/digits_uncond.safetensors"
 
 $FLOWMAP eval --model "$OUT/gmm8.safetensors" --steps 1,2,4
