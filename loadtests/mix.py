@@ -69,9 +69,11 @@ class Mix:
             out.append(b)
         return out
 
-    def with_steps(self, steps: int | str) -> Mix:
-        """Every entry at `steps` (an "auto" entry's deadline defaults to its SLO)."""
-        dl = lambda e: e.deadline_ms if e.deadline_ms is not None or steps != "auto" else e.slo_ms
+    def with_steps(self, steps: int | str, deadline_ms: float | None = None) -> Mix:
+        """Every entry at `steps`; an "auto" entry's deadline: `deadline_ms`, else its own, else its SLO."""
+        dl = lambda e: (  # noqa: E731
+            e.deadline_ms if steps != "auto" else deadline_ms or e.deadline_ms or e.slo_ms
+        )
         return Mix(
             f"{self.name}@{steps}", tuple(replace(e, steps=steps, deadline_ms=dl(e)) for e in self.entries)
         )

@@ -57,7 +57,12 @@ def capacity(url: str, mix, seconds: float = 3.0) -> float:
 def cell(url: str, mix, steps, rate: float, a, seed: int) -> tuple[dict, list[dict]]:
     """One (steps, offered load) point: its summary and the responses kept after the warm-up."""
     plan = openloop.plan_mix(
-        mix.with_steps(steps), rate, a.warmup + a.seconds, seed, a.classes, url + "/v1/generate"
+        mix.with_steps(steps, a.auto_deadline_ms),
+        rate,
+        a.warmup + a.seconds,
+        seed,
+        a.classes,
+        url + "/v1/generate",
     )
     out = openloop.drive(url, plan, keep=True)
     s = openloop.summarize(out, a.warmup)
@@ -143,6 +148,9 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=6.0, help="measured seconds per point")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of load before measuring")
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument(
+        "--auto-deadline-ms", type=float, default=None, help="deadline_ms of auto requests (default: the SLO)"
+    )
     p.add_argument("--per-class", type=int, default=score.PER_CLASS, help="samples per class scored")
     p.add_argument("--eval-seeds", default="0,1,2,3,4", help="seeds of the `flowmap eval` reference")
     p.add_argument("--out", default="runs/sweep")
@@ -169,6 +177,7 @@ def meta(a, url: str, ceiling: dict, cap: float | None) -> dict:
         "warmup": a.warmup,
         "mix": a.mix,
         "slo_ms": load_mix(a.mix).entries[0].slo_ms,
+        "auto_deadline_ms": a.auto_deadline_ms,
         "load_before": uptime(),
     }
 

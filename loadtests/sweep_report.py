@@ -195,7 +195,8 @@ def markdown(result: dict) -> str:
         f"Date {m['date']}; machine {m['machine']}; git {m['git']}; load average before {m['load_before']}, "
         f"after {m.get('load_after', '?')}.",
         f"Command: `{m['command']}`; server: `{m['server']}`; mix `{m['mix']}`; {m['seconds']:g} s per point "
-        f"after {m['warmup']:g} s warm-up.",
+        f"after {m['warmup']:g} s warm-up; SLO {m.get('slo_ms', 100):g} ms; auto requests' deadline_ms "
+        f"{m.get('auto_deadline_ms') or m.get('slo_ms', 100):g}.",
         f"Generator ceiling (GET /healthz, {c['connections']} connections): {c['healthz_rps']:.0f} req/s."
         + (
             f" Fixed-4-step closed-loop capacity: {m['capacity_4steps_rps']:.0f} req/s."
