@@ -16,7 +16,7 @@ from flowmap.data import Dataset, gmm8_sample, load_data
 from flowmap.generate import generate
 from flowmap.losses import CONSISTENCY_METHODS
 from flowmap.metrics import energy_distance, gmm8_relative_mse
-from flowmap.samplers import make_noise
+from flowmap.samplers import make_noise, sample_keys
 
 
 def resolve_sampler(model: Model, sampler: str = "auto") -> str:
@@ -97,11 +97,12 @@ def eval_images(
 def _sample_labelled(
     model: Model, steps: int, n: int, y, seed: int, guidance: float, sampler: str = "flowmap"
 ) -> torch.Tensor:
-    noise = make_noise(n, model.shape, seed)
+    noise, keys = make_noise(n, model.shape, seed), sample_keys(seed, n)
     if y is None:
         return generate(model, steps, noise, sampler=sampler, seed=seed)
+    kw = dict(guidance=guidance, sampler=sampler, seed=seed)
     parts = [
-        generate(model, steps, noise[y == c], class_label=c, guidance=guidance, sampler=sampler, seed=seed)
+        generate(model, steps, noise[y == c], class_label=c, keys=keys[y == c], **kw)
         for c in y.unique().tolist()
     ]
     return torch.cat(parts)

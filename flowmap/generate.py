@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -14,6 +17,7 @@ from flowmap.samplers import (
     sample_euler,
     sample_flowmap,
     sample_heun,
+    sample_keys,
     sample_stochastic,
     uniform_grid,
 )
@@ -98,8 +102,11 @@ def generate(
     sampler: str = "flowmap",
     gamma: float = 1.0,
     seed: int = 0,
+    keys: Tensor | None = None,
 ) -> Tensor:
-    """Map t=1 noise [N, *shape] to samples in model space with `steps` steps of `sampler`."""
+    """Map t=1 noise [N, *shape] to samples in model space with `steps` steps of `sampler`.
+    "stochastic" re-noises row i from per-sample Philox noise keyed by keys[i] (default
+    sample_keys(seed, N), as the server's "consistency" sampler does)."""
     if steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
     if sampler not in SAMPLER_NAMES:
@@ -109,9 +116,18 @@ def generate(
     grid = uniform_grid(steps)
     if sampler == "stochastic":
         interp = get_interpolant(model.config.get("interpolant", "linear"))
-        gen = torch.Generator().manual_seed(seed + 1)
-        return sample_stochastic(u, noise, grid, y, gamma=gamma, generator=gen, interpolant=interp)
+        fresh = renoise_draws(sample_keys(seed, len(noise)) if keys is None else keys, noise.shape)
+        return sample_stochastic(u, noise, grid, y, gamma=gamma, interpolant=interp, noise=fresh)
     return {"flowmap": sample_flowmap, "euler": sample_euler, "heun": sample_heun}[sampler](u, noise, grid, y)
+
+
+def renoise_draws(keys: Tensor, shape) -> Callable[[int], Tensor]:
+    """noise(k): standard normals `shape` for step k, row i from Philox keyed by keys[i] with counter
+    (element, k): the draws of kernels.fused_step's re-noise path, on CPU its bit-exact reference."""
+    import kernels
+
+    n = math.prod(shape[1:])
+    return lambda k: kernels.noise(keys, k, n).reshape(shape)
 
 
 def generate_seeded(model: Model, steps: int, n: int, seed: int, **kwargs) -> Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -35,6 +36,22 @@ def make_noise(n: int, shape, seed: int, device="cpu") -> Tensor:
     """Noise [n, *shape] drawn from one generator seeded with `seed` (the CLI and server agree)."""
     g = torch.Generator().manual_seed(int(seed))
     return torch.randn((n, *shape), generator=g).to(device)
+
+
+SPLITMIX_GAMMA, MASK63 = 0x9E3779B97F4A7C15, (1 << 63) - 1
+
+
+def sample_keys(seed: int, n: int) -> Tensor:
+    """Per-sample 63-bit keys [n] int64 for a request's seed: the first n outputs of SplitMix64 seeded
+    with `seed` (Steele et al. 2014). Sample i's re-noising draws depend on (seed, i) only, so a
+    sample's result never depends on its batch-mates (the CLI and the server agree)."""
+    i = np.arange(1, n + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = np.uint64(int(seed) & ((1 << 64) - 1)) + i * np.uint64(SPLITMIX_GAMMA)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return torch.from_numpy((z & np.uint64(MASK63)).astype(np.int64))
 
 
 def flow_step(u: FlowFn, x: Tensor, s: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
@@ -78,23 +95,28 @@ def sample_stochastic(
     gamma: float = 1.0,
     generator: torch.Generator | None = None,
     interpolant=Linear(),
+    noise: Callable[[int], Tensor] | None = None,
 ) -> Tensor:
     """Stochastic multistep (consistency-style, Song et al. 2023 Alg. 1 generalised by gamma).
 
     Jump to data with X_{t_k, 0}, then re-noise to t_{k+1} with eps = sqrt(1 - gamma^2) * eps_old
     + gamma * fresh, where eps_old is the noise implied by x_k. gamma = 1 is the consistency
-    sampler; gamma = 0 is deterministic.
+    sampler; gamma = 0 is deterministic. `noise(k)`: the fresh standard normals (x's shape) of step k
+    (flowmap.generate draws them per sample, as the server does); default torch.randn(generator).
     """
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
     zero = _full(x, 0.0)
-    for s, t in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
+    for k, (s, t) in enumerate(zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True)):
         x0 = flow_step(u, x, _full(x, s), zero, y)
         if t == 0.0:
             return x0
         s_t, t_t = torch.tensor(s), torch.tensor(t)
         eps_old = (x - interpolant.alpha(s_t) * x0) / interpolant.sigma(s_t)
-        fresh = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        if noise is None:
+            fresh = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        else:
+            fresh = noise(k).to(x.device, x.dtype)
         eps = (1 - gamma**2) ** 0.5 * eps_old + gamma * fresh
         x = interpolant.alpha(t_t) * x0 + interpolant.sigma(t_t) * eps
     return x
