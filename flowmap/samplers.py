@@ -42,8 +42,8 @@ SPLITMIX_GAMMA, MASK63 = 0x9E3779B97F4A7C15, (1 << 63) - 1
 
 
 def sample_keys(seed: int, n: int) -> Tensor:
-    """Per-sample 63-bit keys [n] int64 for a request's seed: the first n outputs of SplitMix64 seeded
-    with `seed` (Steele et al. 2014). Sample i's re-noising draws depend on (seed, i) only, so a
+    """Per-sample 63-bit keys [n] int64, never 0, for a request's seed: the first n outputs of SplitMix64
+    seeded with `seed` (Steele et al. 2014). Sample i's re-noising draws depend on (seed, i) only, so a
     sample's result never depends on its batch-mates (the CLI and the server agree)."""
     i = np.arange(1, n + 1, dtype=np.uint64)
     with np.errstate(over="ignore"):
@@ -51,7 +51,10 @@ def sample_keys(seed: int, n: int) -> Tensor:
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
-    return torch.from_numpy((z & np.uint64(MASK63)).astype(np.int64))
+    z = z & np.uint64(MASK63)
+    return torch.from_numpy(
+        np.where(z == 0, np.uint64(1), z).astype(np.int64)
+    )  # never 0 (the server: no key)
 
 
 def flow_step(u: FlowFn, x: Tensor, s: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:

@@ -40,6 +40,18 @@ class Executor:
         dev = self.device
         x, s, t, w = batch.x, batch.s.to(dev), batch.t.to(dev), batch.w
         y = (batch.y if self.conditional else torch.zeros_like(batch.y)).to(dev)
+        if batch.keys is None:
+            return ops.step(x, self._velocity(batch, x, s, t, y, w), s, t)  # [N, *shape]
+        r = (batch.keys != 0).to(dev)  # re-noising rows: the network jumps them to data (t = 0)
+        u = self._velocity(batch, x, s, torch.where(r, 0.0, t), y, w)
+        out = ops.step(x, u, s, t)
+        ri = r.nonzero().flatten()
+        out[ri] = ops.renoise(x[ri], u[ri], s[ri], t[ri], batch.keys.to(dev)[ri], batch.k.to(dev)[ri])
+        return out
+
+    def _velocity(self, batch: Batch, x: Tensor, s: Tensor, t: Tensor, y: Tensor, w: Tensor) -> Tensor:
+        """u(x, s, t, y) per row, classifier-free guided where w != 1 (the null rows go after the batch)."""
+        dev = self.device
         if batch.rows == batch.n:  # no guided row: one plain call
             u = self.engine(x, s, t, y)
         else:  # the null-label copies of the guided rows go after the batch
@@ -51,7 +63,7 @@ class Executor:
             )
             u, u_null = u[: len(x)].clone(), u[len(x) :]
             u[gd] = cfg_mix(u[gd], u_null, w[g].to(dev))
-        return ops.step(x, u, s, t)  # [N, *shape]
+        return u
 
 
 class EngineCore:

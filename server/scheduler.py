@@ -66,6 +66,7 @@ class Job:
     deadline: float | None = None  # absolute time; None: no deadline
     on_done: Callable[[Job], None] | None = None
     seed: int | None = None  # for the response only (the noise is already drawn)
+    keys: Tensor | None = None  # [n] int64 re-noise keys: the consistency sampler (None: the flow map)
     id: int = field(default_factory=lambda: next(_ids))
     # set by the scheduler
     arrival: float = 0.0
@@ -102,6 +103,9 @@ class Batch:
     y: Tensor
     w: Tensor
     rows: int  # network rows (guided samples count twice)
+    keys: Tensor | None = None  # [N] int64 re-noise keys, 0 on flow-map rows (sample_keys are never 0);
+    # None: no row re-noises
+    k: Tensor | None = None  # [N] int64 step index of each row (the re-noise draw's counter)
 
     @property
     def n(self) -> int:
@@ -141,9 +145,9 @@ class Scheduler:
         self._clear()
 
     def _clear(self) -> None:
-        """The state of the rows in flight: x [R, *shape]; k, K, y, job [R] int64; w [R] float32."""
+        """The state of the rows in flight: x [R, *shape]; k, K, y, job, key [R] int64; w [R] float32."""
         self.x: Tensor | None = None
-        self.k = self.K = self.y = self.job = np.zeros(0, np.int64)
+        self.k = self.K = self.y = self.job = self.key = np.zeros(0, np.int64)
         self.w = np.zeros(0, np.float32)
         self.rows = 0
 
@@ -194,7 +198,9 @@ class Scheduler:
             self._admit(now)
         s, t = self.grid[self.K, self.k], self.grid[self.K, self.k + 1]
         tensors = [torch.from_numpy(a) for a in (s, t, self.y, self.w)]
-        return Batch(self.x, *tensors, self.rows)
+        if not self.key.any():
+            return Batch(self.x, *tensors, self.rows)
+        return Batch(self.x, *tensors, self.rows, torch.from_numpy(self.key), torch.from_numpy(self.k))
 
     def update(self, batch: Batch, x_next: Tensor, now: float) -> None:
         """Apply one computed step (x_next: [N, *shape], one row per sample) and retire finished rows."""
@@ -338,6 +344,10 @@ class Scheduler:
     def _append(self, takes: list[tuple[Job, int, int]]) -> None:
         """Add the rows of `takes` [(job, first sample, count)]: one tensor op per state field."""
         steps, ids, weights, labels = [], [], [], []
+        keys = [
+            j.keys[a : a + n] if j.keys is not None else torch.zeros(n, dtype=torch.int64)
+            for j, a, n in takes
+        ]
         for j, a, n in takes:
             steps += [j.steps] * n
             ids += [j.id] * n
@@ -351,6 +361,7 @@ class Scheduler:
         self.job = np.concatenate([self.job, kjy[1]])
         self.y = np.concatenate([self.y, kjy[2]])
         self.w = np.concatenate([self.w, np.array(weights, np.float32)])
+        self.key = np.concatenate([self.key, torch.cat(keys).numpy()])
         self.rows += sum(n * j.rows_per_sample for j, _, n in takes)
 
     def _alive(self) -> np.ndarray:
@@ -370,8 +381,8 @@ class Scheduler:
         if not len(idx):
             return self._clear()
         self.x = self.x[_index(idx, self.x)]
-        self.k, self.K, self.y, self.w, self.job = (
-            a[idx] for a in (self.k, self.K, self.y, self.w, self.job)
+        self.k, self.K, self.y, self.w, self.job, self.key = (
+            a[idx] for a in (self.k, self.K, self.y, self.w, self.job, self.key)
         )
         self.rows = len(idx) + int(np.count_nonzero(self.w != 1.0))
 
