@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install sysdeps run sample models test lint format clean
+.PHONY: install sysdeps run sample models test lint format clean deploy-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+deploy-check: $(STAMP) sysdeps   # render + validate the k8s overlays into build/deploy/, promtool, hadolint, tests/deploy
+	VENV=$(VENV) bash deploy/check.sh
 
 test: $(STAMP) sysdeps lint
 	$(BIN)/python -m pytest -q -ra
