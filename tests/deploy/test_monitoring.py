@@ -136,3 +136,26 @@ def test_hpa_metric_is_per_pod():
     }
     assert "flowmap_queue_wait_seconds_bucket" in server_series()
     assert "by (le, <<.GroupBy>>)" in rule["metricsQuery"]
+
+
+def test_prometheus_rule_wraps_the_same_rules():
+    """The Operator's PrometheusRule is printed from flowmap-rules.yaml, so the two cannot drift apart."""
+    out = subprocess.run(
+        ["bash", str(PROM / "prometheusrule.sh"), "release=kube-prometheus-stack"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    doc = yaml.safe_load(out.stdout)
+    assert doc["kind"] == "PrometheusRule" and doc["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert doc["spec"] == load_yaml(PROM / "flowmap-rules.yaml")
+
+
+def test_every_alert_has_a_runbook_section():
+    """docs/deploy.md has a heading per alert, so each alert's runbook link lands on what to do."""
+    docs = (DEPLOY.parent / "docs" / "deploy.md").read_text()
+    headings = {h.strip().lower() for h in re.findall(r"^#+ (.+)$", docs, re.M)}
+    for r in rules():
+        if "alert" in r:
+            assert r["alert"].lower() in headings, r["alert"]
