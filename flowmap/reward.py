@@ -129,3 +129,16 @@ def evaluate_reward(reward: Reward, x: Tensor) -> Tensor:
         got = tuple(r.shape) if isinstance(r, Tensor) else type(r).__name__
         raise RewardError(f"reward must return a tensor of shape ({len(x)},), got {got}")
     return r
+
+
+def gmm8_mode_tilted(mode: int, scale: float, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """n exact draws from gmm8 tilted by exp(scale * GMM8Mode(mode)): each component j becomes
+    N((mu_j + scale mu_k) / (1 + scale), std^2 / (1 + scale)) with weight
+    exp(-scale |mu_j - mu_k|^2 / (2 std^2 (1 + scale))) (a product of Gaussians)."""
+    mu = gmm8_means(torch.float64)
+    d2 = ((mu - mu[mode]) ** 2).sum(1)
+    w = torch.softmax(-scale * d2 / (2 * GMM8_STD**2 * (1 + scale)), dim=0)
+    j = torch.multinomial(w, n, replacement=True, generator=generator)
+    means = (mu[j] + scale * mu[mode]) / (1 + scale)
+    noise = torch.randn(n, 2, generator=generator, dtype=torch.float64)
+    return (means + GMM8_STD / math.sqrt(1 + scale) * noise).float()
