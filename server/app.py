@@ -144,6 +144,7 @@ def to_params(body, default_steps: int) -> GenParams:
         body.guidance_scale,
         body.deadline_ms,
         body.output,
+        body.sampler,
     )
 
 
@@ -156,6 +157,7 @@ def to_response(r: GenResult, p: GenParams) -> GenerateResponse:
         num_samples=len(r.x),
         class_labels=r.labels,
         guidance_scale=r.guidance,
+        sampler=r.sampler,
         output=p.output,
         shape=list(r.x.shape[1:]),
         images=png_images(r.x) if png else None,
@@ -174,4 +176,6 @@ def model_info(info: dict) -> ModelInfo:
         default_guidance_scale=1.0,
         baked_guidance_scale=info["baked_guidance_scale"],
         method=info.get("method"),
+        default_sampler=info.get("default_sampler", "flowmap"),
+        samplers=info.get("samplers", ["flowmap"]),
     )

@@ -28,7 +28,8 @@ import zmq
 from flowmap import __version__
 from flowmap.checkpoint import Model, load_model
 from flowmap.errors import UserError
-from flowmap.samplers import make_noise
+from flowmap.losses import CONSISTENCY_METHODS
+from flowmap.samplers import make_noise, sample_keys
 from server import messages as m
 from server import ops
 from server.core import EngineCore, Executor
@@ -73,6 +74,15 @@ def export_in_child(spec: str, engine_name: str, out: Path) -> str:
     return str(out)
 
 
+def samplers_of(model: Model) -> tuple[list[str], str]:
+    """(samplers served, the default): "consistency" needs the linear interpolant (the fused re-noise
+    step assumes it) and is the default of consistency models (ct, cd), which learn only X_{t,0}."""
+    if model.config.get("interpolant", "linear") != "linear":
+        return ["flowmap"], "flowmap"
+    default = "consistency" if model.config.get("method") in CONSISTENCY_METHODS else "flowmap"
+    return ["flowmap", "consistency"], default
+
+
 def build_core(
     spec: str, settings: ServerSettings, on_iteration=None, workdir: str | None = None
 ) -> tuple[EngineCore, Model, dict]:
@@ -110,6 +120,7 @@ def build_core(
         "baked_guidance_scale": float((model.config.get("guidance") or {}).get("baked_scale", 1.0)),
         "method": model.config.get("method"),
     }
+    info["samplers"], info["default_sampler"] = samplers_of(model)
     return core, model, info
 
 
@@ -166,7 +177,8 @@ class CoreServer:
             return
         noise = make_noise(g.n, self.model.shape, g.seed, self.core.device)
         labels = g.labels if g.labels is not None else [0] * g.n
-        job = Job(noise, labels, g.steps or None, g.guidance, g.deadline, self._done, g.seed)
+        keys = sample_keys(g.seed, g.n) if g.sampler == "consistency" else None
+        job = Job(noise, labels, g.steps or None, g.guidance, g.deadline, self._done, g.seed, keys)
         try:
             self.core.submit(job)
         except QueueFull as q:
@@ -192,6 +204,8 @@ class CoreServer:
             return "guidance_scale and deadline must be finite numbers"
         if g.guidance != 1.0 and c == 0:
             return "guidance needs a class-conditional model"
+        if g.sampler not in samplers_of(self.model)[0]:
+            return f"sampler must be one of {', '.join(samplers_of(self.model)[0])}"
         labels = g.labels
         if labels is not None and not (
             type(labels) is list and len(labels) == g.n and all(type(v) is int and 0 <= v < c for v in labels)

@@ -33,6 +33,7 @@ class Generate:
     labels: list[int] | None  # [n] classes, or None (unconditional)
     guidance: float
     deadline: float  # absolute monotonic time
+    sampler: str = "flowmap"  # or "consistency": jump to data, re-noise per sample from (seed, i)
     TAG = 1
 
 

@@ -25,6 +25,7 @@ class GenerateResponse(BaseModel):
     num_samples: int
     class_labels: list[int] | None = Field(description="Class of each sample (None: unconditional model).")
     guidance_scale: float
+    sampler: str = Field("flowmap", description="The sampler used: flowmap or consistency.")
     output: Literal["png", "npy"]
     shape: list[int] = Field(description="Shape of one sample in model space.")
     images: list[str] | None = Field(default=None, description="One base64 PNG per sample (output='png').")
@@ -41,6 +42,8 @@ class ModelInfo(BaseModel):
     default_guidance_scale: float
     baked_guidance_scale: float
     method: str | None = None
+    default_sampler: str = Field("flowmap", description="The sampler a request gets when it names none.")
+    samplers: list[str] = Field(["flowmap"], description="The samplers this model serves.")
 
 
 class ModelList(BaseModel):
@@ -109,6 +112,15 @@ def generate_request_model(s: ServerSettings) -> type[BaseModel]:
                 allow_inf_nan=False,
                 description="Classifier-free guidance w: u_null + w (u_cond - u_null); 1 = one network "
                 "call per step. Default 1 (a model trained with guidance has it baked in).",
+            ),
+        ),
+        "sampler": (
+            Literal["flowmap", "consistency"] | None,
+            Field(
+                None,
+                description="flowmap: X_{t_k,t_k+1} per step (deterministic); consistency: jump to data with "
+                "X_{t_k,0}, then re-noise to t_k+1 with per-sample noise from the seed (consistency models). "
+                "Default: the model's default_sampler (GET /v1/models).",
             ),
         ),
         "output": (

@@ -87,6 +87,7 @@ class GenParams:
     guidance_scale: float | None = None
     deadline_ms: float | None = None
     output: str = "png"  # png | npy | tensor (raw array for v2)
+    sampler: str | None = None  # flowmap | consistency; None: the model's default
 
 
 @dataclass
@@ -98,6 +99,7 @@ class GenResult:
     guidance: float
     x: np.ndarray  # [N, *shape] float32 model space
     timings: dict = field(default_factory=dict)
+    sampler: str = "flowmap"
 
 
 @dataclass
@@ -247,7 +249,10 @@ class Service:
         seed = p.seed if p.seed is not None else secrets.randbelow(SEED_MAX)
         deadline_ms = p.deadline_ms if p.deadline_ms is not None else self.settings.request_timeout_ms
         deadline = t0 + deadline_ms / 1000
-        make = lambda rid: m.Generate(rid, p.num_samples, seed, p.steps or 0, labels, guidance, deadline)
+        sampler = p.sampler or e.info.get("default_sampler", "flowmap")
+        make = lambda rid: m.Generate(
+            rid, p.num_samples, seed, p.steps or 0, labels, guidance, deadline, sampler
+        )
         if len(e.client.pending) >= self.settings.max_queue + self.settings.max_batch_size:
             # more outstanding than the core could hold: refuse here, so a flood never reaches the core
             raise Overloaded("queue full", retry_after=1)
@@ -260,7 +265,7 @@ class Service:
             raise _failure(out)
         x = np.frombuffer(out.data, np.float32).reshape(p.num_samples, *e.shape)
         timings = {"queue_ms": 1e3 * out.queue_s, "compute_ms": 1e3 * out.compute_s}
-        return GenResult(e.name, out.steps, seed, labels, guidance, x, timings)
+        return GenResult(e.name, out.steps, seed, labels, guidance, x, timings, sampler)
 
     async def _wait(self, e: ModelEntry, rid: int, fut: asyncio.Future, deadline: float, disconnected):
         timeout = max(0.0, deadline - time.monotonic()) + 0.05  # the core expires it first
@@ -324,6 +329,10 @@ class Service:
             raise InvalidInput(msg, "guidance_scale")
         if p.deadline_ms is not None and not 1 <= p.deadline_ms <= st.request_timeout_ms:
             raise InvalidInput(f"deadline_ms must be in 1..{st.request_timeout_ms:g}", "deadline_ms")
+        served = e.info.get("samplers", ["flowmap"])
+        if p.sampler is not None and p.sampler not in served:
+            msg = f"sampler {str(p.sampler)[:64]!r}: model {e.name!r} serves {', '.join(served)}"
+            raise InvalidInput(msg, "sampler")
         if p.output == "png" and not e.image:
             raise InvalidInput(f"model {e.name!r} is not an image model; use output='npy'", "output")
 

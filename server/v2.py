@@ -1,7 +1,8 @@
 """Open Inference Protocol v2 (KServe / Triton) routes, JSON and the binary tensor extension.
 
 Inputs (all optional, one element each unless noted): seed INT64, steps INT32, num_samples INT32,
-class_label INT32 ([1] or [num_samples]), guidance_scale FP32. Outputs: images UINT8 [N, H, W, C]
+class_label INT32 ([1] or [num_samples]), guidance_scale FP32; request parameter "sampler" (flowmap |
+consistency; default: the model's). Outputs: images UINT8 [N, H, W, C]
 (image models) and samples FP32 [N, *shape]. Errors: {"error": message} with 400 for bad input.
 """
 
@@ -41,6 +42,7 @@ INPUTS = {
     "class_label": ("INT32", [-1]),
     "guidance_scale": ("FP32", [1]),
 }
+SAMPLERS = ("flowmap", "consistency")  # request parameter "sampler" (default: the model's)
 HEADER = "Inference-Header-Content-Length"  # Starlette looks headers up case-insensitively
 
 _tensor = {
@@ -292,9 +294,13 @@ def to_params(model: str, body: dict, binary: bytes) -> GenParams:
     label = labels[0] if labels is not None and len(labels) == 1 else labels
     n = _one(_ints(arrays, "num_samples"), "num_samples")
     steps, seed = _one(_ints(arrays, "steps"), "steps"), _one(_ints(arrays, "seed"), "seed")
-    return GenParams(
-        model, steps, 1 if n is None else n, seed, label, _float(arrays, "guidance_scale"), None, "tensor"
-    )
+    sampler = parameters(body, "request").get("sampler")
+    if sampler is not None and sampler not in SAMPLERS:
+        raise InvalidInput(
+            f"parameter 'sampler' must be one of {', '.join(SAMPLERS)}, got {_show(sampler)}", "sampler"
+        )
+    w = _float(arrays, "guidance_scale")
+    return GenParams(model, steps, 1 if n is None else n, seed, label, w, None, "tensor", sampler)
 
 
 def requested_outputs(e: ModelEntry, body: dict) -> list[tuple[str, bool]]:

@@ -55,7 +55,8 @@ class InProcessCore:
     def __init__(self, settings: ServerSettings):
         sched = Scheduler(settings.max_batch_size, settings.max_queue, 0.0, settings.max_steps)
         core = EngineCore("toy", sched, Executor(fake_engine, C, conditional=True))
-        self.server = CoreServer(core, SimpleNamespace(shape=SHAPE, num_classes=C), settings, sock=None)
+        model = SimpleNamespace(shape=SHAPE, num_classes=C, config={"method": "esd"})
+        self.server = CoreServer(core, model, settings, sock=None)
         self.pending: dict[int, asyncio.Future] = {}
         self.ids, self.paused, self.down = 0, False, False
 
