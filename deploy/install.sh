@@ -61,7 +61,7 @@ app() {
     local pins="$prefix/torch-constraint.txt"
     "$prefix/bin/python" -c "import torch; print('torch==' + torch.__version__)" >"$pins"
     say "installing flowmap[$EXTRAS] from $SRC (constraint: $(cat "$pins"))"
-    PIP_CONSTRAINT="$pins" "${pip[@]}" "$SRC[$EXTRAS]"
+    PIP_CONSTRAINT="$pins" "${pip[@]}" "${SRC}[${EXTRAS}]"
     rm -f "$pins"
     check "$prefix"
 }
