@@ -291,10 +291,19 @@ function summaryText(r) {
   );
 }
 
+// classes cycling 0..C-1: a column per class; otherwise up to eight across
+function gridColumns(json) {
+  const labels = json.class_labels || [];
+  const cycling = labels.length > 1 && labels.every((c, i) => c === i % (Math.max(...labels) + 1));
+  const classes = cycling ? Math.max(...labels) + 1 : 0;
+  return Math.max(1, cycling && classes > 1 ? Math.min(classes, labels.length) : Math.min(json.num_samples, 8));
+}
+
 function showSamples(r) {
   const grid = $("grid");
   if (r.json.images) {
     grid.className = "grid";
+    grid.style.setProperty("--cols", String(gridColumns(r.json)));
     grid.replaceChildren(...pngImages(r.json, "grid"));
   } else {
     const arr = parseNpy(r.json.array);
