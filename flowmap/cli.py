@@ -121,6 +121,7 @@ def _steer_args(p) -> None:
         "--steer-method", default="sir", help="sir (resampling), best (best-of-N), guide (gradient)"
     )
     g.add_argument("--particles", type=int, default=8, help="particles per sample (sir, best)")
+    g.add_argument("--steer-iters", type=int, default=1, help="guide: gradient steps per sampling step")
     g.add_argument("--lookahead", default="flowmap", help="flowmap (X_{t,0}) or denoiser (x - t u(x,t,t))")
 
 
@@ -172,7 +173,9 @@ def _sample_steered(args, model, out: Path) -> int:
         raise ValueError(
             f"--steer needs --steps >= 1 and --sampler flowmap (got {args.steps}, {args.sampler})"
         )
-    spec = SteerSpec(args.steer, args.steer_scale, args.steer_method, args.particles, args.lookahead)
+    spec = SteerSpec(
+        args.steer, args.steer_scale, args.steer_method, args.particles, args.lookahead, args.steer_iters
+    )
     rows = steer_noise_rows(spec, args.n or 64)
     noise = load_noise(args.noise, model.shape) if args.noise else make_noise(rows, model.shape, args.seed)
     res = steer_model(model, args.steps, noise, spec, args.class_label, args.guidance, args.seed)

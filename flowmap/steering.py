@@ -4,7 +4,8 @@ The look-ahead is the flow map's own jump to data, X_{t,0}(x_t) = x_t - t u(x_t,
 call from any x_t to the sample it will become (FMTT, Sabour et al. 2025; FMRG). The baseline replaces
 it by the one-step denoiser estimate x_t - t u(x_t, t, t) from the diagonal velocity, as diffusion
 guidance does (e.g. DPS, TDS). Both feed the same two steering methods:
-- `sample_guided`: gradient guidance; before each jump x_t moves by scale * t^2 * grad r(look-ahead(x_t));
+- `sample_guided`: gradient guidance; before each jump x_t moves by scale * t^2 * grad r(look-ahead(x_t))
+  (clipped), `iters` times;
 - `sample_particles`: N particles per sample, re-noised between steps (consistency-style, gamma = 1),
   weighted by exp(scale * r(look-ahead)) increments and resampled at each step ("sir": multinomial,
   sequential importance resampling; "best": keep the best particle, greedy best-of-N search).
@@ -53,6 +54,12 @@ def reward_grad(u: FlowFn, x: Tensor, t: float, reward: Reward, lookahead: str, 
     return g
 
 
+def clip_rms(g: Tensor, limit: float = 1.0) -> Tensor:
+    """Scale each sample's gradient down so its root-mean-square entry is at most `limit`."""
+    rms = g.flatten(1).pow(2).mean(1).sqrt().reshape(-1, *([1] * (g.dim() - 1)))
+    return g / (rms / limit).clamp(min=1.0)
+
+
 def sample_guided(
     u: FlowFn,
     x: Tensor,
@@ -61,13 +68,18 @@ def sample_guided(
     scale: float,
     lookahead: str = "flowmap",
     y: Tensor | None = None,
+    iters: int = 1,
 ) -> Tensor:
-    """Gradient guidance: x_k <- x_k + scale * t_k^2 * grad r(look-ahead(x_k)), then X_{t_k, t_{k+1}}.
+    """Gradient guidance: `iters` times x_k <- x_k + scale * t_k^2 * clip(grad r(look-ahead(x_k))),
+    then the jump X_{t_k, t_{k+1}}.
 
     t^2 = sigma_t^2 turns the reward gradient into the change of the score of the tilted density
-    p(x_0) exp(scale * r(x_0)) when the look-ahead is taken as x_0 (linear interpolant)."""
+    p(x_0) exp(scale * r(x_0)) when the look-ahead is taken as x_0 (linear interpolant). The gradient
+    is clipped to an RMS of 1 per entry (the noise's own scale): near a decision boundary a
+    classifier's gradient through the map is large enough to throw x_k far off the noise shell."""
     for s, t in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
-        x = x + scale * s**2 * reward_grad(u, x, s, reward, lookahead, y)
+        for _ in range(iters):
+            x = x + scale * s**2 * clip_rms(reward_grad(u, x, s, reward, lookahead, y))
         with torch.no_grad():
             x = flow_step(u, x, _full(x, s), _full(x, t), y)
     return x
@@ -146,6 +158,7 @@ class SteerSpec:
     scale: float = 1.0
     method: str = "sir"  # guide, sir (sequential importance resampling) or best (best-of-N search)
     particles: int = 8  # per sample; guide uses one trajectory
+    iters: int = 1  # guide: gradient steps per time step (each one more network call and backward)
     lookahead: str = "flowmap"  # flowmap (X_{t,0}) or denoiser (x - t u(x, t, t), the baseline)
 
     def __post_init__(self):
@@ -155,8 +168,8 @@ class SteerSpec:
             raise ValueError(f"look-ahead must be one of {', '.join(LOOKAHEADS)}, got {self.lookahead!r}")
         if not self.scale == self.scale or abs(self.scale) == float("inf") or self.scale < 0:
             raise ValueError(f"steer scale must be a finite number >= 0, got {self.scale}")
-        if self.particles < 1:
-            raise ValueError(f"steer particles must be >= 1, got {self.particles}")
+        if self.particles < 1 or self.iters < 1:
+            raise ValueError(f"steer particles and iters must be >= 1, got {self.particles}, {self.iters}")
 
 
 @dataclass
@@ -186,8 +199,8 @@ def steer(
         raise ValueError(f"{len(noise)} noise rows are not a multiple of {p} particles")
     b = len(noise) // p
     if spec.method == "guide":
-        x = sample_guided(count, noise, grid, reward, spec.scale, spec.lookahead, y)
-        return Steered(x.detach(), count.rows / b, float(steps))
+        x = sample_guided(count, noise, grid, reward, spec.scale, spec.lookahead, y, spec.iters)
+        return Steered(x.detach(), count.rows / b, float(steps * spec.iters))
     gen = torch.Generator().manual_seed(seed + 2)
     yp = y.repeat_interleave(p) if y is not None and len(y) == b else y
     x = sample_particles(
