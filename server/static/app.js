@@ -164,8 +164,21 @@ function modelChanged() {
     $("guidance").disabled = true;
   }
   if (!state.countTouched) $("count").value = m.image ? Math.min(16, state.limits.maxSamples) : state.limits.maxSamples;
+  samplersOf(m);
   $("chart-model").textContent = m.name;
   drawStats();
+}
+
+function samplersOf(m) {
+  const samplers = m.samplers || ["flowmap"];
+  const sel = $("sampler");
+  sel.replaceChildren(...samplers.map((name) => new Option(name, name)));
+  sel.value = m.default_sampler || samplers[0];
+  sel.disabled = samplers.length < 2;
+  $("sampler-help").textContent =
+    samplers.length < 2
+      ? `This model serves the ${sel.value} sampler only.`
+      : "flowmap: deterministic flow-map steps; consistency: jump to data and re-noise at each step.";
 }
 
 // ------------------------------------------------------------------ one request
@@ -189,6 +202,7 @@ function requestBody(steps, count, seed) {
   }
   if (!$("class").disabled && $("class").value !== "") body.class_label = Number($("class").value);
   if (!$("guidance").disabled && $("guidance").value !== "") body.guidance_scale = Number($("guidance").value);
+  if (!$("sampler").disabled) body.sampler = $("sampler").value;
   let json = JSON.stringify(body);
   if (seed !== "") {
     const value = /^[0-9]+$/.test(seed) ? seed : JSON.stringify(seed);
@@ -285,7 +299,8 @@ function summaryText(r) {
   const j = r.json;
   const t = j.timings;
   return (
-    `${j.num_samples} from ${j.model}: ${j.steps} step${j.steps === 1 ? "" : "s"} used, ` +
+    `${j.num_samples} from ${j.model}: ${j.steps} step${j.steps === 1 ? "" : "s"} used` +
+    `${j.sampler && j.sampler !== "flowmap" ? ` (${j.sampler} sampler)` : ""}, ` +
     `${fmt(t.total_ms)} ms in the server (queue ${fmt(t.queue_ms)}, compute ${fmt(t.compute_ms)}), ` +
     `${fmt(r.ms)} ms round trip, seed ${r.seedUsed}.`
   );

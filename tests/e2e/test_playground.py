@@ -167,6 +167,16 @@ def test_auto_steps_report_the_steps_the_server_chose(page):
     assert page.page.locator("#log tbody tr").first.locator("td").nth(2).inner_text() == "auto ≤ 2000 ms"
 
 
+def test_the_sampler_is_picked_from_what_the_model_serves(page):
+    assert page.page.locator("#sampler option").all_inner_texts() == ["flowmap", "consistency"]
+    assert page.page.input_value("#sampler") == "flowmap"  # an esd checkpoint's default
+    page.page.select_option("#sampler", "consistency")
+    page.page.fill("#count", "2")
+    page.submit()
+    page.page.wait_for_selector("#grid img >> nth=1")
+    assert "1 step used (consistency sampler)," in page.page.inner_text("#summary")
+
+
 def test_invalid_input_shows_the_servers_422_message(page):
     # past the form's own limits, as a hand-edited page or a script could send it
     page.page.locator("#seed").evaluate(
