@@ -159,3 +159,36 @@ def test_every_alert_has_a_runbook_section():
     for r in rules():
         if "alert" in r:
             assert r["alert"].lower() in headings, r["alert"]
+
+
+def test_hpa_metric_on_synthetic_series(tmp_path):
+    """promtool evaluates the adapter's query as the adapter fills it in: a busy pod reads its p90 queue
+    wait, an idle pod (no requests in the window) reads 0 rather than NaN, which the HPA could not average."""
+    (rule,) = adapter_rules()
+    series = 'flowmap_queue_wait_seconds_{}{{namespace="flowmap",pod="{}",model="digits"{}}}'
+    inputs = []
+    for pod, per_min in (("busy", 60), ("idle", 0)):
+        for le in ("0.004", "0.008", "+Inf"):
+            rate = per_min if le != "0.004" else per_min // 2  # half wait under 4 ms, the rest under 8 ms
+            inputs.append({"series": series.format("bucket", pod, f',le="{le}"'), "values": f"100+{rate}x10"})
+        inputs.append({"series": series.format("count", pod, ""), "values": f"100+{per_min}x10"})
+    expected = [{"labels": '{pod="busy"}', "value": 0.0072}, {"labels": '{pod="idle"}', "value": 0}]
+    test = {
+        "rule_files": [str(PROM / "flowmap-rules.yaml")],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": inputs,
+                "promql_expr_test": [
+                    {
+                        "expr": adapter_query(rule, "flowmap", ["busy", "idle"]),
+                        "eval_time": "5m",
+                        "exp_samples": expected,
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "hpa.test.yaml").write_text(yaml.safe_dump(test))
+    out = promtool("test", "rules", "hpa.test.yaml", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
