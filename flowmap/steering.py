@@ -158,8 +158,8 @@ class SteerSpec:
     scale: float = 1.0
     method: str = "sir"  # guide, sir (sequential importance resampling) or best (best-of-N search)
     particles: int = 8  # per sample; guide uses one trajectory
-    iters: int = 1  # guide: gradient steps per time step (each one more network call and backward)
     lookahead: str = "flowmap"  # flowmap (X_{t,0}) or denoiser (x - t u(x, t, t), the baseline)
+    iters: int = 1  # guide: gradient steps per time step (each one more network call and backward)
 
     def __post_init__(self):
         if self.method not in METHODS:

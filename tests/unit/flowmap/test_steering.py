@@ -123,3 +123,9 @@ def test_network_calls_per_sample(gmm8, method, lookahead, steps, calls):
 def test_bad_spec(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SteerSpec("mode:0", **kwargs)
+
+
+def test_guidance_iters_cost_one_call_each(gmm8):
+    spec = SteerSpec("mode:0", 0.1, "guide", 1, "flowmap", iters=3)
+    res = steer(gmm8.net, [2], 2, make_noise(10, [2], 0), spec)
+    assert res.calls_per_sample == 2 * (3 + 1) and res.grads_per_sample == 6
