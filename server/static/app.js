@@ -18,6 +18,7 @@ const state = {
   stats: null,
   statsNote: "",
   polling: false,
+  pollGen: 0,
   countTouched: false, // until the user sets it: 16 images, or as many points as allowed
 };
 
@@ -477,6 +478,7 @@ async function pollStats() {
     state.statsNote = "";
   } catch (e) {
     state.statsNote = e.status === 401 ? "needs the API key" : e.message;
+    if (e.status === 401) state.polling = false; // until a key is accepted again
   }
   drawStats();
 }
@@ -586,16 +588,19 @@ function drawChart(rows) {
   canvas.setAttribute("aria-label", label.length ? label.join("; ") : "No latency data yet");
 }
 
-function pollLoop() {
-  if (!document.hidden) pollStats();
-  setTimeout(pollLoop, POLL_MS);
+// one loop at a time: a loop left over from before a 401 sees a newer generation and ends
+async function pollLoop(gen) {
+  if (!state.polling || gen !== state.pollGen) return;
+  if (!document.hidden) await pollStats();
+  setTimeout(() => pollLoop(gen), POLL_MS);
 }
 
 function startPolling() {
   // only once the server has accepted us: polling with a missing key would only collect 401s
   if (state.polling) return;
   state.polling = true;
-  pollLoop();
+  state.pollGen += 1;
+  pollLoop(state.pollGen);
 }
 
 // ------------------------------------------------------------------ start
