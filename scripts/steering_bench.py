@@ -65,12 +65,14 @@ def run_steer(model, steps, spec, n, seed) -> tuple:
     return res, time.perf_counter() - t0
 
 
-def digits_configs(target: int, particles: list[int], scales: list[float]):
+def digits_configs(args):
+    reward = f"class:{args.target}"
     for look in ("flowmap", "denoiser"):
-        for p in particles:
-            yield SteerSpec(f"class:{target}", 1.0, "sir", p, look)
-        for s in scales:
-            yield SteerSpec(f"class:{target}", s, "guide", 1, look)
+        for p in args.particles:
+            yield SteerSpec(reward, args.sir_scale, "sir", p, look)
+        for s in args.scales:
+            for it in args.iters:
+                yield SteerSpec(reward, s, "guide", 1, look, it)
 
 
 def bench_digits(args) -> dict:
@@ -82,7 +84,9 @@ def bench_digits(args) -> dict:
         refs[k] = judge(xc) | {"calls": k}
         plain = generate(model, k, make_noise(args.n, model.shape, args.seed))
         rows.append({"method": "none", "lookahead": "-", "steps": k, "calls": k, **judge(plain)})
-        for spec in digits_configs(args.target, args.particles, args.scales):
+        save_png(out / "grids" / f"none_{k}step.png", plain[:64], True, nrow=8, scale=4)
+        save_png(out / "grids" / f"conditional_{k}step.png", xc[:64], True, nrow=8, scale=4)
+        for spec in digits_configs(args):
             res, sec = run_steer(model, k, spec, args.n, args.seed)
             row = {
                 "method": spec.method,
@@ -92,18 +96,15 @@ def bench_digits(args) -> dict:
             }
             row |= {
                 "scale": spec.scale,
+                "iters": spec.iters,
                 "calls": res.calls_per_sample,
                 "seconds": round(sec, 1),
                 **judge(res.x),
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
-            if (
-                spec.method == "sir"
-                and spec.particles == max(args.particles)
-                or spec.scale == max(args.scales)
-            ):
-                name = f"{spec.method}_{spec.lookahead}_{k}step.png"
+            if spec.particles == max(args.particles) or spec.iters == max(args.iters):
+                name = f"{spec.method}_{spec.lookahead}_{res.calls_per_sample:g}calls_{k}step.png"
                 save_png(out / "grids" / name, res.x[:64], True, nrow=8, scale=4)
     return {"target": args.target, "model": args.model, "n": args.n, "conditional": refs, "rows": rows}
 
@@ -163,7 +164,9 @@ def main() -> None:
     ap.add_argument("--target", type=int, default=3)
     ap.add_argument("--steps", default="1,2,4")
     ap.add_argument("--particles", default="2,4,8,16")
-    ap.add_argument("--scales", default="1,3,10")
+    ap.add_argument("--scales", default="0.3", help="guide: scales")
+    ap.add_argument("--iters", default="1,2,4", help="guide: gradient steps per sampling step")
+    ap.add_argument("--sir-scale", type=float, default=1.0, help="sir: 1 targets p(x) p(target | x)")
     ap.add_argument("--gmm-scale", type=float, default=1.0)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
@@ -172,6 +175,7 @@ def main() -> None:
     args.steps = [int(s) for s in args.steps.split(",")]
     args.particles = [int(s) for s in args.particles.split(",")]
     args.scales = [float(s) for s in args.scales.split(",")]
+    args.iters = [int(s) for s in args.iters.split(",")]
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
