@@ -12,7 +12,7 @@ import os
 import re
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import httpx
@@ -303,9 +303,9 @@ def test_a_forgotten_key_fails_clearly_on_generate(key_page):
 
 @pytest.fixture(scope="module")
 def slow_server(checkpoints):
-    """One request at a time, 0.4 s a step, at most two outstanding: easy to fill."""
+    """One request at a time, 0.5 s a step, at most two outstanding: easy to fill."""
     args = ["--model", str(checkpoints["digits"]), "--api-workers", "1", "--max-steps", "4"]
-    s = ServerProcess([*args, "--max-batch-size", "1", "--max-queue", "1"], slow_ms=400).wait_ready()
+    s = ServerProcess([*args, "--max-batch-size", "1", "--max-queue", "1"], slow_ms=500).wait_ready()
     yield s
     s.stop()
 
@@ -317,12 +317,14 @@ def test_a_full_queue_shows_429_with_its_retry_after(browser, slow_server):
         busy = [
             pool.submit(httpx.post, slow_server.url + "/v1/generate", json=body, timeout=60) for _ in range(3)
         ]
-        time.sleep(0.5)  # all three sent: one computing, the rest at the API's limit
+        # the first answer is the third request's 429: two are outstanding (for 2 s or more)
+        done, _ = wait(busy, timeout=30, return_when=FIRST_COMPLETED)
+        assert [f.result().status_code for f in done] == [429]
         p.page.fill("#count", "1")
         p.submit()
         statuses = sorted(f.result().status_code for f in busy)
     assert p.page.inner_text("#error") == "429 Too Many Requests: queue full (retry after 1 s)"
-    assert statuses[0] == 200
+    assert statuses == [200, 200, 429]
     p.close()
 
 
