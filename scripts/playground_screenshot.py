@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.test_playground import BROWSER_ARGS, CHROMIUM  # noqa: E402
+from tests.e2e.browser import BROWSER_ARGS, CHROMIUM  # noqa: E402
 from tests.integration.conftest import ServerProcess  # noqa: E402
 
 

@@ -18,18 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.e2e.browser import BROWSER_ARGS, CHROMIUM
 from tests.integration.conftest import KEY, ServerProcess
 
-CHROMIUM = Path("/usr/bin/chromium")
-BROWSER_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 TIMEOUT_MS = 30_000
 SERVER_ARGS = ["--engine", "eager", "--max-steps", "4", "--max-samples", "64"]
 
