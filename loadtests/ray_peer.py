@@ -20,8 +20,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch; Ray's workers inh
 
 import argparse
 import random
+import shutil
 import signal
 import sys
+import tempfile
 import time
 
 BUCKETS = (1, 8, 32, 64, 128, 256)
@@ -136,10 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    tmp = tempfile.mkdtemp(prefix="raypeer-")  # Ray's session files, removed on exit
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False, _temp_dir=tmp)
     serve.start(http_options={"host": "127.0.0.1", "port": a.port})
     serve.run(build(a.model, a.engine, a.max_batch_size, a.batch_timeout), route_prefix="/v1/generate")
-    stop = lambda *_: (ray.shutdown(), sys.exit(0))  # noqa: E731  (serve.shutdown() can hang under load)
+    # ray.shutdown() alone: serve.shutdown() can hang under load
+    stop = lambda *_: (ray.shutdown(), shutil.rmtree(tmp, ignore_errors=True), sys.exit(0))  # noqa: E731
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     while True:
