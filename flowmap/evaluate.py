@@ -74,11 +74,6 @@ def eval_images(
     server samples with the same function), with the train split's own FDs as floors."""
     from flowmap.quality import reference_floors, score_digits
 
-    if data.name != "digits":
-        raise ValueError(
-            f"flowmap eval scores images of digits only (its classifier and PCA are fitted on the digits"
-            f" train split); data {data.name!r} has no reference"
-        )
     floors = reference_floors()
     c = max(model.num_classes, 1)
     y = balanced_labels(c, per_class) if model.num_classes else None
@@ -122,6 +117,11 @@ def evaluate(
     head = {"model": model.name, "data": name, "method": model.config.get("method"), "path": str(model.path)}
     if name == "gmm8":
         return head | {"rows": eval_gmm8(model, steps, n, seed, sampler, ode_steps)}
+    if name != "digits":
+        raise ValueError(
+            f"flowmap eval scores gmm8 and digits only (their held-out splits; a classifier and PCA fitted"
+            f" on the digits train split); model {model.name!r} was trained on data {name!r}"
+        )
     data = load_data(name)
     if list(data.shape) != model.shape:
         raise ValueError(f"model {model.name!r} has shape {model.shape}, data {name!r} has {data.shape}")

@@ -112,3 +112,20 @@ def test_seed_fixes_the_nn_ratio_and_nothing_else(digits):
 def test_bad_input_is_named(samples, labels, match):
     with pytest.raises(ValueError, match=match):
         score_digits(samples, labels)
+
+
+def test_eval_of_other_image_data_says_it_has_no_reference(tmp_path, capsys):
+    import numpy as np
+
+    from flowmap.cli import main
+    from flowmap.train import TrainConfig, train
+
+    data = tmp_path / "blobs.npz"
+    np.savez(data, x=np.random.default_rng(0).integers(0, 255, (40, 8, 8), dtype=np.uint8))
+    cfg = TrainConfig(
+        data=str(data), method="fm", steps=2, width=16, depth=1, out=str(tmp_path / "b.safetensors")
+    )
+    ckpt = train(cfg, progress=False)
+    assert main(["eval", "--model", str(ckpt), "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "scores gmm8 and digits only" in err and "data 'blobs'" in err
