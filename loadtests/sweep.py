@@ -45,12 +45,13 @@ def start_server(model: str, extra: str):
     return Proc(cmd, port, "/readyz")
 
 
-def capacity(url: str, mix, seconds: float = 3.0) -> float:
-    """Closed-loop req/s of the mix at fixed 4 steps (32 connections): the scale of --rates auto."""
+def capacity(url: str, mix, steps: int = 4, seconds: float = 3.0) -> float:
+    """Closed-loop req/s of the mix at fixed `steps` (32 connections): 4 steps is the scale of --rates auto;
+    1 step bounds what "auto" can sustain at all."""
     from loadtests import wrkload
 
     port = int(url.rsplit(":", 1)[1])
-    bodies = mix.with_steps(4).bodies(list(range(len(mix.entries))) * 16, 0, 10)
+    bodies = mix.with_steps(steps).bodies(list(range(len(mix.entries))) * 16, 0, 10)
     return wrkload.run(port, "/v1/generate", bodies, 32, seconds, warmup=1.0).req_s
 
 
@@ -159,7 +160,7 @@ def parse(argv) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def meta(a, url: str, ceiling: dict, cap: float | None) -> dict:
+def meta(a, url: str, ceiling: dict, cap: dict) -> dict:
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()} {os.cpu_count()} vCPU, {platform.python_version()}",
@@ -172,7 +173,7 @@ def meta(a, url: str, ceiling: dict, cap: float | None) -> dict:
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip(),
         "ceiling": ceiling,
-        "capacity_4steps_rps": cap,
+        "capacity_rps": cap,  # closed loop, 32 connections, by steps
         "seconds": a.seconds,
         "warmup": a.warmup,
         "mix": a.mix,
@@ -192,11 +193,10 @@ def sweep(a, url: str) -> dict:
         f"generator ceiling: {ceiling['healthz_rps']:.0f} req/s (GET /healthz, 64 connections)",
         file=sys.stderr,
     )
-    rates, cap = parse_rates(a.rates), None
+    rates, cap = parse_rates(a.rates), {k: capacity(url, mix, k) for k in (4, 1)}
+    print(f"closed-loop capacity (32 connections), req/s by steps: {cap}", file=sys.stderr)
     if rates is None:
-        cap = capacity(url, mix)
-        rates = [round(cap * f, 1) for f in LADDER]
-        print(f"fixed-4-step capacity (closed loop, 32 connections): {cap:.0f} req/s", file=sys.stderr)
+        rates = [round(cap[4] * f, 1) for f in LADDER]
     info = meta(a, url, ceiling, cap)
     rows = []
     for rep in range(a.repeat):

@@ -198,10 +198,9 @@ def markdown(result: dict) -> str:
         f"after {m['warmup']:g} s warm-up; SLO {m.get('slo_ms', 100):g} ms; auto requests' deadline_ms "
         f"{m.get('auto_deadline_ms') or m.get('slo_ms', 100):g}.",
         f"Generator ceiling (GET /healthz, {c['connections']} connections): {c['healthz_rps']:.0f} req/s."
-        + (
-            f" Fixed-4-step closed-loop capacity: {m['capacity_4steps_rps']:.0f} req/s."
-            if m.get("capacity_4steps_rps")
-            else ""
+        + "".join(
+            f" Closed-loop capacity at {k} step(s), 32 connections: {v:.0f} req/s."
+            for k, v in (m.get("capacity_rps") or {}).items()
         ),
         "",
         "### Latency, SLO and quality by steps and offered load",
