@@ -24,7 +24,7 @@ from flowmap.losses import LOSSES
 from flowmap.presets import PRESETS
 from flowmap.train import TrainConfig, arch_config, build_loss, loss_extras, train
 
-DEFAULT_METHODS = ("fm", "esd", "lsd", "psd", "ct", "cd", "distill", "lmd", "emd")
+DEFAULT_METHODS = ("fm", "esd", "esdt", "lsd", "psd", "ct", "cd", "distill", "lmd", "emd")
 
 
 def seconds_per_step(cfg: TrainConfig, probe: int = 12, warm: int = 3) -> float:

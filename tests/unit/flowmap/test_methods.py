@@ -54,7 +54,7 @@ def test_fm_teacher_ode_beats_its_one_step_euler(teacher, teacher_euler, noise_a
     assert heun < 0.25 * teacher_euler, (heun, teacher_euler)
 
 
-@pytest.mark.parametrize("method", ["esd", "lsd", "psd", "ct", "cd", "distill", "lmd", "emd"])
+@pytest.mark.parametrize("method", ["esd", "esdt", "lsd", "psd", "ct", "cd", "distill", "lmd", "emd"])
 def test_method_beats_teacher_one_step_euler(method, teacher, teacher_euler, noise_and_exact, tmp_path):
     needs_teacher = "teacher" in losses.uses(losses.make_loss(method))
     cfg = TrainConfig(
