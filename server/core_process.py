@@ -177,7 +177,7 @@ class CoreServer:
             return
         noise = make_noise(g.n, self.model.shape, g.seed, self.core.device)
         labels = g.labels if g.labels is not None else [0] * g.n
-        keys = sample_keys(g.seed, g.n) if g.sampler == "consistency" else None
+        keys = sample_keys(g.seed, g.n).tolist() if g.sampler == "consistency" else None
         job = Job(noise, labels, g.steps or None, g.guidance, g.deadline, self._done, g.seed, keys)
         try:
             self.core.submit(job)

@@ -66,7 +66,7 @@ class Job:
     deadline: float | None = None  # absolute time; None: no deadline
     on_done: Callable[[Job], None] | None = None
     seed: int | None = None  # for the response only (the noise is already drawn)
-    keys: Tensor | None = None  # [n] int64 re-noise keys: the consistency sampler (None: the flow map)
+    keys: list[int] | None = None  # [n] re-noise keys (sample_keys): the consistency sampler; None: flow map
     id: int = field(default_factory=lambda: next(_ids))
     # set by the scheduler
     arrival: float = 0.0
@@ -343,25 +343,22 @@ class Scheduler:
 
     def _append(self, takes: list[tuple[Job, int, int]]) -> None:
         """Add the rows of `takes` [(job, first sample, count)]: one tensor op per state field."""
-        steps, ids, weights, labels = [], [], [], []
-        keys = [
-            j.keys[a : a + n] if j.keys is not None else torch.zeros(n, dtype=torch.int64)
-            for j, a, n in takes
-        ]
+        steps, ids, weights, labels, keys = [], [], [], [], []
         for j, a, n in takes:
             steps += [j.steps] * n
             ids += [j.id] * n
             weights += [j.guidance] * n
             labels += j.labels[a : a + n]
+            keys += j.keys[a : a + n] if j.keys is not None else [0] * n
         xs = [j.noise if n == j.n else j.noise[a : a + n] for j, a, n in takes]
-        kjy = np.array([steps, ids, labels], np.int64)  # [3, new rows]
+        kjy = np.array([steps, ids, labels, keys], np.int64)  # [4, new rows]
         self.x = torch.cat(xs if self.x is None else [self.x, *xs])
         self.k = np.concatenate([self.k, np.zeros(len(steps), np.int64)])
         self.K = np.concatenate([self.K, kjy[0]])
         self.job = np.concatenate([self.job, kjy[1]])
         self.y = np.concatenate([self.y, kjy[2]])
         self.w = np.concatenate([self.w, np.array(weights, np.float32)])
-        self.key = np.concatenate([self.key, torch.cat(keys).numpy()])
+        self.key = np.concatenate([self.key, kjy[3]])
         self.rows += sum(n * j.rows_per_sample for j, _, n in takes)
 
     def _alive(self) -> np.ndarray:

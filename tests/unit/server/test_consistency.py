@@ -28,7 +28,7 @@ class FakeEngine:
 
 
 def job(n, steps, seed, label=0, guidance=1.0, consistency=True) -> Job:
-    keys = sample_keys(seed, n) if consistency else None
+    keys = sample_keys(seed, n).tolist() if consistency else None
     return Job(make_noise(n, SHAPE, seed), [label] * n, steps, guidance, seed=seed, keys=keys)
 
 
