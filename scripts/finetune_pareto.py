@@ -28,7 +28,9 @@ def run(args, weight: str) -> dict:
         str(args.steps // 2),
     ]
     argv += ["--eval-n", str(args.eval_n), "--lr", str(args.lr), "--no-progress"]
-    if flowmap(argv) != 0:
+    log = out.with_suffix(".log.jsonl")
+    done = log.exists() and json.loads(log.read_text().splitlines()[-1])["step"] == args.steps
+    if not done and flowmap(argv) != 0:  # a finished run of the same length is reused
         raise SystemExit(f"finetune failed for weight {weight}")
     rows = [json.loads(x) for x in out.with_suffix(".log.jsonl").read_text().splitlines()]
     base, last = rows[0], rows[-1]
