@@ -2,7 +2,7 @@
 
 The load tests keep what the server answered (npy output: float32 samples, with each request's seed,
 steps and requested classes). This module
-- pools them into one scored set: up to `per_class` samples of each class in arrival order (eval's
+- pools them into one scored set: up to `per_class` samples of each class spread over the run (eval's
   composition: 100 per class), so FD is compared at the sample count `flowmap eval` uses;
 - scores a set with `quality()`: flowmap.quality.score_digits, the function `flowmap eval` calls;
 - reproduces the same requests with the library (`flowmap sample`'s noise-from-seed and sampler), so a
@@ -38,7 +38,8 @@ def quality(x: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def pool(records: list[dict], per_class: int = PER_CLASS) -> dict:
-    """Up to per_class samples of each requested class, in arrival order: {x, labels, steps}."""
+    """Up to per_class samples of each requested class, spread evenly over the run (a run's start and
+    end can differ: "auto" picks fewer steps as the queue builds): {x, labels, steps}."""
     xs, ys, ks = [], [], []
     for r in records:
         xs.append(np.asarray(r["x"], np.float32))
@@ -49,7 +50,10 @@ def pool(records: list[dict], per_class: int = PER_CLASS) -> dict:
     x, y, k = np.concatenate(xs), np.concatenate(ys), np.concatenate(ks)
     keep = np.zeros(len(y), bool)
     for c in np.unique(y):
-        keep[np.flatnonzero(y == c)[:per_class]] = True
+        idx = np.flatnonzero(y == c)
+        keep[idx[np.unique(np.linspace(0, len(idx) - 1, min(per_class, len(idx))).round().astype(int))]] = (
+            True
+        )
     return {"x": x[keep], "labels": y[keep], "steps": k[keep]}
 
 

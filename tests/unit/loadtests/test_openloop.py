@@ -108,3 +108,17 @@ def test_shipped_mixes_load_and_json_mixes_too(tmp_path):
     assert load_mix(p).entries[1].classes == 7
     with pytest.raises(MixError, match="not found"):
         load_mix(tmp_path / "nope.toml")
+
+
+def test_pool_takes_per_class_samples_spread_over_the_run():
+    from loadtests import score
+
+    recs = [
+        {"x": np.full((2, 1, 8, 8), i, np.float32), "labels": [0, 1], "steps": 4 - i // 25}
+        for i in range(100)
+    ]
+    got = score.pool(recs, per_class=10)
+    assert np.bincount(got["labels"]).tolist() == [10, 10]
+    first = got["x"][got["labels"] == 0][:, 0, 0, 0]
+    assert first[0] == 0 and first[-1] == 99  # from the first request to the last, not the first ten
+    assert set(got["steps"].tolist()) == {1, 2, 3, 4}
