@@ -15,9 +15,11 @@ W, H, LEFT, RIGHT, TOP, BOTTOM = 900, 540, 80, 260, 40, 50
 def _ticks(lo: float, hi: float, log: bool) -> list[float]:
     if log:
         return [10.0**e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)]
-    step = 10 ** math.floor(math.log10(max(hi - lo, 1e-12))) / 2
+    raw = max(hi - lo, 1e-12) / 8
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)  # at most ~8 gridlines
     first = math.ceil(lo / step) * step
-    return [first + i * step for i in range(int((hi - first) / step) + 1)][:12]
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
 def _scale(lo: float, hi: float, log: bool, a: float, b: float):

@@ -68,6 +68,7 @@ def main() -> None:
         out / "pareto.png",
         "FD / base FD",
         "reward gain",
+        logx=True,
         title=f"fine-tuning {args.model} toward {args.reward}: reward gain vs FD cost",
     )
 
