@@ -12,7 +12,8 @@ FLOWMAP_LOAD_SAMPLES (8) and FLOWMAP_LOAD_OUTPUT (png) make the mix. FLOWMAP_LOA
 
 Stats: each step count asked is its own entry ("generate steps=K", "generate steps=auto"); custom entries
 per step count *used* ("used steps=K", type STEPS: what "auto" chose) and per SLO miss ("missed steps=K",
-type SLO: 200s later than their entry's slo_ms). `--keep-samples DIR` (npy output) writes the samples
+type SLO: 200s later than their entry's slo_ms); Locust's "Aggregated" row counts these entries too,
+so read throughput from the POST rows. `--keep-samples DIR` (npy output) writes the samples
 received, with seeds, steps and requested classes, to DIR/locust-PID.npz when the run stops.
 """
 
