@@ -163,7 +163,7 @@ def plot_rate(result: dict, path: Path) -> None:
         "network calls per sample",
         "target-class rate",
         logx=True,
-        title=f"digits_uncond steered to {result['target']}: target-class rate vs network calls",
+        title=f"{result['model']} steered to {result['target']}: target-class rate vs network calls",
     )
 
 
