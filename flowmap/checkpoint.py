@@ -17,7 +17,7 @@ from flowmap.nets import build_net
 
 FORMAT = "flowmap/1"
 ASSETS = Path(__file__).parent / "assets"
-SHIPPED = ("digits", "gmm8")
+SHIPPED = ("digits", "gmm8", "digits_uncond")
 
 
 class CheckpointError(UserError, ValueError):
