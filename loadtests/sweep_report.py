@@ -114,6 +114,9 @@ LOAD_COLUMNS = (
 )
 
 
+LAGGED_MS = 20.0  # generator lag p99 above which a point is marked: the generator fell behind its schedule
+
+
 def load_row(steps: str, rs: list[dict]) -> str:
     bad = defaultdict(int)
     for r in rs:
@@ -123,9 +126,10 @@ def load_row(steps: str, rs: list[dict]) -> str:
     chosen = "/".join(map(str, np.sum([r["chosen_steps"] for r in rs], 0).tolist()))
     col = lambda key, spec=".1f": span([r[key] for r in rs], spec)  # noqa: E731
     qual = lambda key, spec: span([q(r, key) for r in rs], spec)  # noqa: E731
+    lagged = any(r["lag_p99_ms"] > LAGGED_MS for r in rs)
     vals = [
         steps,
-        col("offered_rps", ".0f"),
+        col("offered_rps", ".0f") + (" †" if lagged else ""),
         col("attainment", ".3f"),
         col("goodput_rps", ".0f"),
         col("p50_ms"),
@@ -206,6 +210,9 @@ def markdown(result: dict) -> str:
         "### Latency, SLO and quality by steps and offered load",
         "",
         *load_table(result),
+        "",
+        f"† the generator's lag behind its schedule exceeded {LAGGED_MS:g} ms (p99) in a repeat: the load "
+        "generator shared the CPUs and fell behind, so that point under-offers and over-reports latency.",
         "",
         "### Quality against `flowmap eval`",
         "",
