@@ -151,31 +151,41 @@ def load_table(result: dict) -> list[str]:
 
 
 EVAL_COLUMNS = (
-    "steps | eval FD (seeds: mean, min–max) | sweep FD (all loads) | within eval's seed range +- 3 sd"
-    " | eval FD pixel | sweep FD pixel | eval class acc | sweep class acc | max abs server - library"
+    "steps | eval FD: mean ± sd over seeds (min–max) | sweep FD: mean ± sd over points (min–max)"
+    " | agree: abs(mean difference) <= 2 seed sd | eval FD pixel | sweep FD pixel | eval class acc"
+    " | sweep class acc | max abs server - library"
 )
 
 
-def within(fd: list, efd: list, n: list[int], n_eval: list[int]) -> str:
-    """Every sweep FD inside [min - 3 sd, max + 3 sd] of eval's seeds?"""
-    if not efd or not fd or None in fd:
+def agree(fd: list, efd: list, n: list[int], n_eval: list[int]) -> str:
+    """Does the sweep's mean FD (over its points) lie within 2 seed-noise sd of eval's mean (over seeds)?
+    The seed noise is eval's sd over seeds at the same sample count; the ratio is printed."""
+    if len(efd) < 2 or not fd or None in fd:
         return "n/a"
     if min(n) < max(n_eval):
         return f"n/a (scored {min(n)} samples, eval {max(n_eval)})"
-    sd = float(np.std(efd, ddof=1)) if len(efd) > 1 else 0.0
-    return "yes" if all(min(efd) - 3 * sd <= f <= max(efd) + 3 * sd for f in fd) else "**no**"
+    sd = float(np.std(efd, ddof=1))
+    z = abs(float(np.mean(fd)) - float(np.mean(efd))) / sd if sd else float("inf")
+    return f"{'yes' if z <= 2 else '**no**'} ({z:.1f} sd)"
+
+
+def mean_sd(v: list) -> str:
+    v = [x for x in v if x is not None]
+    if not v:
+        return "n/a"
+    sd = f" ± {np.std(v, ddof=1):.2f}" if len(v) > 1 else ""
+    return f"{np.mean(v):.2f}{sd} ({span(v, '.2f')})"
 
 
 def eval_row(result: dict, steps: str) -> str:
     rows = [r for r in result["rows"] if r["steps"] == steps]
     ev = result.get("eval", {}).get(steps, [])
     fd, efd = [q(r, "fd") for r in rows], [e["fd"] for e in ev]
-    mean = f"{np.mean(efd):.2f} ({span(efd, '.2f')})" if efd else "n/a"
     vals = [
         steps,
-        mean,
-        span(fd, ".2f"),
-        within(fd, efd, [q(r, "n") or 0 for r in rows], [e.get("n", 1000) for e in ev]),
+        mean_sd(efd),
+        mean_sd(fd),
+        agree(fd, efd, [q(r, "n") or 0 for r in rows], [e.get("n", 1000) for e in ev]),
         span([e["fd_pixel"] for e in ev], ".2f"),
     ]
     vals += [span([q(r, "fd_pixel") for r in rows], ".2f"), span([e.get("class_acc") for e in ev], ".3f")]

@@ -34,3 +34,10 @@ def test_goals_of_a_repeat():
     assert g["fd_monotone"] is True
     rows[-1]["quality"]["fd"] = 4.0  # FD falls with load: not a smooth rise
     assert sweep_report.goals_of_repeat(rows)["fd_monotone"] is False
+
+
+def test_agreement_with_eval_is_judged_in_seed_noise_units():
+    eval_fds, n = [4.0, 5.0, 6.0], [1000, 1000]  # sd 1.0
+    assert sweep_report.agree([6.5, 7.5], eval_fds, n, [1000]) == "yes (2.0 sd)"
+    assert sweep_report.agree([7.5, 7.5], eval_fds, n, [1000]).startswith("**no**")
+    assert sweep_report.agree([5.0], eval_fds, [100], [1000]).startswith("n/a (scored 100")
