@@ -63,7 +63,7 @@ def _finetune_parser(sub) -> None:
     p = sub.add_parser(
         "finetune",
         help="fine-tune a flow map toward a reward",
-        description="Back-propagate a reward (flowmap.reward spec) through the 1-2 step generator, "
+        description="Back-propagate a reward (flowmap.reward spec) through the 1-4 step generator, "
         "regularised toward the frozen base model's samples on the same noise (docs/steering.md).",
     )
     for f in dataclasses.fields(FinetuneConfig):
