@@ -119,16 +119,20 @@ def bench_digits(args) -> dict:
     return {"target": args.target, "model": args.model, "n": args.n, "conditional": refs, "rows": rows}
 
 
+def gmm8_configs(mode: int, scale: float):
+    reward = f"mode:{mode}"
+    for look in ("flowmap", "denoiser"):
+        for method, p in (("sir", 8), ("sir", 16), ("sir", 32), ("sir", 64), ("best", 32)):
+            yield SteerSpec(reward, scale, method, p, look)
+        yield SteerSpec(reward, scale, "guide", 1, look, 7)
+
+
 def bench_gmm8(args) -> dict:
     model, mode, rows = load_model("gmm8"), args.target % 8, []
     truth = gmm8_mode_tilted(mode, args.gmm_scale, 4000, torch.Generator().manual_seed(7))
     means = gmm8_means(torch.float32)
     for k in args.steps:
-        for spec in [
-            SteerSpec(f"mode:{mode}", args.gmm_scale, m, p, look)
-            for look in ("flowmap", "denoiser")
-            for m, p in (("sir", 8), ("sir", 32), ("best", 32))
-        ]:
+        for spec in gmm8_configs(mode, args.gmm_scale):
             res, sec = run_steer(model, k, spec, args.n, args.seed)
             in_mode = float((torch.cdist(res.x, means).argmin(1) == mode).double().mean())
             row = {
@@ -138,6 +142,7 @@ def bench_gmm8(args) -> dict:
                 "particles": spec.particles,
             }
             row |= {
+                "iters": spec.iters,
                 "calls": res.calls_per_sample,
                 "in_mode": in_mode,
                 "energy_to_tilted": energy_distance(res.x, truth),
