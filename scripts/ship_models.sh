@@ -18,4 +18,4 @@ $FLOWMAP train --data digits --method esd --labels drop --steps 4000 --ckpt-ever
 
 $FLOWMAP eval --model "$OUT/gmm8.safetensors" --steps 1,2,4
 $FLOWMAP eval --model "$OUT/digits.safetensors" --steps 1,2,4
-$FLOWMAP eval --model "$OUT/digits_uncond.safetensors" --steps 1,2,4
+$FLOWMAP eval --model "$OUT/digits_uncond.safetensors" --steps 1,2,4 --per-class 1000  # unconditional: 1000 samples
