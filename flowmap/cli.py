@@ -34,6 +34,13 @@ def _train_parser(sub) -> None:
             required=f.name in ("data", "method", "out"),
             help=f"(default: {f.default})",
         )
+    _again_flags(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+def _again_flags(p) -> None:
+    """--resume / --overwrite: what a re-run does with OUT's saved state (train and finetune alike)."""
     again = p.add_mutually_exclusive_group()
     again.add_argument(
         "--resume",
@@ -42,8 +49,10 @@ def _train_parser(sub) -> None:
         "if the config is the same, refuse otherwise)",
     )
     again.add_argument("--overwrite", action="store_true", help="start over, replacing OUT's saved state")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train)
+
+
+def _again(args) -> bool | None:
+    return True if args.resume else (False if args.overwrite else None)
 
 
 def cmd_train(args) -> int:
@@ -51,8 +60,7 @@ def cmd_train(args) -> int:
 
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("func", "command")}
     cfg = TrainConfig.from_dict(PRESETS.get(given["data"], {}) | given)
-    resume = True if args.resume else (False if args.overwrite else None)
-    out = train(cfg, resume=resume, progress=not args.no_progress)
+    out = train(cfg, resume=_again(args), progress=not args.no_progress)
     print(f"wrote {out}")
     return 0
 
@@ -71,7 +79,7 @@ def _finetune_parser(sub) -> None:
         p.add_argument(
             "--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f"(default: {f.default})"
         )
-    p.add_argument("--resume", action="store_true", help="continue from OUT's .state.safetensors")
+    _again_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_finetune)
 
@@ -80,7 +88,7 @@ def cmd_finetune(args) -> int:
     from flowmap.finetune import FinetuneConfig, finetune
 
     cfg = FinetuneConfig.from_dict(vars(args))
-    print(f"wrote {finetune(cfg, resume=args.resume, progress=not args.no_progress)}")
+    print(f"wrote {finetune(cfg, resume=_again(args), progress=not args.no_progress)}")
     return 0
 
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from flowmap.checkpoint import Model, atomic_write, load_model, save_checkpoint
 from flowmap.reward import evaluate_reward, make_reward
 from flowmap.samplers import make_noise, sample_flowmap, uniform_grid
-from flowmap.train import TrainingError, ema_update, load_state, save_state, state_path
+from flowmap.train import TrainingError, ema_update, resume_from, save_state, state_path
 
 
 @dataclass
@@ -108,8 +108,9 @@ class Quality:
         return row
 
 
-def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Fine-tune cfg.model toward cfg.reward; returns the checkpoint path (EMA weights)."""
+def finetune(cfg: FinetuneConfig, resume: bool | None = None, progress: bool = True) -> Path:
+    """Fine-tune cfg.model toward cfg.reward; returns the checkpoint path (EMA weights).
+    resume: as `train` (None continues a saved state of the same config and refuses another one)."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     base = load_model(cfg.model)
@@ -118,8 +119,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     ema = copy.deepcopy(base.net)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
     out = Path(cfg.out)
-    start = load_state(state_path(out), net, ema, opt) if resume and state_path(out).exists() else 0
-    if not resume:
+    start = resume_from(state_path(out), cfg, (net, ema, opt), resume)
+    if start == 0:
         log_path(out).unlink(missing_ok=True)
     atomic_write(
         out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(asdict(cfg), indent=2))

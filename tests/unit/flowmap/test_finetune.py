@@ -97,3 +97,20 @@ def test_sample_steer_writes_steered_samples(tmp_path, capsys):
     mode = torch.cdist(torch.from_numpy(x), gmm8_means(torch.float32)).argmin(1)
     assert float((mode == 2).double().mean()) >= 0.95
     assert "32 network calls per sample" in capsys.readouterr().out
+
+
+def test_a_rerun_continues_the_same_config_and_refuses_another(tmp_path, capsys):
+    out = tmp_path / "ft.safetensors"
+    assert finetune(out, "--steps", "10", "--lr", "1e-3", "--weight", "0.1") == 0
+    state = out.with_suffix(".state.safetensors")
+    before = state.read_bytes()
+    assert finetune(out, "--steps", "10", "--lr", "1e-3", "--weight", "0.1") == 0  # nothing left to do
+    assert "resuming" in capsys.readouterr().err
+    rows = [json.loads(x) for x in out.with_suffix(".log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 10]  # the log was kept, not restarted
+    assert finetune(out, "--steps", "10", "--lr", "2e-3", "--weight", "0.1") == 2
+    assert "lr 0.001 -> 0.002" in capsys.readouterr().err
+    assert state.read_bytes() == before  # the refused run left the saved state alone
+    assert finetune(out, "--steps", "10", "--lr", "2e-3", "--weight", "0.1", "--overwrite") == 0
+    rows = [json.loads(x) for x in out.with_suffix(".log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 10]
