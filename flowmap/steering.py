@@ -14,6 +14,7 @@ guidance does (e.g. DPS, TDS). Both feed the same two steering methods:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from flowmap.interpolants import Linear
 from flowmap.reward import Reward, evaluate_reward, make_reward
-from flowmap.samplers import FlowFn, flow_step, uniform_grid
+from flowmap.samplers import FlowFn, flow_step, sample_keys, uniform_grid
 
 METHODS = ("guide", "sir", "best")
 LOOKAHEADS = ("flowmap", "denoiser")
@@ -96,8 +97,37 @@ def resample(logw: Tensor, select: str, generator: torch.Generator | None) -> Te
     return (pick + n * torch.arange(b, device=logw.device)[:, None]).flatten()
 
 
-def _renoise(x0: Tensor, t: float, interpolant, generator) -> Tensor:
-    fresh = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+RESAMPLE_COUNTER = 1 << 20  # Philox counter offset of the resampling draws (step k's re-noise uses k)
+
+
+def keyed_uniforms(keys: Tensor, k: int, n: int) -> Tensor:
+    """Uniforms [G, n] float64 in (0, 1): Phi of the Philox normals keyed by keys[g] at counter
+    k + RESAMPLE_COUNTER (kernels.noise), so group g's draws depend on (keys[g], k) only."""
+    import kernels
+
+    z = kernels.noise(keys, k + RESAMPLE_COUNTER, n).double()
+    return 0.5 * torch.special.erfc(-z / math.sqrt(2.0))
+
+
+def resample_keyed(logw: Tensor, select: str, keys: Tensor, k: int) -> Tensor:
+    """`resample` with multinomial draws from keyed_uniforms(keys [B], k, N) by inverse CDF: the same
+    indices in the library and the server whatever else is computed alongside."""
+    b, n = logw.shape
+    logw = torch.nan_to_num(logw.double(), nan=-1e300, posinf=1e300, neginf=-1e300)  # never NaN weights
+    if select == "best":
+        pick = logw.argmax(1, keepdim=True).expand(b, n)
+    else:
+        cdf = torch.softmax(logw.double(), dim=1).cumsum(1)
+        u = keyed_uniforms(keys, k, n).to(cdf.device) * cdf[:, -1:]
+        pick = torch.searchsorted(cdf, u, right=True).clamp(max=n - 1)
+    return (pick + n * torch.arange(b, device=logw.device)[:, None]).flatten()
+
+
+def _renoise(x0: Tensor, t: float, interpolant, generator, draws=None) -> Tensor:
+    if draws is not None:
+        fresh = draws.to(x0.device, x0.dtype)
+    else:
+        fresh = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
     tt = torch.tensor(t, dtype=x0.dtype)
     return interpolant.alpha(tt) * x0 + interpolant.sigma(tt) * fresh
 
@@ -115,28 +145,46 @@ def sample_particles(
     y: Tensor | None = None,
     generator: torch.Generator | None = None,
     interpolant=Linear(),
+    keys: Tensor | None = None,
 ) -> Tensor:
     """Particles x: [B * N, ...] (sample i owns rows i*N .. i*N+N-1) -> samples [B, ...].
 
     Step k: x0 = X_{t_k,0}(x_k); potential l_k = scale * r(look-ahead(x_k)); resample by
     l_k - l_{k-1}; then re-noise x0 to t_{k+1} with fresh noise (or stop at t = 0). With the flow-map
     look-ahead, l_k is r(x0) itself (no extra call) and the last potential is the final reward, so
-    "sir" targets p(x_0) exp(scale * r(x_0)) as N grows (exactly so at one step, for an exact map)."""
+    "sir" targets p(x_0) exp(scale * r(x_0)) as N grows (exactly so at one step, for an exact map).
+
+    keys [B * N] (flowmap.samplers.sample_keys): draw row j's re-noise at step k from Philox keyed by
+    keys[j] (as the server's consistency rows do) and group i's resampling from keys[i*N] at counter
+    k + RESAMPLE_COUNTER, so every sample depends on its own keys only (the server's steered rows give
+    the same result); without keys, both come from `generator`."""
     n = particles
+    gkeys = keys.view(-1, n)[:, 0] if keys is not None else None
+    pick = lambda logw, k: (
+        resample(logw, select, generator) if keys is None else resample_keyed(logw, select, gkeys, k)
+    )
     prev = torch.zeros(len(x), dtype=torch.float64, device=x.device)
-    for s, t in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
+    steps = len(grid) - 1
+    for k, (s, t) in enumerate(zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True)):
         x0 = lookahead_flowmap(u, x, s, y)
         est = x0 if lookahead == "flowmap" else lookahead_denoiser(u, x, s, y)
         pot = scale * evaluate_reward(reward, est).double()
-        idx = resample((pot - prev).view(-1, n), select, generator)
+        idx = pick((pot - prev).view(-1, n), k)
         x0, prev = x0[idx], pot[idx]
         if t == 0.0:
             break
-        x = _renoise(x0, t, interpolant, generator)
+        x = _renoise(x0, t, interpolant, generator, None if keys is None else _keyed_draws(keys, k, x0))
     if lookahead != "flowmap":  # the final reward is not yet in the weights
         pot = scale * evaluate_reward(reward, x0).double()
-        x0 = x0[resample((pot - prev).view(-1, n), select, generator)]
+        x0 = x0[pick((pot - prev).view(-1, n), steps)]
     return x0[::n]
+
+
+def _keyed_draws(keys: Tensor, k: int, like: Tensor) -> Tensor:
+    """Row j's standard normals at step k from Philox keyed by keys[j] (flowmap.generate.renoise_draws)."""
+    from flowmap.generate import renoise_draws
+
+    return renoise_draws(keys, like.shape)(k)
 
 
 class CallCounter:
@@ -201,10 +249,10 @@ def steer(
     if spec.method == "guide":
         x = sample_guided(count, noise, grid, reward, spec.scale, spec.lookahead, y, spec.iters)
         return Steered(x.detach(), count.rows / b, float(steps * spec.iters))
-    gen = torch.Generator().manual_seed(seed + 2)
     yp = y.repeat_interleave(p) if y is not None and len(y) == b else y
+    keys = sample_keys(seed, len(noise))  # per-row keyed draws: the server's steered rows agree
     x = sample_particles(
-        count, noise, grid, reward, spec.scale, p, spec.lookahead, spec.method, yp, gen, interpolant
+        count, noise, grid, reward, spec.scale, p, spec.lookahead, spec.method, yp, None, interpolant, keys
     )
     return Steered(x, count.rows / b, 0.0)
 

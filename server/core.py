@@ -15,8 +15,10 @@ import torch
 from torch import Tensor
 
 from flowmap.guidance import cfg_mix
+from flowmap.reward import evaluate_reward
+from flowmap.steering import resample_keyed
 from server import ops
-from server.scheduler import Batch, Job, Scheduler
+from server.scheduler import Batch, Job, Scheduler, SteerRun
 from server.stats import IterationStats
 
 log = logging.getLogger("flowmap.server")
@@ -44,10 +46,32 @@ class Executor:
             return ops.step(x, self._velocity(batch, x, s, t, y, w), s, t)  # [N, *shape]
         r = (batch.keys != 0).to(dev)  # re-noising rows: the network jumps them to data (t = 0)
         u = self._velocity(batch, x, s, torch.where(r, 0.0, t), y, w)
+        if batch.steer:
+            x, u = self._resample(batch.steer, x, u, s)
         out = ops.step(x, u, s, t)
         ri = r.nonzero().flatten()
         out[ri] = ops.renoise(x[ri], u[ri], s[ri], t[ri], batch.keys.to(dev)[ri], batch.k.to(dev)[ri])
         return out
+
+    def _resample(self, runs: list[SteerRun], x: Tensor, u: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        """Steered rows: reward of the jump to data x0 = x - s u, resample each particle group by the
+        potential's increment (draws keyed by the group and step), and reorder (x, u) so the re-noise
+        step below jumps every row to its chosen ancestor's x0 and re-noises it with the row's own key."""
+        perm = torch.arange(len(x), device=x.device)
+        for run in runs:
+            a, b, p = run.start, run.stop, run.job.steer.particles
+            try:
+                x0 = ops.step(x[a:b], u[a:b], s[a:b], torch.zeros_like(s[a:b]))
+                pot = run.job.steer.scale * evaluate_reward(run.job.steer.reward, x0).double()
+                logw = (pot - run.prev.to(pot.device)).view(-1, p)
+                idx = resample_keyed(logw, run.job.steer.select, run.keys, run.k)
+            except Exception as e:  # a failing reward fails its own request, never its batch-mates
+                log.exception("model: reward failed for a steered request")
+                run.error = e
+                continue
+            run.pot = pot[idx]
+            perm[a:b] = a + idx.to(x.device)
+        return x[perm], u[perm]
 
     def _velocity(self, batch: Batch, x: Tensor, s: Tensor, t: Tensor, y: Tensor, w: Tensor) -> Tensor:
         """u(x, s, t, y) per row, classifier-free guided where w != 1 (the null rows go after the batch)."""

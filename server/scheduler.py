@@ -56,6 +56,32 @@ class Cancelled(SchedulingError):
 
 
 @dataclass(eq=False)
+class Steer:
+    """A steered job's particles: each sample is a group of `particles` consecutive rows, resampled at
+    every step boundary by the reward of their jump to data (flowmap.steering.sample_particles)."""
+
+    particles: int
+    reward: Callable[[Tensor], Tensor]  # x0 [M, *shape] -> [M]
+    scale: float
+    select: str = "sir"  # sir (multinomial resampling) or best (best-of-N)
+    name: str = ""  # the reward's built-in name (metrics label)
+
+
+@dataclass(eq=False)
+class SteerRun:
+    """One steered job's rows [start, stop) in a batch, all at step k (whole particle groups)."""
+
+    job: Job
+    start: int
+    stop: int
+    k: int
+    keys: Tensor  # [groups] int64: each group's first row key (its resampling draws)
+    prev: Tensor  # [rows] float64: the potential at the last resampling
+    pot: Tensor | None = None  # set by the executor: the new potential, rows in resampled order
+    error: Exception | None = None  # set by the executor when the reward failed (fails this job only)
+
+
+@dataclass(eq=False)
 class Job:
     """One request: n samples sharing steps, seed and guidance; per-sample labels and t=1 noise."""
 
@@ -67,6 +93,7 @@ class Job:
     on_done: Callable[[Job], None] | None = None
     seed: int | None = None  # for the response only (the noise is already drawn)
     keys: list[int] | None = None  # [n] re-noise keys (sample_keys): the consistency sampler; None: flow map
+    steer: Steer | None = None  # particles: noise and keys hold n * particles rows; result n samples
     id: int = field(default_factory=lambda: next(_ids))
     # set by the scheduler
     arrival: float = 0.0
@@ -88,6 +115,11 @@ class Job:
         return 1 if self.guidance == 1.0 else 2
 
     @property
+    def group(self) -> int:
+        """Rows admitted together: a steered sample's particles."""
+        return self.steer.particles if self.steer is not None else 1
+
+    @property
     def rows_in_flight(self) -> int:
         return self.admitted - (self.n - self.remaining)
 
@@ -106,6 +138,7 @@ class Batch:
     keys: Tensor | None = None  # [N] int64 re-noise keys, 0 on flow-map rows (sample_keys are never 0);
     # None: no row re-noises
     k: Tensor | None = None  # [N] int64 step index of each row (the re-noise draw's counter)
+    steer: list[SteerRun] | None = None  # steered rows, per job and admission
 
     @property
     def n(self) -> int:
@@ -147,8 +180,9 @@ class Scheduler:
     def _clear(self) -> None:
         """The state of the rows in flight: x [R, *shape]; k, K, y, job, key [R] int64; w [R] float32."""
         self.x: Tensor | None = None
-        self.k = self.K = self.y = self.job = self.key = np.zeros(0, np.int64)
+        self.k = self.K = self.y = self.job = self.key = self.pk = np.zeros(0, np.int64)
         self.w = np.zeros(0, np.float32)
+        self.pot = np.zeros(0, np.float64)  # steered rows: the potential at the last resampling
         self.rows = 0
 
     # ---------------------------------------------------------------- intake
@@ -200,12 +234,32 @@ class Scheduler:
         tensors = [torch.from_numpy(a) for a in (s, t, self.y, self.w)]
         if not self.key.any():
             return Batch(self.x, *tensors, self.rows)
-        return Batch(self.x, *tensors, self.rows, torch.from_numpy(self.key), torch.from_numpy(self.k))
+        keys, k = torch.from_numpy(self.key), torch.from_numpy(self.k)
+        return Batch(self.x, *tensors, self.rows, keys, k, self._steer_runs(keys))
+
+    def _steer_runs(self, keys: Tensor) -> list[SteerRun] | None:
+        """The steered rows as runs of one job at one step (contiguous: admitted together, kept in order)."""
+        if not self.pk.any():
+            return None
+        starts = np.flatnonzero(np.r_[True, (self.job[1:] != self.job[:-1]) | (self.k[1:] != self.k[:-1])])
+        runs = []
+        for a, b in zip(starts.tolist(), np.r_[starts[1:], len(self.k)].tolist(), strict=True):
+            job = self.jobs.get(int(self.job[a])) if self.pk[a] else None
+            if job is None or job.steer is None:  # not steered, or ended early (dropped at compaction)
+                continue
+            gk = keys[a : b : job.steer.particles]
+            runs.append(SteerRun(job, a, b, int(self.k[a]), gk, torch.from_numpy(self.pot[a:b])))
+        return runs or None
 
     def update(self, batch: Batch, x_next: Tensor, now: float) -> None:
         """Apply one computed step (x_next: [N, *shape], one row per sample) and retire finished rows."""
         if x_next.shape[0] != self.in_flight() or batch.x is not self.x:
             raise ValueError(f"{x_next.shape[0]} computed rows for {self.in_flight()} rows in flight")
+        for run in batch.steer or ():
+            if run.error is not None:
+                self._finish(run.job, now, run.error)
+            elif run.pot is not None:
+                self.pot[run.start : run.stop] = run.pot.cpu().numpy()
         self.x, self.k = x_next, self.k + 1
         done = self.k == self.K  # [R]
         live = done & self._alive() if self.dead else done
@@ -322,10 +376,11 @@ class Scheduler:
         free, takes = max(0, self.max_batch - self.rows), []
         while self.waiting:
             job = self.waiting[0]
-            r = job.rows_per_sample
+            r, g = job.rows_per_sample, job.group
             take = min(job.n - job.admitted, free // r)
+            take -= take % g  # a steered sample's particles are admitted together
             if take == 0 and not self.in_flight() and not takes:
-                take = 1  # a guided sample wider than the whole batch still runs, alone
+                take = g  # a guided sample (or particle group) wider than the whole batch runs alone
             if take == 0:
                 break
             takes.append((job, job.admitted, take))
@@ -343,8 +398,9 @@ class Scheduler:
 
     def _append(self, takes: list[tuple[Job, int, int]]) -> None:
         """Add the rows of `takes` [(job, first sample, count)]: one tensor op per state field."""
-        steps, ids, weights, labels, keys = [], [], [], [], []
+        steps, ids, weights, labels, keys, pk = [], [], [], [], [], []
         for j, a, n in takes:
+            pk += [j.group if j.steer is not None else 0] * n
             steps += [j.steps] * n
             ids += [j.id] * n
             weights += [j.guidance] * n
@@ -359,6 +415,8 @@ class Scheduler:
         self.y = np.concatenate([self.y, kjy[2]])
         self.w = np.concatenate([self.w, np.array(weights, np.float32)])
         self.key = np.concatenate([self.key, kjy[3]])
+        self.pk = np.concatenate([self.pk, np.array(pk, np.int64)])
+        self.pot = np.concatenate([self.pot, np.zeros(len(pk), np.float64)])
         self.rows += sum(n * j.rows_per_sample for j, _, n in takes)
 
     def _alive(self) -> np.ndarray:
@@ -378,13 +436,13 @@ class Scheduler:
         if not len(idx):
             return self._clear()
         self.x = self.x[_index(idx, self.x)]
-        self.k, self.K, self.y, self.w, self.job, self.key = (
-            a[idx] for a in (self.k, self.K, self.y, self.w, self.job, self.key)
+        self.k, self.K, self.y, self.w, self.job, self.key, self.pk, self.pot = (
+            a[idx] for a in (self.k, self.K, self.y, self.w, self.job, self.key, self.pk, self.pot)
         )
         self.rows = len(idx) + int(np.count_nonzero(self.w != 1.0))
 
     def _collect(self, job: Job, chunk: Tensor, now: float) -> None:
-        job.chunks.append(chunk)
+        job.chunks.append(chunk[:: job.group])  # a steered group's rows all hold its chosen sample
         job.remaining -= len(chunk)
         if job.remaining == 0:
             job.result = job.chunks[0] if len(job.chunks) == 1 else torch.cat(job.chunks)
