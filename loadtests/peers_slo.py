@@ -2,6 +2,7 @@
 
     python -m loadtests.peers_slo [--steps 1,2,4] [--rates 50,100,200,300,400] [--seconds 4] \
         [--slo-ms 100] [--servers flowmap,litserve-8,litserve-32,ray,naive] [--repeat 1] [--json FILE]
+    python -m loadtests.peers_slo --merge A.json B.json   # one table over runs made at different times
 
 The sweep's workloads (loadtests/mixes/sweep.toml: 8-sample requests at fixed steps), as PNG (what every
 peer answers) with the server's own class cycling. Each server is started alone (one at a time, the
@@ -203,11 +204,23 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--batch-timeout", type=float, default=0.005, help="LitServe and Ray batch wait, s")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--json", default=None)
+    p.add_argument("--merge", nargs="+", default=None, help="print the table of earlier --json files")
     return p.parse_args(argv)
+
+
+def merged(paths: list[str]) -> int:
+    """The table over the runs of several --json files (repeats run at different times)."""
+    files = [json.loads(Path(p).read_text()) for p in paths]
+    runs = [r for f in files for r in f["runs"]]
+    steps = [int(v) for v in files[0]["args"]["steps"].split(",")]
+    print(table(runs, steps, files[0]["args"]["slo_ms"]))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
+    if a.merge:
+        return merged(a.merge)
     mix, servers = load_mix(a.mix), servers_for(a)
     steps = [int(v) for v in a.steps.split(",") if v.strip()]
     rates = [float(v) for v in a.rates.split(",") if v.strip()]
