@@ -14,6 +14,7 @@ from server import http
 from server.encode import npy_base64, png_images
 from server.schemas import GenerateResponse, Health, ModelInfo, ModelList, generate_request_model, safe_errors
 from server.service import GenParams, GenResult, Service, ServiceError
+from server.steer import SteerParams
 
 log = logging.getLogger("flowmap.server")
 VERSION = "0.1.0"
@@ -145,6 +146,7 @@ def to_params(body, default_steps: int) -> GenParams:
         body.deadline_ms,
         body.output,
         body.sampler,
+        SteerParams(**body.steer.model_dump()) if body.steer is not None else None,
     )
 
 
@@ -163,6 +165,7 @@ def to_response(r: GenResult, p: GenParams) -> GenerateResponse:
         images=png_images(r.x) if png else None,
         array=None if png else npy_base64(r.x),
         timings=r.timings,
+        network_calls_per_sample=r.calls_per_sample,
     )
 
 

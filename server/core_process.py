@@ -29,13 +29,15 @@ from flowmap import __version__
 from flowmap.checkpoint import Model, load_model
 from flowmap.errors import UserError
 from flowmap.losses import CONSISTENCY_METHODS
+from flowmap.reward import make_reward
 from flowmap.samplers import make_noise, sample_keys
 from server import messages as m
 from server import ops
+from server import steer as steering
 from server.core import EngineCore, Executor
 from server.encode import is_image
 from server.estimator import CallTimer
-from server.scheduler import Cancelled, DeadlineExceeded, Job, QueueFull, Scheduler
+from server.scheduler import Cancelled, DeadlineExceeded, Job, QueueFull, Scheduler, Steer
 from server.settings import ServerSettings
 
 log = logging.getLogger("flowmap.server")
@@ -148,6 +150,7 @@ class CoreServer:
         self.owner: dict[int, tuple[bytes, int]] = {}  # job id -> (API identity, request id)
         self.jobs: dict[tuple[bytes, int], Job] = {}
         self.outbox: list[tuple[bytes, bytes]] = []  # only without a socket (tests read it)
+        self.rewards: dict[str, object] = {}  # reward spec -> callable (checked specs only)
 
     def handle(self, ident: bytes, frame: bytes) -> None:
         """One frame from an API process; a frame that is not a well-formed message is dropped (logged),
@@ -170,15 +173,26 @@ class CoreServer:
         if problem:
             self.send(ident, m.Failed(g.id, "invalid", problem))
             return
+        p = 1 if g.steer is None else steering.from_wire(g.steer).particles
         try:  # refuse before drawing noise: under a flood of refusals a refusal must stay cheap
-            self.core.scheduler.check_room(g.n * (1 if g.guidance == 1.0 else 2))
+            self.core.scheduler.check_room(g.n * p * (1 if g.guidance == 1.0 else 2))
         except QueueFull as q:
             self.send(ident, m.Failed(g.id, "queue_full", str(q), q.retry_after))
             return
-        noise = make_noise(g.n, self.model.shape, g.seed, self.core.device)
-        labels = g.labels if g.labels is not None else [0] * g.n
-        keys = sample_keys(g.seed, g.n).tolist() if g.sampler == "consistency" else None
-        job = Job(noise, labels, g.steps or None, g.guidance, g.deadline, self._done, g.seed, keys)
+        try:
+            steer = None if g.steer is None else self.steer_of(g.steer)
+        except ValueError as e:  # a reward the library refuses (RewardError): this request only
+            self.send(ident, m.Failed(g.id, "invalid", f"steer.reward: {e}"))
+            return
+        except Exception as e:  # a listed user reward that fails to import, a missing classifier
+            log.exception("model %s: reward %s could not be built", self.core.name, g.steer.get("reward"))
+            self.send(ident, m.Failed(g.id, "failed", f"steer.reward could not be built: {type(e).__name__}"))
+            return
+        rows = g.n * p  # a steered sample is `p` particle rows (noise and keys as `flowmap sample --steer`)
+        noise = make_noise(rows, self.model.shape, g.seed, self.core.device)
+        labels = [v for v in (g.labels or [0] * g.n) for _ in range(p)]
+        keys = sample_keys(g.seed, rows).tolist() if g.sampler == "consistency" else None
+        job = Job(noise, labels, g.steps or None, g.guidance, g.deadline, self._done, g.seed, keys, steer)
         try:
             self.core.submit(job)
         except QueueFull as q:
@@ -206,12 +220,40 @@ class CoreServer:
             return "guidance needs a class-conditional model"
         if g.sampler not in samplers_of(self.model)[0]:
             return f"sampler must be one of {', '.join(samplers_of(self.model)[0])}"
-        labels = g.labels
+        if g.steer is not None:
+            return self.check_steer(g)
+        return self.check_labels(g)
+
+    def check_labels(self, g: m.Generate) -> str | None:
+        labels, c = g.labels, self.model.num_classes
         if labels is not None and not (
             type(labels) is list and len(labels) == g.n and all(type(v) is int and 0 <= v < c for v in labels)
         ):
             return f"class_label must be num_samples classes in 0..{c - 1}"
         return None
+
+    def check_steer(self, g: m.Generate) -> str | None:
+        try:
+            sp = steering.from_wire(g.steer)
+            steering.check(sp, g.n, list(self.model.shape), samplers_of(self.model)[0], self.settings)
+        except (steering.SteerError, TypeError) as e:
+            return f"{getattr(e, 'field', 'steer')}: {e}"
+        if g.sampler != "consistency":
+            return "steer: steered requests use the consistency sampler"
+        return self.check_labels(g)
+
+    def steer_of(self, d: dict) -> Steer:
+        """The scheduler's Steer for a checked steer dict; rewards are built once per spec (the classifier
+        loads once) and moved to the engine's device."""
+        sp = steering.from_wire(d)
+        reward = self.rewards.get(sp.reward)
+        if reward is None:
+            reward = make_reward(sp.reward, list(self.model.shape))
+            clf = getattr(reward, "clf", None)
+            if clf is not None:
+                reward.clf = clf.to(self.core.device).eval()
+            self.rewards[sp.reward] = reward
+        return Steer(sp.particles, reward, float(sp.scale), sp.method, steering.reward_label(sp.reward))
 
     def _done(self, job: Job) -> None:
         key = self.owner.pop(job.id, None)

@@ -34,6 +34,7 @@ class Generate:
     guidance: float
     deadline: float  # absolute monotonic time
     sampler: str = "flowmap"  # or "consistency": jump to data, re-noise per sample from (seed, i)
+    steer: dict | None = None  # server.steer.SteerParams as a dict: n samples of `particles` rows each
     TAG = 1
 
 

@@ -26,7 +26,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from server.stats import IterationStats, Rejection, RequestStats
+from server.stats import IterationStats, Rejection, RequestStats, SteerStats
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1, 2, 5, 10, 30)
 CALL_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.5)
@@ -80,6 +80,11 @@ class Metrics:
         self.nfe = count(
             "flowmap_network_evaluations_total", "Network rows evaluated (a guided sample: 2)", model
         )
+        self.steer_nfe = count(
+            "flowmap_steer_network_evaluations_total",
+            "Network rows evaluated for steered requests (every particle, every step)",
+            ["model", "reward"],
+        )
         self.failed = count("flowmap_engine_failures_total", "Network calls that raised", model)
         self.rejections = count(
             "flowmap_rejections_total", "Requests turned away, by reason", ["reason", "model"]
@@ -107,6 +112,11 @@ class Metrics:
         self.depth.labels(s.model).set(s.queue_depth)
         if not s.ok:
             self.failed.labels(s.model).inc()
+
+    def steer(self, s: SteerStats) -> None:
+        """reward: a built-in's name or an operator-listed spec (server.steer.reward_label), never
+        client text."""
+        self.steer_nfe.labels(s.model, s.reward).inc(s.evaluations)
 
     def request(self, s: RequestStats) -> None:
         steps = "" if s.steps is None else str(s.steps)

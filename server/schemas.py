@@ -31,6 +31,9 @@ class GenerateResponse(BaseModel):
     images: list[str] | None = Field(default=None, description="One base64 PNG per sample (output='png').")
     array: str | None = Field(default=None, description="base64 .npy of float32 [N, *shape] (output='npy').")
     timings: Timings
+    network_calls_per_sample: int = Field(
+        0, description="Network rows evaluated per returned sample: steps x particles (a guided row twice)."
+    )
 
 
 class ModelInfo(BaseModel):
@@ -59,6 +62,34 @@ class V2Error(BaseModel):
     """Open Inference Protocol error body (every v2 error status)."""
 
     error: str = Field(description="What was wrong, naming the input or output when one was.")
+
+
+def steer_option_model(s: ServerSettings) -> type[BaseModel]:
+    """The "steer" object: reward steering over particles in the step-level batch (docs/steering.md)."""
+    fields = {
+        "reward": (
+            StrictStr,
+            Field(
+                min_length=1,
+                max_length=256,
+                description="class:C (digits), ink (images), mode:K (gmm8), or a user reward the operator "
+                "listed in steer_user_rewards.",
+            ),
+        ),
+        "scale": (
+            StrictFloat,
+            Field(1.0, ge=0, le=s.max_steer_scale, allow_inf_nan=False, description="Reward scale."),
+        ),
+        "particles": (
+            StrictInt,
+            Field(min(8, max(1, s.max_particles)), ge=1, description=f"Per sample, 1..{s.max_particles}."),
+        ),
+        "method": (
+            Literal["sir", "best", "guide"],
+            Field("sir", description="sir: importance resampling; best: best-of-N; guide: not served (422)."),
+        ),
+    }
+    return create_model("SteerOption", __config__=ConfigDict(extra="forbid"), **fields)
 
 
 def generate_request_model(s: ServerSettings) -> type[BaseModel]:
@@ -121,6 +152,14 @@ def generate_request_model(s: ServerSettings) -> type[BaseModel]:
                 description="flowmap: X_{t_k,t_k+1} per step (deterministic); consistency: jump to data with "
                 "X_{t_k,0}, then re-noise to t_k+1 with per-sample noise from the seed (consistency models). "
                 "Default: the model's default_sampler (GET /v1/models).",
+            ),
+        ),
+        "steer": (
+            steer_option_model(s) | None,
+            Field(
+                None,
+                description="Steer toward a reward: each sample is the survivor of `particles` particles "
+                "resampled at every step by the reward of their jump to data (consistency sampler).",
             ),
         ),
         "output": (

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from server import messages as m
+from server import steer as steering
 from server.client import CoreClient, CoreDown
 from server.settings import ServerSettings
-from server.stats import Rejection, RequestStats
+from server.stats import Rejection, RequestStats, SteerStats
+from server.steer import SteerParams
 
 log = logging.getLogger("flowmap.server")
 SEED_MAX = 2**63 - 1
@@ -88,6 +90,7 @@ class GenParams:
     deadline_ms: float | None = None
     output: str = "png"  # png | npy | tensor (raw array for v2)
     sampler: str | None = None  # flowmap | consistency; None: the model's default
+    steer: SteerParams | None = None  # reward steering over particles (server.steer)
 
 
 @dataclass
@@ -100,6 +103,7 @@ class GenResult:
     x: np.ndarray  # [N, *shape] float32 model space
     timings: dict = field(default_factory=dict)
     sampler: str = "flowmap"
+    calls_per_sample: int = 0  # network rows evaluated per returned sample
 
 
 @dataclass
@@ -249,9 +253,10 @@ class Service:
         seed = p.seed if p.seed is not None else secrets.randbelow(SEED_MAX)
         deadline_ms = p.deadline_ms if p.deadline_ms is not None else self.settings.request_timeout_ms
         deadline = t0 + deadline_ms / 1000
-        sampler = p.sampler or e.info.get("default_sampler", "flowmap")
+        sampler = "consistency" if p.steer else (p.sampler or e.info.get("default_sampler", "flowmap"))
+        steer = p.steer.wire() if p.steer else None
         make = lambda rid: m.Generate(
-            rid, p.num_samples, seed, p.steps or 0, labels, guidance, deadline, sampler
+            rid, p.num_samples, seed, p.steps or 0, labels, guidance, deadline, sampler, steer
         )
         if len(e.client.pending) >= self.settings.max_queue + self.settings.max_batch_size:
             # more outstanding than the core could hold: refuse here, so a flood never reaches the core
@@ -265,7 +270,12 @@ class Service:
             raise _failure(out)
         x = np.frombuffer(out.data, np.float32).reshape(p.num_samples, *e.shape)
         timings = {"queue_ms": 1e3 * out.queue_s, "compute_ms": 1e3 * out.compute_s}
-        return GenResult(e.name, out.steps, seed, labels, guidance, x, timings, sampler)
+        calls = steering.calls_per_sample(out.steps, p.steer.particles if p.steer else 1, guidance)
+        if p.steer and self.metrics is not None:
+            self.metrics.steer(
+                SteerStats(e.name, steering.reward_label(p.steer.reward), calls * p.num_samples)
+            )
+        return GenResult(e.name, out.steps, seed, labels, guidance, x, timings, sampler, calls)
 
     async def _wait(self, e: ModelEntry, rid: int, fut: asyncio.Future, deadline: float, disconnected):
         timeout = max(0.0, deadline - time.monotonic()) + 0.05  # the core expires it first
@@ -330,11 +340,22 @@ class Service:
         if p.deadline_ms is not None and not 1 <= p.deadline_ms <= st.request_timeout_ms:
             raise InvalidInput(f"deadline_ms must be in 1..{st.request_timeout_ms:g}", "deadline_ms")
         served = e.info.get("samplers", ["flowmap"])
+        if p.steer is not None:
+            self.validate_steer(e, p, served)
         if p.sampler is not None and p.sampler not in served:
             msg = f"sampler {str(p.sampler)[:64]!r}: model {e.name!r} serves {', '.join(served)}"
             raise InvalidInput(msg, "sampler")
         if p.output == "png" and not e.image:
             raise InvalidInput(f"model {e.name!r} is not an image model; use output='npy'", "output")
+
+    def validate_steer(self, e: ModelEntry, p: GenParams, served: list[str]) -> None:
+        if p.sampler not in (None, "consistency"):
+            msg = "steer runs the consistency sampler (jump to data, re-noise); omit sampler"
+            raise InvalidInput(msg, "sampler")
+        try:
+            steering.check(p.steer, p.num_samples, e.shape, served, self.settings)
+        except steering.SteerError as err:
+            raise InvalidInput(str(err), err.field) from None
 
 
 def _failure(f: m.Failed) -> ServiceError:

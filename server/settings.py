@@ -58,6 +58,27 @@ class ServerSettings(BaseSettings):
     )
     max_samples: int = Field(default=64, ge=1, le=4096, description="Largest num_samples per request.")
     max_guidance: float = Field(default=20.0, ge=1, le=1000, description="Largest |guidance_scale| accepted.")
+    max_particles: int = Field(
+        default=16,
+        ge=0,
+        le=1024,
+        description="Most particles per sample of a steered request (the 'steer' option; 0: refused).",
+    )
+    max_steer_rows: int = Field(
+        default=512,
+        ge=1,
+        le=65_536,
+        description="Most rows (num_samples x particles) of one steered request.",
+    )
+    max_steer_scale: float = Field(
+        default=100.0, ge=0, le=1e6, description="Largest reward scale a steered request may ask."
+    )
+    steer_user_rewards: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        max_length=64,
+        description="User rewards (exact 'package.module:function' specs, comma-separated) that steered "
+        "requests may name; the engine core imports them. Default: none, built-in rewards only.",
+    )
     request_timeout_ms: float = Field(
         default=30_000,
         ge=1,
@@ -106,7 +127,7 @@ class ServerSettings(BaseSettings):
         default="info", description="Uvicorn log level."
     )
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "steer_user_rewards", mode="before")
     @classmethod
     def _split(cls, v):
         return [m.strip() for m in v.split(",") if m.strip()] if isinstance(v, str) else v

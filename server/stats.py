@@ -37,3 +37,12 @@ class Rejection:
     reason: str  # queue_full, draining, not_ready, deadline, cancelled, unauthorized,
     # invalid, too_large, not_found, failed
     model: str = ""
+
+
+@dataclass(frozen=True)
+class SteerStats:
+    """One steered request answered: its network rows (all particles, all steps)."""
+
+    model: str
+    reward: str  # a built-in reward's name, or an operator-listed user reward spec
+    evaluations: int
