@@ -30,6 +30,22 @@ FLAGS = {
     "--max-steps": ("max_steps", int, "largest steps a request may ask, and auto's cap (default 8)"),
     "--max-samples": ("max_samples", int, "largest num_samples per request (default 64)"),
     "--max-guidance": ("max_guidance", float, "largest |guidance_scale| (default 20)"),
+    "--max-particles": (
+        "max_particles",
+        int,
+        "most particles per steered sample; 0 refuses steer (default 16)",
+    ),
+    "--max-steer-rows": (
+        "max_steer_rows",
+        int,
+        "most num_samples x particles per steered request (default 512)",
+    ),
+    "--max-steer-scale": ("max_steer_scale", float, "largest steer reward scale (default 100)"),
+    "--steer-user-reward": (
+        "steer_user_rewards",
+        str,
+        "a user reward package.module:function that steered requests may name (repeat; default none)",
+    ),
     "--deadline-ms": ("request_timeout_ms", float, "request deadline when none is given (default 30000)"),
     "--drain-timeout": ("drain_timeout_s", float, "seconds accepted requests get after SIGTERM (default 30)"),
     "--api-key": ("api_key", str, "require this key on /v1 and /v2 model routes (prefer FLOWMAP_API_KEY)"),
@@ -57,7 +73,7 @@ def register(subparsers) -> None:
         "variable FLOWMAP_<FIELD> (e.g. FLOWMAP_MAX_BATCH_SIZE); flags win.",
     )
     for flag, (dest, typ, help_) in FLAGS.items():
-        action = "append" if dest == "models" else "store"
+        action = "append" if dest in ("models", "steer_user_rewards") else "store"
         p.add_argument(flag, dest=dest, type=typ, action=action, default=None, help=help_)
     p.set_defaults(func=serve)
 
