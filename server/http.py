@@ -64,7 +64,8 @@ def error_response(request: Request, e: ServiceError) -> Response:
     if proto == "v2":  # Open Inference Protocol error body
         return JSONResponse({"error": str(e)}, status_for(e, proto), headers=headers)
     if e.status == 422:
-        detail = [{"loc": ["body", e.field or "body"], "msg": str(e), "type": "value_error"}]
+        loc = ["body", *(e.field or "body").split(".")]  # "steer.reward" -> ["body", "steer", "reward"]
+        detail = [{"loc": loc, "msg": str(e), "type": "value_error"}]
         return JSONResponse({"detail": detail}, 422)
     return JSONResponse({"detail": str(e)}, e.status, headers=headers)
 

@@ -355,7 +355,7 @@ class Service:
         try:
             steering.check(p.steer, p.num_samples, e.shape, served, self.settings)
         except steering.SteerError as err:
-            raise InvalidInput(str(err), err.field) from None
+            raise InvalidInput(f"{err.field}: {err}", err.field) from None
 
 
 def _failure(f: m.Failed) -> ServiceError:

@@ -2,7 +2,7 @@
 
 Inputs (all optional, one element each unless noted): seed INT64, steps INT32, num_samples INT32,
 class_label INT32 ([1] or [num_samples]), guidance_scale FP32; request parameter "sampler" (flowmap |
-consistency; default: the model's). Outputs: images UINT8 [N, H, W, C]
+consistency; default: the model's) and "steer" (the v1 option's object; server.steer). Outputs: images UINT8 [N, H, W, C]
 (image models) and samples FP32 [N, *shape]. Errors: {"error": message} with 400 for bad input.
 """
 
@@ -17,9 +17,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from server import http
+from server import steer as steering
 from server.encode import to_uint8_nhwc
 from server.schemas import V2Error
 from server.service import GenParams, GenResult, InvalidInput, ModelEntry, Service
+from server.steer import SteerParams
 
 DTYPES = {
     "BOOL": np.bool_,
@@ -300,7 +302,19 @@ def to_params(model: str, body: dict, binary: bytes) -> GenParams:
             f"parameter 'sampler' must be one of {', '.join(SAMPLERS)}, got {_show(sampler)}", "sampler"
         )
     w = _float(arrays, "guidance_scale")
-    return GenParams(model, steps, 1 if n is None else n, seed, label, w, None, "tensor", sampler)
+    steer = _steer(parameters(body, "request").get("steer"))
+    return GenParams(model, steps, 1 if n is None else n, seed, label, w, None, "tensor", sampler, steer)
+
+
+def _steer(value) -> SteerParams | None:
+    """Request parameter "steer": the v1 option's object ({reward, scale, particles, method})."""
+    if value is None:
+        return None
+    try:
+        return steering.from_wire(value)
+    except (steering.SteerError, TypeError):
+        msg = "parameter 'steer' must be an object with reward and optional scale, particles, method"
+        raise InvalidInput(msg, "steer") from None
 
 
 def requested_outputs(e: ModelEntry, body: dict) -> list[tuple[str, bool]]:
@@ -416,7 +430,11 @@ def infer_response(e: ModelEntry, body: dict, result: GenResult, wanted: list[tu
         "model_name": e.name,
         "model_version": "1",
         "outputs": specs,
-        "parameters": {"steps": result.steps, "seed": result.seed},
+        "parameters": {
+            "steps": result.steps,
+            "seed": result.seed,
+            "network_calls_per_sample": result.calls_per_sample,
+        },
     }
     if isinstance(body.get("id"), str):
         head["id"] = body["id"]
