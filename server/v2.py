@@ -2,8 +2,9 @@
 
 Inputs (all optional, one element each unless noted): seed INT64, steps INT32, num_samples INT32,
 class_label INT32 ([1] or [num_samples]), guidance_scale FP32; request parameter "sampler" (flowmap |
-consistency; default: the model's) and "steer" (the v1 option's object; server.steer). Outputs: images UINT8 [N, H, W, C]
-(image models) and samples FP32 [N, *shape]. Errors: {"error": message} with 400 for bad input.
+consistency; default: the model's) and "steer" (the v1 option's object; server.steer). Outputs: images
+UINT8 [N, H, W, C] (image models) and samples FP32 [N, *shape]. Errors: {"error": message} with 400 for
+bad input.
 """
 
 from __future__ import annotations
