@@ -104,6 +104,7 @@ class GenResult:
     timings: dict = field(default_factory=dict)
     sampler: str = "flowmap"
     calls_per_sample: int = 0  # network rows evaluated per returned sample
+    steered: bool = False
 
 
 @dataclass
@@ -275,7 +276,7 @@ class Service:
             self.metrics.steer(
                 SteerStats(e.name, steering.reward_label(p.steer.reward), calls * p.num_samples)
             )
-        return GenResult(e.name, out.steps, seed, labels, guidance, x, timings, sampler, calls)
+        return GenResult(e.name, out.steps, seed, labels, guidance, x, timings, sampler, calls, bool(p.steer))
 
     async def _wait(self, e: ModelEntry, rid: int, fut: asyncio.Future, deadline: float, disconnected):
         timeout = max(0.0, deadline - time.monotonic()) + 0.05  # the core expires it first

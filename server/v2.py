@@ -431,12 +431,10 @@ def infer_response(e: ModelEntry, body: dict, result: GenResult, wanted: list[tu
         "model_name": e.name,
         "model_version": "1",
         "outputs": specs,
-        "parameters": {
-            "steps": result.steps,
-            "seed": result.seed,
-            "network_calls_per_sample": result.calls_per_sample,
-        },
+        "parameters": {"steps": result.steps, "seed": result.seed},
     }
+    if result.steered:  # the cost of a steered request: network rows per returned sample
+        head["parameters"]["network_calls_per_sample"] = result.calls_per_sample
     if isinstance(body.get("id"), str):
         head["id"] = body["id"]
     if not blob:
