@@ -257,7 +257,8 @@ class Scheduler:
             raise ValueError(f"{x_next.shape[0]} computed rows for {self.in_flight()} rows in flight")
         for run in batch.steer or ():
             if run.error is not None:
-                self._finish(run.job, now, run.error)
+                if not run.job.done:  # one job may have several runs (admitted over several steps)
+                    self._finish(run.job, now, run.error)
             elif run.pot is not None:
                 self.pot[run.start : run.stop] = run.pot.cpu().numpy()
         self.x, self.k = x_next, self.k + 1

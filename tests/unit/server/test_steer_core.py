@@ -115,3 +115,21 @@ def test_a_failing_reward_fails_its_request_only():
     run([bad, good, mate])
     assert isinstance(bad.error, RuntimeError) and bad.result is None
     assert good.error is None and mate.error is None and good.result.shape == (2, *SHAPE)
+
+
+def test_a_reward_failing_in_two_runs_of_one_request_ends_it_once():
+    calls = []
+
+    def flaky(x):  # fine on the first call, then fails: the second step holds two runs of the job
+        calls.append(len(x))
+        if len(calls) > 1:
+            raise RuntimeError("reward broke")
+        return bright(x)
+
+    done = []
+    bad = steered(2, 3, 2, seed=1, reward=flaky)
+    bad.on_done = done.append
+    mate = plain(3, 1, 0)
+    run([mate, bad], max_batch=6)  # step 1: plain + first group; step 2: both groups, one run each
+    assert calls == [3, 3, 3] and len(done) == 1 and isinstance(bad.error, RuntimeError)
+    assert mate.error is None
