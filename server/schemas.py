@@ -82,7 +82,12 @@ def steer_option_model(s: ServerSettings) -> type[BaseModel]:
         ),
         "particles": (
             StrictInt,
-            Field(min(8, max(1, s.max_particles)), ge=1, description=f"Per sample, 1..{s.max_particles}."),
+            Field(
+                min(8, max(1, s.max_particles)),
+                ge=1,
+                le=max(1, s.max_particles),
+                description=f"Per sample, 1..{s.max_particles} (0: this server refuses steer).",
+            ),
         ),
         "method": (
             Literal["sir", "best", "guide"],
