@@ -14,7 +14,9 @@ Times are plain floats (seconds) supplied by the caller.
 
 Policy: admission is strictly FIFO by request (a request's remaining samples keep the head of the
 line until all are admitted, so no request starves); every active row advances one step per
-iteration; a classifier-free-guided sample takes two network rows (conditional and null label).
+iteration; a classifier-free-guided sample takes two network rows (conditional and null label); a
+steered sample's particles (Job.steer) are admitted together and carry their last reward potential,
+which the executor uses to resample them at each step boundary (server.core.Executor._resample).
 `batching="request"` is the whole-request baseline: nothing joins until the running batch empties.
 """
 
