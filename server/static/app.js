@@ -166,6 +166,7 @@ function modelChanged() {
   }
   if (!state.countTouched) $("count").value = m.image ? Math.min(16, state.limits.maxSamples) : state.limits.maxSamples;
   samplersOf(m);
+  rewardsOf(m);
   $("chart-model").textContent = m.name;
   drawStats();
 }
@@ -180,6 +181,31 @@ function samplersOf(m) {
     samplers.length < 2
       ? `This model serves the ${sel.value} sampler only.`
       : "flowmap: deterministic flow-map steps; consistency: jump to data and re-noise at each step.";
+}
+
+// The built-in rewards the server computes for a model of this shape (server/steer.py): a digit's
+// log-probability and ink for 8x8 digits, ink for other images, a mode's log-density for 2-D points.
+// Steering runs the consistency sampler, so a model that does not serve it gets no choice.
+function rewardsOf(m) {
+  const sel = $("steer-reward");
+  const opts = [new Option("none", "")];
+  const digits = m.shape.length === 3 && m.shape.join("x") === "1x8x8";
+  if (digits) for (let c = 0; c < 10; c++) opts.push(new Option(`class:${c} (look like a ${c})`, `class:${c}`));
+  if (m.shape.length === 3) opts.push(new Option("ink (brighter strokes)", "ink"));
+  if (m.shape.length === 1 && m.shape[0] === 2) {
+    for (let k = 0; k < 8; k++) opts.push(new Option(`mode:${k}`, `mode:${k}`));
+  }
+  const served = (m.samplers || []).includes("consistency");
+  sel.replaceChildren(...(served ? opts : opts.slice(0, 1)));
+  sel.disabled = !served || opts.length < 2;
+  steerChanged();
+}
+
+function steerChanged() {
+  const off = $("steer-reward").value === "";
+  for (const id of ["steer-particles", "steer-scale", "steer-method"]) $(id).disabled = off;
+  if (!off) $("sampler").disabled = true; // steering runs the consistency sampler
+  else samplersOf(state.models.get($("model").value));
 }
 
 // ------------------------------------------------------------------ one request
@@ -204,6 +230,14 @@ function requestBody(steps, count, seed) {
   if (!$("class").disabled && $("class").value !== "") body.class_label = Number($("class").value);
   if (!$("guidance").disabled && $("guidance").value !== "") body.guidance_scale = Number($("guidance").value);
   if (!$("sampler").disabled) body.sampler = $("sampler").value;
+  if ($("steer-reward").value !== "") {
+    body.steer = {
+      reward: $("steer-reward").value,
+      particles: Number($("steer-particles").value),
+      scale: Number($("steer-scale").value),
+      method: $("steer-method").value,
+    };
+  }
   let json = JSON.stringify(body);
   if (seed !== "") {
     const value = /^[0-9]+$/.test(seed) ? seed : JSON.stringify(seed);
@@ -302,6 +336,7 @@ function summaryText(r) {
   return (
     `${j.num_samples} from ${j.model}: ${j.steps} step${j.steps === 1 ? "" : "s"} used` +
     `${j.sampler && j.sampler !== "flowmap" ? ` (${j.sampler} sampler)` : ""}, ` +
+    `${j.network_calls_per_sample} network call${j.network_calls_per_sample === 1 ? "" : "s"} per sample, ` +
     `${fmt(t.total_ms)} ms in the server (queue ${fmt(t.queue_ms)}, compute ${fmt(t.compute_ms)}), ` +
     `${fmt(r.ms)} ms round trip, seed ${r.seedUsed}.`
   );
@@ -610,6 +645,7 @@ async function start() {
   $("key-form").addEventListener("submit", onKey);
   $("forget-key").addEventListener("click", forgetKey);
   $("model").addEventListener("change", modelChanged);
+  $("steer-reward").addEventListener("change", steerChanged);
   $("count").addEventListener("input", () => {
     state.countTouched = true;
   });

@@ -127,7 +127,10 @@ def test_a_generation_shows_its_images_decoded_with_steps_and_latency(page, arti
     page.page.wait_for_selector("#grid img >> nth=5")
     assert page.images("#grid") == [8] * 6  # 8x8 digits, all decoded
     summary = page.page.inner_text("#summary")
-    assert re.search(r"6 from digits: 2 steps used, [\d.]+ ms in the server .* seed 3\.", summary), summary
+    assert re.search(
+        r"6 from digits: 2 steps used, 2 network calls per sample, [\d.]+ ms in the server .* seed 3\.",
+        summary,
+    ), summary
     row = page.page.locator("#log tbody tr").first.locator("td").all_inner_texts()
     assert row[1:5] == ["digits", "2", "2", "6"] and row[7] == "200" and float(row[5]) > 0
     page.page.screenshot(path=str(artifacts / "playground-generate.png"), full_page=True)
@@ -166,6 +169,29 @@ def test_the_sampler_is_picked_from_what_the_model_serves(page):
     page.submit()
     page.page.wait_for_selector("#grid img >> nth=1")
     assert "1 step used (consistency sampler)," in page.page.inner_text("#summary")
+
+
+def test_steering_sends_the_reward_and_shows_its_cost(page):
+    rewards = page.page.locator("#steer-reward option").all_inner_texts()
+    assert rewards[0] == "none" and len(rewards) == 12  # none, class:0..9, ink
+    assert page.page.locator("#steer-particles").is_disabled()
+    page.page.select_option("#steer-reward", "class:3")
+    assert page.page.locator("#sampler").is_disabled()  # steering runs the consistency sampler
+    page.page.fill("#steer-particles", "4")
+    page.page.select_option("#steps", "2")
+    page.page.fill("#count", "3")
+    page.page.fill("#seed", "5")
+    page.submit()
+    page.page.wait_for_selector("#grid img >> nth=2")
+    assert page.images("#grid") == [8] * 3
+    summary = page.page.inner_text("#summary")
+    assert "2 steps used (consistency sampler), 8 network calls per sample," in summary, summary
+    page.page.fill("#steer-particles", "100000")  # past the server's limit: its own message
+    page.submit()
+    assert "steer.particles" in page.page.locator("#error").inner_text()
+    page.page.select_option("#model", "gmm8")
+    assert page.page.locator("#steer-reward option").all_inner_texts()[1] == "mode:0"
+    assert all("status of 422" in e for e in page.errors), page.errors  # the browser logs the refused request
 
 
 def test_invalid_input_shows_the_servers_422_message(page):
