@@ -61,11 +61,14 @@ def stop(p: Proc) -> None:
     """Stop the process group, then anything left in its session (Ray's actors make their own groups)."""
     sid = p.p.pid
     p.stop()
-    for pid in session_members(sid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    end = time.monotonic() + 10
+    while (left := session_members(sid)) and time.monotonic() < end:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
 
 
 def session_members(sid: int) -> list[int]:
@@ -77,7 +80,7 @@ def session_members(sid: int) -> list[int]:
             fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[3]) == sid:  # fields after the command: state ppid pgrp session ...
+        if int(fields[3]) == sid and fields[0] != "Z":  # after the command: state ppid pgrp session ...
             out.append(int(d.name))
     return out
 
