@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from flowmap.plots import PALETTE
+from flowmap.plots import draw_series
 
 W, H, LEFT, RIGHT, TOP, BOTTOM = 900, 540, 80, 260, 40, 50
 
@@ -63,18 +63,4 @@ def plot_xy(
         ((W - RIGHT + LEFT) // 2 - 60, H - 20), xlabel + (" (log)" if logx else ""), fill="black", font=font
     )
     draw.text((LEFT, 12), title or f"{ylabel} vs {xlabel}", fill="black", font=font)
-    for i, (label, pts) in enumerate(lines.items()):
-        color = PALETTE[i % len(PALETTE)]
-        xy = [(x_of(x), y_of(y)) for x, y in pts]
-        if len(xy) > 1:
-            draw.line(xy, fill=color, width=2)
-        for x, y in xy:
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
-        draw.line(
-            [(W - RIGHT + 15, TOP + 16 * i + 6), (W - RIGHT + 35, TOP + 16 * i + 6)], fill=color, width=3
-        )
-        draw.text((W - RIGHT + 40, TOP + 16 * i), label, fill="black", font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-    return path
+    return draw_series(img, draw, font, lines, x_of, y_of, path, right=RIGHT)

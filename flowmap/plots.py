@@ -57,17 +57,22 @@ def plot_quality(
     if floor:
         draw.line([(LEFT, y_of(floor)), (W - RIGHT, y_of(floor))], fill="#999999", width=1)
         draw.text((LEFT + 4, y_of(floor) - 12), "floor (train vs test)", fill="#666666", font=font)
+    return draw_series(img, draw, font, lines, x_of, y_of, path)
+
+
+def draw_series(img, draw, font, lines: dict, x_of, y_of, path: str | Path, right: int = RIGHT) -> Path:
+    """Each series as a coloured polyline with dots, a legend in the right margin; saves img to path."""
     for i, (label, pts) in enumerate(lines.items()):
         color = PALETTE[i % len(PALETTE)]
-        xy = [(x_of(s), y_of(v)) for s, v in pts]
+        xy = [(x_of(x), y_of(y)) for x, y in pts]
         if len(xy) > 1:
             draw.line(xy, fill=color, width=2)
         for x, y in xy:
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
         draw.line(
-            [(W - RIGHT + 15, TOP + 16 * i + 6), (W - RIGHT + 35, TOP + 16 * i + 6)], fill=color, width=3
+            [(W - right + 15, TOP + 16 * i + 6), (W - right + 35, TOP + 16 * i + 6)], fill=color, width=3
         )
-        draw.text((W - RIGHT + 40, TOP + 16 * i), label, fill="black", font=font)
+        draw.text((W - right + 40, TOP + 16 * i), label, fill="black", font=font)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
