@@ -48,9 +48,11 @@ def knee(rows: list[dict], limit: float = 0.9) -> float | None:
     return min(below) if below else None
 
 
-def goals_of_repeat(rows: list[dict]) -> dict:
+def goals_of_repeat(rows: list[dict], noise: float = 0.0) -> dict:
     """Issue 10's auto goals on one repeat: 4-step knee L90, auto/4-step goodput there, auto's worst
-    attainment up to 2 L90, and whether auto's FD rises with load from the 4-step toward the 1-step value."""
+    attainment up to 2 L90, and whether auto's FD rises with load: no point below the previous one by
+    more than two sd of the difference of two noisy points, 2 sqrt(2) x `noise` (the FD's relative seed
+    noise) x its value; 10% without a reference."""
     by = defaultdict(dict)
     for r in rows:
         by[r["steps"]][r["rate"]] = r
@@ -68,15 +70,28 @@ def goals_of_repeat(rows: list[dict]) -> dict:
     fds = [q(auto[r], "fd") for r in sorted(auto)]
     fds = [f for f in fds if f is not None]
     if len(fds) > 1:
-        out["fd_monotone"] = bool(all(b >= a * 0.9 for a, b in zip(fds, fds[1:], strict=False)))
+        tol = lambda a: (2 * 2**0.5 * noise if noise else 0.1) * a  # noqa: E731
+        out["fd_monotone"] = bool(all(b >= a - tol(a) for a, b in zip(fds, fds[1:], strict=False)))
     return out
+
+
+def seed_noise(result: dict) -> float:
+    """The FD's relative seed noise: the largest sd / mean over seeds of `flowmap eval`'s FD at any step
+    count (0: no reference)."""
+    rel = [
+        float(np.std(fd, ddof=1) / np.mean(fd))
+        for fd in ([e["fd"] for e in ev] for ev in result.get("eval", {}).values())
+        if len(fd) > 1
+    ]
+    return max(rel) if rel else 0.0
 
 
 def goals(result: dict) -> list[str]:
     reps = defaultdict(list)
     for r in result["rows"]:
         reps[r["repeat"]].append(r)
-    gs = [goals_of_repeat(v) for _, v in sorted(reps.items())]
+    noise = seed_noise(result)
+    gs = [goals_of_repeat(v, noise) for _, v in sorted(reps.items())]
     verdict = lambda ok: "n/a" if ok is None else ("met" if ok else "**NOT met**")
     ratio = [g["goodput_ratio"] for g in gs]
     worst = [g["worst_attainment_to_2x"] for g in gs]
@@ -98,7 +113,11 @@ def goals(result: dict) -> list[str]:
             f"worst {span(worst, '.3f')}",
             verdict(all_ok(worst, lambda v: v >= 0.99)),
         ),
-        ("auto FD rises with load (each point >= 0.9x the previous)", str(mono), verdict(all_ok(mono, bool))),
+        (
+            "auto FD rises with load (no point below the previous by more than 2 sd of the FD's seed noise)",
+            str(mono),
+            verdict(all_ok(mono, bool)),
+        ),
     ]
     return ["| goal | measured (per repeat) | met |", "|---|---|---|"] + [
         f"| {g} | {m} | {v} |" for g, m, v in rows

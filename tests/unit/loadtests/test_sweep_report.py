@@ -34,6 +34,7 @@ def test_goals_of_a_repeat():
     assert g["fd_monotone"] is True
     rows[-1]["quality"]["fd"] = 4.0  # FD falls with load: not a smooth rise
     assert sweep_report.goals_of_repeat(rows)["fd_monotone"] is False
+    assert sweep_report.goals_of_repeat(rows, noise=0.25)["fd_monotone"] is True  # 9 -> 4: within 2.8 x 25%
 
 
 def test_agreement_with_eval_is_judged_in_seed_noise_units():
