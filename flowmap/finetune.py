@@ -18,12 +18,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from flowmap.checkpoint import Model, atomic_write, load_model, save_checkpoint
 from flowmap.reward import evaluate_reward, make_reward
 from flowmap.samplers import make_noise, sample_flowmap, uniform_grid
-from flowmap.train import TrainingError, ema_update, resume_from, save_state, state_path
+from flowmap.train import TrainingError, ema_update, resume_from, save_state, state_path, step_bar
 
 
 @dataclass
@@ -159,15 +158,7 @@ def _loop(cfg, base: Model, nets, parts, start: int, progress: bool) -> None:
     if start == 0:
         _log(out, {"step": 0, **quality(ema)})
     c, t0 = base.num_classes, time.perf_counter()
-    bar = tqdm(
-        range(start, cfg.steps),
-        initial=start,
-        total=cfg.steps,
-        disable=not progress,
-        desc=f"finetune {cfg.reward}",
-        unit="step",
-        dynamic_ncols=True,
-    )
+    bar = step_bar(start, cfg.steps, f"finetune {cfg.reward}", progress)
     for step in bar:
         z = torch.randn(cfg.batch_size, *base.shape)
         y = torch.randint(0, c, (cfg.batch_size,)) if c else None

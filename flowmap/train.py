@@ -267,19 +267,24 @@ def _step(cfg, net, opt, loss, step: int, out: Path, ctx) -> None:
     opt.step()
 
 
+def step_bar(start: int, steps: int, desc: str, progress: bool) -> tqdm:
+    """The training progress bar over steps start..steps-1 (train and finetune)."""
+    return tqdm(
+        range(start, steps),
+        initial=start,
+        total=steps,
+        disable=not progress,
+        desc=desc,
+        unit="step",
+        dynamic_ncols=True,
+    )
+
+
 def _loop(cfg, data, net, ema, opt, loss_parts, start: int, progress: bool) -> Path:
     loss_fn, extras, ctx = loss_parts
     out, n, batch = Path(cfg.out), len(data.x_train), distributed.local_batch(cfg.batch_size, ctx)
     t0, ema_loss, seen = time.perf_counter(), None, 0
-    bar = tqdm(
-        range(start, cfg.steps),
-        initial=start,
-        total=cfg.steps,
-        disable=not progress,
-        desc=f"{cfg.method} {data.name}",
-        unit="step",
-        dynamic_ncols=True,
-    )
+    bar = step_bar(start, cfg.steps, f"{cfg.method} {data.name}", progress)
     for step in bar:
         idx = torch.randint(0, n, (batch,))
         y = data.y_train[idx] if data.y_train is not None else None
