@@ -33,6 +33,7 @@ models: $(STAMP)   # re-make the shipped models (docs: README "Shipped models");
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/shellcheck $$(git ls-files '*.sh' .ci/run)
 
 format: $(STAMP)
 	$(BIN)/ruff format .
