@@ -26,6 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from flowmap.samplers import make_noise, uniform_grid
+from loadtests.peer_response import peer_response
 from server import ops
 from server.encode import png_images
 
@@ -92,20 +93,8 @@ class FlowMapAPI(ls.LitAPI):
         return output
 
     def encode_response(self, output):
-        (steps, seed, labels), images, ms = output
-        return {
-            "model": self.model.name,
-            "steps": steps,
-            "seed": seed,
-            "num_samples": len(labels),
-            "class_labels": labels,
-            "guidance_scale": 1.0,
-            "output": "png",
-            "shape": list(self.model.shape),
-            "images": images,
-            "array": None,
-            "timings": {"queue_ms": 0.0, "compute_ms": ms, "total_ms": ms},  # the whole batch's compute
-        }
+        req, images, ms = output
+        return peer_response(self.model.name, self.model.shape, req, images, ms)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -82,20 +82,9 @@ class Generator:
         return out
 
     def response(self, req: tuple[int, int, list[int]], images: list[str], ms: float) -> dict:
-        steps, seed, labels = req
-        return {
-            "model": self.model.name,
-            "steps": steps,
-            "seed": seed,
-            "num_samples": len(labels),
-            "class_labels": labels,
-            "guidance_scale": 1.0,
-            "output": "png",
-            "shape": list(self.model.shape),
-            "images": images,
-            "array": None,
-            "timings": {"queue_ms": 0.0, "compute_ms": ms, "total_ms": ms},
-        }
+        from loadtests.peer_response import peer_response
+
+        return peer_response(self.model.name, self.model.shape, req, images, ms)
 
 
 def build(model: str, engine: str, max_batch: int, timeout: float):
