@@ -193,6 +193,7 @@ class CoreServer:
         labels = [v for v in (g.labels or [0] * g.n) for _ in range(p)]
         keys = sample_keys(g.seed, rows).tolist() if g.sampler == "consistency" else None
         job = Job(noise, labels, g.steps or None, g.guidance, g.deadline, self._done, g.seed, keys, steer)
+        job.margin = g.margin
         try:
             self.core.submit(job)
         except QueueFull as q:
@@ -216,6 +217,8 @@ class CoreServer:
             return "seed must be in 0..2^63-1"
         if not number(g.guidance) or not number(g.deadline):
             return "guidance_scale and deadline must be finite numbers"
+        if not (number(g.margin) and 0 <= g.margin < 60):
+            return "margin must be in 0..60 seconds"
         if g.guidance != 1.0 and c == 0:
             return "guidance needs a class-conditional model"
         if g.sampler not in samplers_of(self.model)[0]:
@@ -265,7 +268,7 @@ class CoreServer:
         if err is None:
             data = job.result.detach().float().cpu().contiguous().numpy().tobytes()
             q, c = job.first_admit - job.arrival, job.finished - job.first_admit
-            out = m.Done(rid, job.steps, data, q, c)
+            out = m.Done(rid, job.steps, data, q, c, time.monotonic())
         elif isinstance(err, DeadlineExceeded):
             out = m.Failed(rid, "deadline", "deadline passed")
         elif isinstance(err, Cancelled):

@@ -38,3 +38,30 @@ class CallTimer:
         hi = self.sizes[i]
         f = (rows - lo) / (hi - lo)
         return self.ema[lo] + f * (self.ema[hi] - self.ema[lo])
+
+
+class ReturnPath:
+    """The time from an engine core sending a result to the API process holding it (the result's queue in
+    the core's socket, the API's event loop, decoding), which a request's deadline must also cover. "auto"
+    steps plan to finish this much before the deadline. Estimate: EMA of the mean plus `k` EMAs of the
+    absolute deviation (a high quantile without storing samples), capped at `cap` of the deadline."""
+
+    def __init__(self, alpha: float = 0.1, k: float = 2.0, cap: float = 0.5):
+        self.alpha, self.k, self.cap = alpha, k, cap
+        self.mean: float | None = None
+        self.dev = 0.0
+
+    def observe(self, seconds: float) -> None:
+        if not 0 <= seconds < 60:  # clock steps or a stalled process: not a return path
+            return
+        if self.mean is None:
+            self.mean = seconds
+            return
+        self.dev += self.alpha * (abs(seconds - self.mean) - self.dev)
+        self.mean += self.alpha * (seconds - self.mean)
+
+    def margin(self, budget: float) -> float:
+        """Seconds to reserve out of a deadline `budget` seconds away."""
+        if self.mean is None:
+            return 0.0
+        return min(self.mean + self.k * self.dev, self.cap * max(0.0, budget))

@@ -35,6 +35,7 @@ class Generate:
     deadline: float  # absolute monotonic time
     sampler: str = "flowmap"  # or "consistency": jump to data, re-noise per sample from (seed, i)
     steer: dict | None = None  # server.steer.SteerParams as a dict: n samples of `particles` rows each
+    margin: float = 0.0  # seconds "auto" reserves before the deadline for the result's way back
     TAG = 1
 
 
@@ -53,6 +54,7 @@ class Done:
     data: bytes
     queue_s: float
     compute_s: float
+    sent: float = 0.0  # time.monotonic() when the core sent it (one clock for all processes)
     TAG = 3
 
 

@@ -96,6 +96,7 @@ class Job:
     seed: int | None = None  # for the response only (the noise is already drawn)
     keys: list[int] | None = None  # [n] re-noise keys (sample_keys): the consistency sampler; None: flow map
     steer: Steer | None = None  # particles: noise and keys hold n * particles rows; result n samples
+    margin: float = 0.0  # seconds "auto" plans to finish before the deadline (the result's way back)
     id: int = field(default_factory=lambda: next(_ids))
     # set by the scheduler
     arrival: float = 0.0
@@ -361,7 +362,7 @@ class Scheduler:
         """ "auto": the largest step count up to max_steps predicted to finish within the deadline."""
         if job.deadline is None:
             return self.max_steps
-        budget, rows = job.deadline - now, job.n * job.rows_per_sample
+        budget, rows = job.deadline - job.margin - now, job.n * job.rows_per_sample
         delay = self.start_delay(min(rows, self.max_batch))  # the same for every k: computed once
         for k in range(self.max_steps, 1, -1):
             if self.predict_seconds(rows, k, delay) <= budget:

@@ -22,6 +22,7 @@ import numpy as np
 from server import messages as m
 from server import steer as steering
 from server.client import CoreClient, CoreDown
+from server.estimator import ReturnPath
 from server.settings import ServerSettings
 from server.stats import Rejection, RequestStats, SteerStats
 from server.steer import SteerParams
@@ -114,6 +115,7 @@ class ModelEntry:
     index: int
     info: dict
     client: CoreClient
+    way_back: ReturnPath = field(default_factory=ReturnPath)  # core -> this process, for "auto"
 
     @property
     def name(self) -> str:
@@ -256,8 +258,9 @@ class Service:
         deadline = t0 + deadline_ms / 1000
         sampler = "consistency" if p.steer else (p.sampler or e.info.get("default_sampler", "flowmap"))
         steer = p.steer.wire() if p.steer else None
+        margin = e.way_back.margin(deadline_ms / 1000) if p.steps is None else 0.0
         make = lambda rid: m.Generate(
-            rid, p.num_samples, seed, p.steps or 0, labels, guidance, deadline, sampler, steer
+            rid, p.num_samples, seed, p.steps or 0, labels, guidance, deadline, sampler, steer, margin
         )
         if len(e.client.pending) >= self.settings.max_queue + self.settings.max_batch_size:
             # more outstanding than the core could hold: refuse here, so a flood never reaches the core
@@ -269,6 +272,7 @@ class Service:
         out = await self._wait(e, rid, fut, deadline, disconnected)
         if isinstance(out, m.Failed):
             raise _failure(out)
+        e.way_back.observe(time.monotonic() - out.sent)
         x = np.frombuffer(out.data, np.float32).reshape(p.num_samples, *e.shape)
         timings = {"queue_ms": 1e3 * out.queue_s, "compute_ms": 1e3 * out.compute_s}
         calls = steering.calls_per_sample(out.steps, p.steer.particles if p.steer else 1, guidance)

@@ -292,3 +292,14 @@ def test_auto_steps_estimate_the_whole_iteration_not_only_the_network_call():
     assert sched.timer.predict(2) == pytest.approx(0.005)
     j = job(1, None, deadline=now[0] + 0.012)  # 5 ms a step predicted: 2 steps fit, 3 would not
     assert sched.choose_steps(j, now[0]) == 2
+
+
+def test_auto_plans_to_finish_the_margin_before_the_deadline():
+    sched, eng, ex = setup(max_batch=8, max_steps=4)
+    sched.timer.observe(1, 0.010)  # 10 ms per iteration
+    assert sched.choose_steps(job(1, None, deadline=0.045), 0.0) == 4
+    j = job(1, None, deadline=0.045)
+    j.margin = 0.020  # 20 ms of the 45 go to the result's way back: two 10 ms steps fit
+    assert sched.choose_steps(j, 0.0) == 2
+    j.margin = 0.045
+    assert sched.choose_steps(j, 0.0) == 1  # never fewer than one step

@@ -291,6 +291,9 @@ def test_before_any_core_is_up_v2_says_503_not_404():
         {"n": True},
         {"steps": 0, "deadline": "soon"},
         {"guidance": float("inf")},
+        {"margin": -1.0},
+        {"margin": float("nan")},
+        {"margin": "x"},
     ],
 )
 def test_a_malformed_generate_never_stops_the_core(fields):
@@ -341,3 +344,37 @@ def test_the_api_sheds_load_before_it_reaches_the_core():
     assert shed.status_code == 429 and shed.headers["retry-after"] == "1"
     assert sum(isinstance(m.decode(f), m.Generate) for f in sent) == 2  # the third never reached the core
     assert [r.status_code for r in held] == [504, 504]
+
+
+def test_auto_reserves_the_results_way_back_learned_from_earlier_results(monkeypatch):
+    settings = ServerSettings(max_steps=4, request_timeout_ms=2000)
+    core = InProcessCore(settings)
+    service = Service(settings, [core])
+    service.on_states(states(True))
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service)), base_url="http://t")
+    sent, handle, decode = [], core.server.handle, m.decode
+    core.server.handle = lambda ident, frame: sent.append(decode(frame)) or handle(ident, frame)
+
+    def late(frame: bytes):  # each result spends 30 ms on its way back to the API process
+        out = decode(frame)
+        if isinstance(out, m.Done):
+            out.sent -= 0.030
+        return out
+
+    monkeypatch.setattr(m, "decode", late)
+
+    async def go():
+        first = await client.post("/v1/generate", json={"steps": "auto", "deadline_ms": 500})
+        for _ in range(3):
+            await client.post("/v1/generate", json={"steps": 2})
+        fixed = await client.post("/v1/generate", json={"steps": 3})
+        last = await client.post("/v1/generate", json={"steps": "auto", "deadline_ms": 500})
+        return first, fixed, last
+
+    assert [r.status_code for r in run(go())] == [200, 200, 200]
+    gens = [g for g in sent if isinstance(g, m.Generate)]
+    assert gens[0].margin == 0.0  # nothing learned yet
+    assert gens[-2].margin == 0.0  # fixed steps plan nothing
+    assert 0.025 < gens[-1].margin < 0.25, gens[-1].margin  # about 30 ms learned, capped at half of 500
+    (entry,) = service.entries.values()
+    assert entry.way_back.mean > 0.025

@@ -1,0 +1,35 @@
+"""server.estimator: the iteration timer and the result's way back, against known inputs."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.estimator import CallTimer, ReturnPath
+
+
+def test_the_way_back_learns_a_high_quantile_and_is_capped():
+    path = ReturnPath(alpha=0.1, k=2.0, cap=0.5)
+    assert path.margin(1.0) == 0.0  # nothing observed: reserve nothing
+    for i in range(400):
+        path.observe(0.010 if i % 2 else 0.030)  # mean 20 ms, absolute deviation 10 ms
+    assert path.mean == pytest.approx(0.020, abs=0.002)
+    assert path.margin(1.0) == pytest.approx(0.040, abs=0.004)  # mean + 2 deviations
+    assert path.margin(0.050) == pytest.approx(0.025)  # at most half of what is left
+    assert path.margin(-1.0) == 0.0
+
+
+def test_the_way_back_ignores_impossible_observations():
+    path = ReturnPath()
+    for bad in (-0.001, 120.0):
+        path.observe(bad)
+    assert path.mean is None
+    path.observe(0.005)
+    assert path.margin(1.0) == pytest.approx(0.005)
+
+
+def test_the_call_timer_interpolates_and_extrapolates():
+    timer = CallTimer(alpha=0.5)
+    timer.observe(1, 0.001)
+    timer.observe(9, 0.009)
+    assert timer.predict(5) == pytest.approx(0.005)
+    assert timer.predict(18) == pytest.approx(0.018)  # beyond the largest: proportional
