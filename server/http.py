@@ -48,6 +48,7 @@ async def generate(service: Service, p: GenParams, request: Request, encode: Cal
         raise
     r.timings["total_ms"] = 1e3 * (time.monotonic() - t0)
     out = encode(r)
+    service.returned(r)
     service.record(r.model, r.steps, 200, time.monotonic() - t0, r.timings["queue_ms"] / 1e3)
     return out
 

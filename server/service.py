@@ -106,6 +106,7 @@ class GenResult:
     sampler: str = "flowmap"
     calls_per_sample: int = 0  # network rows evaluated per returned sample
     steered: bool = False
+    sent: float | None = None  # time.monotonic() when the engine core sent it
 
 
 @dataclass
@@ -272,7 +273,6 @@ class Service:
         out = await self._wait(e, rid, fut, deadline, disconnected)
         if isinstance(out, m.Failed):
             raise _failure(out)
-        e.way_back.observe(time.monotonic() - out.sent)
         x = np.frombuffer(out.data, np.float32).reshape(p.num_samples, *e.shape)
         timings = {"queue_ms": 1e3 * out.queue_s, "compute_ms": 1e3 * out.compute_s}
         calls = steering.calls_per_sample(out.steps, p.steer.particles if p.steer else 1, guidance)
@@ -280,7 +280,16 @@ class Service:
             self.metrics.steer(
                 SteerStats(e.name, steering.reward_label(p.steer.reward), calls * p.num_samples)
             )
-        return GenResult(e.name, out.steps, seed, labels, guidance, x, timings, sampler, calls, bool(p.steer))
+        r = GenResult(e.name, out.steps, seed, labels, guidance, x, timings, sampler, calls, bool(p.steer))
+        r.sent = out.sent
+        return r
+
+    def returned(self, r: GenResult) -> None:
+        """A result is encoded and about to be written: learn its way back from the core, which "auto"
+        steps then reserve out of later deadlines (ModelEntry.way_back)."""
+        e = self.entries.get(r.model)
+        if e is not None and r.sent is not None:
+            e.way_back.observe(time.monotonic() - r.sent)
 
     async def _wait(self, e: ModelEntry, rid: int, fut: asyncio.Future, deadline: float, disconnected):
         timeout = max(0.0, deadline - time.monotonic()) + 0.05  # the core expires it first
