@@ -11,7 +11,10 @@ OUT=${1:-runs/ship}
 $FLOWMAP train --data gmm8 --method fm --steps 6000 --ema 0.995 --out "$OUT/gmm8_fm.safetensors"
 $FLOWMAP train --data gmm8 --method distill --teacher "$OUT/gmm8_fm.safetensors" --steps 8000 \
   --time-dist uniform --out "$OUT/gmm8.safetensors"
-$FLOWMAP train --data digits --method esd --steps 8000 --ckpt-every 1000 --out "$OUT/digits.safetensors"
+# digits: esd, then esdt from its weights (terminal self-consistency: good at 1 step, better with steps)
+$FLOWMAP train --data digits --method esd --steps 8000 --ckpt-every 1000 --out "$OUT/digits_esd.safetensors"
+$FLOWMAP train --data digits --method esdt --init "$OUT/digits_esd.safetensors" --steps 2500 --lr 2e-4 \
+  --ema 0.998 --guidance 1.5 --warmup 50 --ckpt-every 1000 --out "$OUT/digits.safetensors"
 # digits_uncond: the digits recipe without class labels and at half the steps, for reward steering (docs/steering.md)
 $FLOWMAP train --data digits --method esd --labels drop --steps 4000 --ckpt-every 500 \
   --out "$OUT/digits_uncond.safetensors"

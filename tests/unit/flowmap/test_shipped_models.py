@@ -34,6 +34,25 @@ def test_digits_one_step_samples_are_the_requested_class_and_not_copies():
     assert x.abs().max() < 3 and x.std() > 0.3  # real images in model space, not a collapsed output
 
 
+def _digits(model, steps: int, seed: int = 321) -> tuple[torch.Tensor, torch.Tensor]:
+    y = balanced_labels(10, 100)
+    noise = make_noise(1000, model.shape, seed=seed)
+    return torch.cat([generate(model, steps, noise[y == c], class_label=c) for c in range(10)]), y
+
+
+def test_digits_one_step_samples_are_sharp_and_diverse_and_improve_with_steps():
+    """Issue 9: blur cannot pass. The esd-only model (1-step recall 0.31, diversity 0.70, pixel FD 1.35)
+    fails each of these; the esdt model meets them with margin for sample noise (docs/methods.md)."""
+    from flowmap.quality import score_digits
+
+    model = load_model("digits")
+    one, four = (score_digits(*_digits(model, k)) for k in (1, 4))
+    assert one["class_acc"] >= 0.98, one
+    assert one["recall"] >= 0.55 and one["diversity"] >= 0.75 and one["fd_pixel"] <= 0.5, one
+    assert four["fd_pixel"] <= one["fd_pixel"] and four["fd"] <= 1.1 * one["fd"], (one, four)
+    assert min(one["nn_ratio"], four["nn_ratio"]) >= 0.83 and four["memorised"] == 0, (one, four)
+
+
 def test_shipped_models_load_by_name_under_that_name():
     for name in ("digits", "gmm8"):
         assert load_model(name).name == name
