@@ -2,7 +2,7 @@
 # Install the Debian tools the tests drive for real (each test skips, naming this script, without its tool):
 #   wrk                       C load generator (loadtests.wrkload, bench_server --peers)
 #   prometheus                real Prometheus scraping two replicas (tests/deploy), promtool check rules
-#   chromium chromium-driver  headless browser tests of the playground page (tests/e2e/test_playground.py)
+#   chromium chromium-driver  headless browser tests of the playground page (tests/e2e/test_playground_browser.py)
 # Needs root (or sudo) and apt; anywhere else it says what is missing and exits 0 so `make test` still runs.
 set -euo pipefail
 want=(wrk prometheus chromium chromium-driver)
