@@ -25,10 +25,7 @@ import litserve as ls
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from flowmap.samplers import make_noise, uniform_grid
-from loadtests.peer_response import peer_response
-from server import ops
-from server.encode import png_images
+from loadtests.peer_response import images_by_request, peer_response
 
 BUCKETS = (1, 8, 32, 64, 128, 256)  # up to 32 requests x 8 samples in one call
 
@@ -73,21 +70,10 @@ class FlowMapAPI(ls.LitAPI):
     def predict(self, reqs):
         if self.max_batch_size == 1:  # LitServe's unbatched loop hands over one request
             return self.predict([reqs])[0]
-        t0, out = time.perf_counter(), [None] * len(reqs)
-        for steps in {r[0] for r in reqs}:
-            idx = [i for i, r in enumerate(reqs) if r[0] == steps]
-            x = torch.cat([make_noise(len(reqs[i][2]), self.model.shape, reqs[i][1]) for i in idx])
-            y = torch.tensor([c for i in idx for c in reqs[i][2]], dtype=torch.long)
-            grid = uniform_grid(steps).tolist()
-            for s, t in zip(grid[:-1], grid[1:], strict=True):
-                sv, tv = torch.full((len(y),), s), torch.full((len(y),), t)
-                x = ops.step(x, self.engine(x, sv, tv, y), sv, tv)
-            images, at = png_images(x), 0
-            for i in idx:
-                n = len(reqs[i][2])
-                out[i], at = (reqs[i], images[at : at + n]), at + n
+        t0 = time.perf_counter()
+        images = images_by_request(self.engine, self.model.shape, reqs)
         ms = 1e3 * (time.perf_counter() - t0)
-        return [(*o, ms) for o in out]
+        return [(r, imgs, ms) for r, imgs in zip(reqs, images, strict=True)]
 
     def unbatch(self, output):
         return output

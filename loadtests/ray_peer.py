@@ -61,25 +61,10 @@ class Generator:
         """PNG images per request; each step count's requests run as one batch per step."""
         import torch
 
-        from flowmap.samplers import make_noise, uniform_grid
-        from server import ops
-        from server.encode import png_images
+        from loadtests.peer_response import images_by_request
 
-        out: list = [None] * len(reqs)
         with torch.inference_mode():
-            for steps in {r[0] for r in reqs}:
-                idx = [i for i, r in enumerate(reqs) if r[0] == steps]
-                x = torch.cat([make_noise(len(reqs[i][2]), self.model.shape, reqs[i][1]) for i in idx])
-                y = torch.tensor([c for i in idx for c in reqs[i][2]], dtype=torch.long)
-                grid = uniform_grid(steps).tolist()
-                for s, t in zip(grid[:-1], grid[1:], strict=True):
-                    sv, tv = torch.full((len(y),), s), torch.full((len(y),), t)
-                    x = ops.step(x, self.engine(x, sv, tv, y), sv, tv)
-                images, at = png_images(x), 0
-                for i in idx:
-                    n = len(reqs[i][2])
-                    out[i], at = images[at : at + n], at + n
-        return out
+            return images_by_request(self.engine, self.model.shape, reqs)
 
     def response(self, req: tuple[int, int, list[int]], images: list[str], ms: float) -> dict:
         from loadtests.peer_response import peer_response
