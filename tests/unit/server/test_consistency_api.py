@@ -8,7 +8,6 @@ import asyncio
 import base64
 import io
 
-import httpx
 import numpy as np
 import pytest
 import torch
@@ -17,11 +16,7 @@ from flowmap.checkpoint import save_checkpoint
 from flowmap.generate import generate
 from flowmap.nets import build_net
 from flowmap.samplers import make_noise
-from server import messages as m
-from server.app import create_app
-from server.core_process import CoreServer, build_core
-from server.service import Service
-from server.settings import ServerSettings
+from tests.unit.server.inprocess import InProcess, serve
 
 SHAPE, C = [1, 4, 4], 3
 ARCH = {"name": "mlp", "shape": SHAPE, "width": 32, "depth": 1, "num_classes": C}
@@ -34,44 +29,6 @@ def checkpoint(path, method: str, interpolant: str = "linear") -> str:
     config = {"name": path.stem, "arch": ARCH, "data": data, "method": method, "interpolant": interpolant}
     save_checkpoint(path, build_net(ARCH), config)
     return str(path)
-
-
-class InProcess:
-    """CoreClient's interface over a CoreServer in this process; `paused` lets requests queue up."""
-
-    def __init__(self, server: CoreServer):
-        self.server, self.pending, self.ids, self.paused = server, {}, 0, False
-
-    def submit(self, make):
-        self.ids += 1
-        fut = asyncio.get_running_loop().create_future()
-        self.pending[self.ids] = fut
-        self.server.handle(b"api", m.encode(make(self.ids)))
-        asyncio.get_running_loop().call_soon(self.pump)
-        return self.ids, fut
-
-    def cancel(self, rid: int) -> None:
-        self.pending.pop(rid, None)
-
-    def pump(self) -> None:
-        while not self.paused and self.server.core.step() is not None:
-            pass
-        for _, frame in self.server.outbox:
-            out = m.decode(frame)
-            fut = self.pending.pop(out.id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(out)
-        self.server.outbox.clear()
-
-
-def serve(spec: str):
-    settings = ServerSettings(max_steps=4, max_samples=16, max_queue=16, engine="eager", device="cpu")
-    core, model, info = build_core(spec, settings)
-    client = InProcess(CoreServer(core, model, settings, sock=None))
-    service = Service(settings, [client])
-    service.on_states(m.CoreStates([{"up": True, "generation": 1, "info": info}]))
-    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service)), base_url="http://t")
-    return model, client, http
 
 
 @pytest.fixture(scope="module")

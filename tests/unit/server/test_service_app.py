@@ -29,6 +29,7 @@ from server.metrics import Metrics
 from server.scheduler import Scheduler
 from server.service import Service
 from server.settings import ServerSettings
+from tests.unit.server.inprocess import InProcess
 
 SHAPE, C = [1, 2, 2], 10
 INFO = {
@@ -49,26 +50,20 @@ def fake_engine(x, s, t, y):
     return -0.5 * x + 0.1 * e(y) + e(s) * x - e(t)
 
 
-class InProcessCore:
-    """CoreClient's interface over a CoreServer in this process; `paused` holds the core still."""
+class InProcessCore(InProcess):
+    """A toy core (fake engine) behind CoreClient's interface; `down` refuses as a lost core does."""
 
     def __init__(self, settings: ServerSettings):
         sched = Scheduler(settings.max_batch_size, settings.max_queue, 0.0, settings.max_steps)
         core = EngineCore("toy", sched, Executor(fake_engine, C, conditional=True))
         model = SimpleNamespace(shape=SHAPE, num_classes=C, config={"method": "esd"})
-        self.server = CoreServer(core, model, settings, sock=None)
-        self.pending: dict[int, asyncio.Future] = {}
-        self.ids, self.paused, self.down = 0, False, False
+        super().__init__(CoreServer(core, model, settings, sock=None))
+        self.down = False
 
     def submit(self, make):
         if self.down:
             raise CoreDown("engine core not connected")
-        self.ids += 1
-        fut = asyncio.get_running_loop().create_future()
-        self.pending[self.ids] = fut
-        self.server.handle(b"api", m.encode(make(self.ids)))
-        asyncio.get_running_loop().call_soon(self.pump)
-        return self.ids, fut
+        return super().submit(make)
 
     def cancel(self, rid: int) -> None:
         if self.pending.pop(rid, None) is not None:
@@ -81,16 +76,6 @@ class InProcessCore:
         for fut in self.pending.values():
             fut.set_exception(CoreDown(reason))
         self.pending.clear()
-
-    def pump(self) -> None:
-        while not self.paused and self.server.core.step() is not None:
-            pass
-        for _, frame in self.server.outbox:
-            out = m.decode(frame)
-            fut = self.pending.pop(out.id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(out)
-        self.server.outbox.clear()
 
 
 def states(up: bool, generation: int = 1) -> m.CoreStates:

@@ -6,36 +6,22 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import numpy as np
 import pytest
 import torch
 
 from flowmap.samplers import make_noise
 from flowmap.steering import SteerSpec, steer_model
-from server import messages as m
-from server.app import create_app
-from server.core_process import CoreServer, build_core
 from server.metrics import Metrics
-from server.service import Service
-from server.settings import ServerSettings
-from tests.unit.server.test_consistency_api import SHAPE, InProcess, checkpoint, npy, together
+from tests.unit.server import inprocess
+from tests.unit.server.test_consistency_api import SHAPE, checkpoint, npy, together
 
 torch.set_num_threads(1)
 
 
 def serve(spec: str, **overrides):
-    kw = dict(max_steps=4, max_samples=16, max_queue=16, engine="eager", device="cpu", max_particles=8)
-    settings = ServerSettings(**(kw | overrides))
-    core, model, info = build_core(spec, settings)
-    client = InProcess(CoreServer(core, model, settings, sock=None))
     metrics = Metrics()
-    service = Service(settings, [client], metrics)
-    service.on_states(m.CoreStates([{"up": True, "generation": 1, "info": info}]))
-    http = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(service, metrics)), base_url="http://t"
-    )
-    return model, client, http, metrics
+    return (*inprocess.serve(spec, metrics, **({"max_particles": 8} | overrides)), metrics)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,54 @@
+"""A CoreClient stand-in over a real CoreServer in this process, and a whole API stack over it for a
+checkpoint: the in-process tests of service, app and v2 share these."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from server import messages as m
+from server.app import create_app
+from server.core_process import CoreServer, build_core
+from server.service import Service
+from server.settings import ServerSettings
+
+
+class InProcess:
+    """CoreClient's interface over a CoreServer in this process; `paused` lets requests queue up."""
+
+    def __init__(self, server: CoreServer):
+        self.server, self.pending, self.ids, self.paused = server, {}, 0, False
+
+    def submit(self, make):
+        self.ids += 1
+        fut = asyncio.get_running_loop().create_future()
+        self.pending[self.ids] = fut
+        self.server.handle(b"api", m.encode(make(self.ids)))
+        asyncio.get_running_loop().call_soon(self.pump)
+        return self.ids, fut
+
+    def cancel(self, rid: int) -> None:
+        self.pending.pop(rid, None)
+
+    def pump(self) -> None:
+        while not self.paused and self.server.core.step() is not None:
+            pass
+        for _, frame in self.server.outbox:
+            out = m.decode(frame)
+            fut = self.pending.pop(out.id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(out)
+        self.server.outbox.clear()
+
+
+def serve(spec: str, metrics=None, **overrides):
+    """(model, client, http): checkpoint `spec` on the eager engine behind the app, one core in process."""
+    kw = dict(max_steps=4, max_samples=16, max_queue=16, engine="eager", device="cpu")
+    settings = ServerSettings(**(kw | overrides))
+    core, model, info = build_core(spec, settings)
+    client = InProcess(CoreServer(core, model, settings, sock=None))
+    service = Service(settings, [client], metrics)
+    service.on_states(m.CoreStates([{"up": True, "generation": 1, "info": info}]))
+    app = create_app(service, metrics)
+    return model, client, httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
