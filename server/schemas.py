@@ -97,6 +97,29 @@ def steer_option_model(s: ServerSettings) -> type[BaseModel]:
     return create_model("SteerOption", __config__=ConfigDict(extra="forbid"), **fields)
 
 
+def _sampler_options(s: ServerSettings) -> dict:
+    """The request's sampler and steering fields (generate_request_model)."""
+    return {
+        "sampler": (
+            Literal["flowmap", "consistency"] | None,
+            Field(
+                None,
+                description="flowmap: X_{t_k,t_k+1} per step (deterministic); consistency: jump to data with "
+                "X_{t_k,0}, then re-noise to t_k+1 with per-sample noise from the seed (consistency models). "
+                "Default: the model's default_sampler (GET /v1/models).",
+            ),
+        ),
+        "steer": (
+            steer_option_model(s) | None,
+            Field(
+                None,
+                description="Steer toward a reward: each sample is the survivor of `particles` particles "
+                "resampled at every step by the reward of their jump to data (consistency sampler).",
+            ),
+        ),
+    }
+
+
 def generate_request_model(s: ServerSettings) -> type[BaseModel]:
     """The /v1/generate body, with this server's limits. Strict types: no "2" or true for an integer, no
     2.0 for a count; floats take JSON integers (2 is 2.0) but never NaN or Infinity."""
@@ -150,23 +173,7 @@ def generate_request_model(s: ServerSettings) -> type[BaseModel]:
                 "call per step. Default 1 (a model trained with guidance has it baked in).",
             ),
         ),
-        "sampler": (
-            Literal["flowmap", "consistency"] | None,
-            Field(
-                None,
-                description="flowmap: X_{t_k,t_k+1} per step (deterministic); consistency: jump to data with "
-                "X_{t_k,0}, then re-noise to t_k+1 with per-sample noise from the seed (consistency models). "
-                "Default: the model's default_sampler (GET /v1/models).",
-            ),
-        ),
-        "steer": (
-            steer_option_model(s) | None,
-            Field(
-                None,
-                description="Steer toward a reward: each sample is the survivor of `particles` particles "
-                "resampled at every step by the reward of their jump to data (consistency sampler).",
-            ),
-        ),
+        **_sampler_options(s),
         "output": (
             Literal["png", "npy"],
             Field(
