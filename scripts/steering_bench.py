@@ -98,25 +98,19 @@ def bench_digits(args) -> dict:
         save_png(out / "grids" / f"conditional_{k}step.png", xc[:64], True, nrow=8, scale=4)
         for spec in digits_configs(args):
             res, sec = run_steer(model, k, spec, args.n, args.seed)
-            row = {
-                "method": spec.method,
-                "lookahead": spec.lookahead,
-                "steps": k,
-                "particles": spec.particles,
-            }
-            row |= {
-                "scale": spec.scale,
-                "iters": spec.iters,
-                "calls": res.calls_per_sample,
-                "seconds": round(sec, 1),
-                **judge(res.x),
-            }
+            row = spec_row(spec, k, res) | {"scale": spec.scale, "seconds": round(sec, 1), **judge(res.x)}
             rows.append(row)
             print(json.dumps(row), flush=True)
             if spec.particles == max(args.particles) or spec.iters == max(args.iters):
                 name = f"{spec.method}_{spec.lookahead}_{res.calls_per_sample:g}calls_{k}step.png"
                 save_png(out / "grids" / name, res.x[:64], True, nrow=8, scale=4)
     return {"target": args.target, "model": args.model, "n": args.n, "conditional": refs, "rows": rows}
+
+
+def spec_row(spec: SteerSpec, steps: int, res) -> dict:
+    """A result row's first columns: the steering configuration and its cost."""
+    row = {"method": spec.method, "lookahead": spec.lookahead, "steps": steps, "particles": spec.particles}
+    return row | {"iters": spec.iters, "calls": res.calls_per_sample}
 
 
 def gmm8_configs(mode: int, scale: float):
@@ -135,18 +129,8 @@ def bench_gmm8(args) -> dict:
         for spec in gmm8_configs(mode, args.gmm_scale):
             res, sec = run_steer(model, k, spec, args.n, args.seed)
             in_mode = float((torch.cdist(res.x, means).argmin(1) == mode).double().mean())
-            row = {
-                "method": spec.method,
-                "lookahead": spec.lookahead,
-                "steps": k,
-                "particles": spec.particles,
-            }
-            row |= {
-                "iters": spec.iters,
-                "calls": res.calls_per_sample,
-                "in_mode": in_mode,
-                "energy_to_tilted": energy_distance(res.x, truth),
-            }
+            energy = energy_distance(res.x, truth)
+            row = spec_row(spec, k, res) | {"in_mode": in_mode, "energy_to_tilted": energy}
             rows.append(row)
             print(json.dumps(row), flush=True)
     return {"mode": mode, "scale": args.gmm_scale, "n": args.n, "rows": rows}
