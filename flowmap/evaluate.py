@@ -1,4 +1,4 @@
-"""`flowmap eval`: quality against held-out data (gmm8: the exact flow; digits: flowmap.quality).
+"""`flowmap eval`: quality against held-out data (gmm8: the exact flow; digits, mnist: flowmap.quality).
 
 Rows are (sampler, steps) pairs: the model's own sampler ("auto": the flow map, or the re-noising
 multistep sampler for consistency models) at `steps`, plus the teacher ODE (Heun on the model's
@@ -70,17 +70,17 @@ def eval_images(
     sampler: str = "auto",
     ode_steps: list[int] = (),
 ) -> dict:
-    """Per (sampler, steps): flowmap.quality.score_digits of class-balanced samples (the sweep scores
+    """Per (sampler, steps): flowmap.quality.score_images of class-balanced samples (the sweep scores
     server samples with the same function), with the train split's own FDs as floors."""
-    from flowmap.quality import reference_floors, score_digits
+    from flowmap.quality import reference_floors, score_images
 
-    floors = reference_floors()
+    floors = reference_floors(data.name)
     c = max(model.num_classes, 1)
     y = balanced_labels(c, per_class) if model.num_classes else None
     rows = []
     for name, k in runs(model, steps, sampler, list(ode_steps)):
         x = _sample_labelled(model, k, c * per_class, y, seed, guidance, name)
-        rows.append({"sampler": name, "steps": k} | score_digits(x, y, seed=seed))
+        rows.append({"sampler": name, "steps": k} | score_images(x, y, data=data.name, seed=seed))
     return {
         "fd_floor_train_vs_test": floors["fd"],
         "fd_pixel_floor_train_vs_test": floors["fd_pixel"],
@@ -117,10 +117,10 @@ def evaluate(
     head = {"model": model.name, "data": name, "method": model.config.get("method"), "path": str(model.path)}
     if name == "gmm8":
         return head | {"rows": eval_gmm8(model, steps, n, seed, sampler, ode_steps)}
-    if name != "digits":
+    if name not in ("digits", "mnist"):
         raise ValueError(
-            f"flowmap eval scores gmm8 and digits only (their held-out splits; a classifier and PCA fitted"
-            f" on the digits train split); model {model.name!r} was trained on data {name!r}"
+            f"flowmap eval scores gmm8, digits and mnist only (their held-out splits; a classifier and PCA"
+            f" fitted on the train split); model {model.name!r} was trained on data {name!r}"
         )
     data = load_data(name)
     if list(data.shape) != model.shape:

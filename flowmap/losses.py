@@ -45,10 +45,30 @@ def eulerian_target(net, x_s: Tensor, s: Tensor, t: Tensor, v: Tensor, y: Tensor
     From d/ds X_{s,t}(x_s) = 0 with X = x + (t - s) u: u = v + (t - s) du/ds. On the diagonal the
     target is v itself.
     """
+    low = autocast_dtype(x_s)
+    if low is not None:  # forward-mode AD does not go through autocast: the JVP on a low-precision copy
+        with torch.autocast(x_s.device.type, enabled=False), torch.no_grad():
+            du_ds = low_precision_jvp(net, x_s, s, t, v, y, low)
+        return net(x_s, s, t, y), (v - expand(s - t, v) * du_ds.to(v.dtype)).detach()
     u, du_ds = torch.func.jvp(
         lambda x, a, b: net(x, a, b, y), (x_s, s, t), (v, torch.ones_like(s), torch.zeros_like(t))
     )
     return u, (v - expand(s - t, v) * du_ds).detach()
+
+
+def autocast_dtype(x: Tensor):
+    """The autocast dtype in force for x's device (bf16 training: `--precision bf16`), else None."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+
+
+def low_precision_jvp(net, x_s: Tensor, s: Tensor, t: Tensor, v: Tensor, y: Tensor | None, dtype) -> Tensor:
+    """d/ds u(x_s, s, t) along dx/ds = v, with every weight and x in `dtype` (times stay float32)."""
+    params = {k: p.detach().to(dtype) for k, p in net.named_parameters()}
+    params |= {k: b.to(dtype) if b.is_floating_point() else b for k, b in net.named_buffers()}
+    fn = lambda x, a, b: torch.func.functional_call(net, params, (x, a, b, y))
+    ones, zeros = torch.ones_like(s), torch.zeros_like(t)
+    return torch.func.jvp(fn, (x_s.to(dtype), s, t), (v.to(dtype), ones, zeros))[1]
 
 
 def eulerian_error(net, x_s: Tensor, s: Tensor, t: Tensor, v: Tensor, y: Tensor | None) -> Tensor:
@@ -63,6 +83,8 @@ def lagrangian_target(net, x_s: Tensor, s: Tensor, t: Tensor, y: Tensor | None, 
     def flow(tau: Tensor) -> Tensor:
         return x_s + expand(tau - s, x_s) * net(x_s, s, tau, y)
 
+    if autocast_dtype(x_s) is not None:
+        raise ValueError("lsd differentiates through its JVP: train it with --precision fp32")
     x_t, dx_dt = torch.func.jvp(flow, (t,), (torch.ones_like(t),))
     with torch.no_grad():
         target = b(x_t.detach(), t)

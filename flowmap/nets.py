@@ -1,4 +1,4 @@
-"""Networks u_theta(x, s, t, y): an MLP for vectors and images, a small U-Net for images.
+"""Networks u_theta(x, s, t, y): an MLP for vectors and small images, a multi-resolution U-Net.
 
 Every net takes x: [B, *shape], s: [B], t: [B], y: [B] long or None (None means the null label
 C, used by classifier-free guidance) and returns u with the shape of x.
@@ -30,7 +30,8 @@ class Conditioning(nn.Module):
         self.label = nn.Embedding(num_classes + 1, dim) if num_classes > 0 else None
 
     def forward(self, s: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
-        emb = self.time(torch.cat([fourier(s, self.dim), fourier(s - t, self.dim)], dim=-1))
+        feats = torch.cat([fourier(s, self.dim), fourier(s - t, self.dim)], dim=-1)  # float32 phases
+        emb = self.time(feats.to(self.time[0].weight.dtype))
         if self.label is not None:
             if y is None:
                 y = torch.full_like(s, self.num_classes, dtype=torch.long)
@@ -39,9 +40,11 @@ class Conditioning(nn.Module):
 
 
 def _times(x: Tensor, s, t) -> tuple[Tensor, Tensor]:
-    """Per-sample times [B] from scalars or [B] tensors, in x's dtype."""
-    s = torch.as_tensor(s, dtype=x.dtype, device=x.device)
-    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    """Per-sample times [B] from scalars or [B] tensors, in x's dtype, at least float32 (a bf16 time
+    would put a 1000x-scaled Fourier phase off by radians)."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    s = torch.as_tensor(s, dtype=dtype, device=x.device)
+    t = torch.as_tensor(t, dtype=dtype, device=x.device)
     return s.expand(x.shape[0]), t.expand(x.shape[0])
 
 
@@ -84,6 +87,8 @@ class MLP(nn.Module):
 
 
 class ConvBlock(nn.Module):
+    """Pre-norm residual conv block, FiLM-conditioned on the time/label embedding."""
+
     def __init__(self, cin: int, cout: int, cond: int):
         super().__init__()
         self.norm1, self.norm2 = nn.GroupNorm(8, cin), nn.GroupNorm(8, cout)
@@ -98,29 +103,86 @@ class ConvBlock(nn.Module):
         return self.skip(h) + self.conv2(torch.nn.functional.silu(z))
 
 
-class UNet(nn.Module):
-    """Two-level U-Net for small images (e.g. [1, 8, 8]): conv blocks, FiLM, one down/up."""
+class Attention(nn.Module):
+    """Multi-head self-attention over pixels, residual (plain matmuls: forward-mode AD and export work)."""
 
-    def __init__(self, shape: list[int], width: int = 64, num_classes: int = 0, emb: int = 128):
+    def __init__(self, ch: int, heads: int = 4):
         super().__init__()
-        self.shape, self.num_classes = list(shape), num_classes
-        ch = shape[0]
+        self.heads = heads
+        self.norm, self.qkv, self.proj = nn.GroupNorm(8, ch), nn.Conv2d(ch, 3 * ch, 1), nn.Conv2d(ch, ch, 1)
+
+    def forward(self, h: Tensor) -> Tensor:
+        b, ch, hh, ww = h.shape
+        q, k, v = self.qkv(self.norm(h)).reshape(b, 3, self.heads, ch // self.heads, hh * ww).unbind(1)
+        w = torch.softmax(q.transpose(-1, -2) @ k * (ch // self.heads) ** -0.5, dim=-1)  # [B, h, N, N]
+        return h + self.proj((v @ w.transpose(-1, -2)).reshape(b, ch, hh, ww))
+
+
+class UNet(nn.Module):
+    """Multi-resolution U-Net (DDPM/ADM layout): per level `blocks` FiLM conv blocks at
+    `width * mults[i]` channels, average-pool down (28 -> 14 -> 7), nearest up with the level's skip
+    concatenated, self-attention at the lowest resolution only (`attention="lowest"`, or "none")."""
+
+    def __init__(
+        self,
+        shape: list[int],
+        width: int = 64,
+        mults: str = "1,2,2",
+        blocks: int = 2,
+        attention: str = "lowest",
+        num_classes: int = 0,
+        emb: int = 128,
+    ):
+        super().__init__()
+        chans = [width * int(m) for m in str(mults).split(",")]
+        if any(c % 8 for c in chans) or attention not in ("lowest", "none") or blocks < 1:
+            raise ValueError(
+                f"U-Net: width x mults {chans} must be multiples of 8, blocks >= 1, "
+                f"attention lowest or none (got {attention!r})"
+            )
+        self.shape, self.num_classes, self.attention = list(shape), num_classes, attention
         self.cond = Conditioning(emb, num_classes)
-        self.inp = nn.Conv2d(ch, width, 3, padding=1)
-        self.down1 = ConvBlock(width, width, emb)
-        self.pool = nn.AvgPool2d(2)
-        self.mid1, self.mid2 = ConvBlock(width, 2 * width, emb), ConvBlock(2 * width, 2 * width, emb)
-        self.up = nn.Upsample(scale_factor=2, mode="nearest")
-        self.up1 = ConvBlock(3 * width, width, emb)
-        self.out = nn.Sequential(nn.GroupNorm(8, width), nn.SiLU(), nn.Conv2d(width, ch, 3, padding=1))
+        self.inp = nn.Conv2d(shape[0], chans[0], 3, padding=1)
+        cins = [chans[0], *chans[:-1]]
+        self.down = nn.ModuleList(
+            self._level(ci, co, blocks, emb) for ci, co in zip(cins, chans, strict=True)
+        )
+        self.mid = self._level(chans[-1], chans[-1], 2, emb)
+        self.attn = Attention(chans[-1]) if attention == "lowest" else nn.Identity()
+        couts = [chans[0], *chans[:-1]]
+        self.up = nn.ModuleList(
+            self._level(2 * c, co, blocks, emb) for c, co in zip(chans, couts, strict=True)
+        )
+        self.out = nn.Sequential(
+            nn.GroupNorm(8, chans[0]), nn.SiLU(), nn.Conv2d(chans[0], shape[0], 3, padding=1)
+        )
+
+    @staticmethod
+    def _level(cin: int, cout: int, blocks: int, emb: int) -> nn.ModuleList:
+        return nn.ModuleList(ConvBlock(cin if i == 0 else cout, cout, emb) for i in range(blocks))
+
+    @staticmethod
+    def _run(level: nn.ModuleList, h: Tensor, c: Tensor) -> Tensor:
+        for block in level:
+            h = block(h, c)
+        return h
 
     def forward(self, x: Tensor, s, t, y: Tensor | None = None) -> Tensor:
         s, t = _times(x, s, t)
         c = torch.nn.functional.silu(self.cond(s, t, y))
-        h0 = self.down1(self.inp(x), c)  # [B, W, H, W]
-        h1 = self.mid2(self.mid1(self.pool(h0), c), c)  # [B, 2W, H/2, W/2]
-        h = self.up1(torch.cat([h0, self.up(h1)], dim=1), c)  # [B, W, H, W]
-        return self.out(h)
+        h, skips = self.inp(x), []
+        for i, level in enumerate(self.down):
+            if i > 0:
+                h = torch.nn.functional.avg_pool2d(h, 2)  # [B, C_i, H / 2^i, W / 2^i]
+            h = self._run(level, h, c)
+            skips.append(h)
+        h = self.mid[1](self.attn(self.mid[0](h, c)), c)
+        for i in reversed(range(len(self.up))):
+            skip = skips[i]
+            if h.shape[-1] != skip.shape[-1]:
+                h = torch.nn.functional.interpolate(h, size=skip.shape[-2:], mode="nearest")
+            h = self._run(self.up[i], torch.cat([h, skip], dim=1), c)
+        return self.out(h)  # [B, C, H, W]
 
 
 ARCHS = {"mlp": MLP, "unet": UNet}

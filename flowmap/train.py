@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from flowmap import distributed
+from flowmap import distributed, memory
 from flowmap.checkpoint import atomic_write, read_tensors, save_checkpoint, save_tensors
 from flowmap.data import Dataset, load_data
 from flowmap.errors import UserError
@@ -39,6 +39,8 @@ class TrainConfig:
     arch: str = "mlp"  # mlp or unet
     width: int = 256  # MLP width / U-Net base channels
     depth: int = 4  # MLP residual blocks
+    mults: str = "1,2,2"  # U-Net channel multiplier per resolution level (28 -> 14 -> 7)
+    attention: str = "lowest"  # U-Net self-attention: lowest (resolution only) or none
     steps: int = 5000
     batch_size: int = 256
     lr: float = 1e-3
@@ -62,6 +64,8 @@ class TrainConfig:
     teacher: str | None = None  # teacher checkpoint for cd, distill, lmd, emd
     init: str | None = None  # start from this checkpoint's weights (a second stage, e.g. esd then esdt)
     threads: int = 1
+    precision: str = "fp32"  # fp32, or bf16 (autocast; JVP targets on a bf16 copy; not lsd)
+    micro_batch: int = 0  # rows per forward/backward; 0: the whole batch if it fits memory, else split
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "ckpt_every", "threads"):
@@ -71,6 +75,8 @@ class TrainConfig:
             raise ValueError("lr must be > 0 and ema in [0, 1)")
         if self.labels not in ("use", "drop"):
             raise ValueError(f"labels must be use or drop, got {self.labels!r}")
+        if self.precision not in ("fp32", "bf16") or self.micro_batch < 0:
+            raise ValueError(f"precision must be fp32 or bf16 (got {self.precision!r}), micro_batch >= 0")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
 
@@ -84,6 +90,8 @@ def arch_config(cfg: TrainConfig, data: Dataset) -> dict:
     arch = {"name": cfg.arch, "shape": data.shape, "width": cfg.width, "num_classes": data.num_classes}
     if cfg.arch == "mlp":
         arch["depth"] = cfg.depth
+    if cfg.arch == "unet":
+        arch |= {"mults": cfg.mults, "attention": cfg.attention}
     return arch
 
 
@@ -170,7 +178,7 @@ def load_state(path: Path, net, ema, opt) -> int:
 
 
 # options that do not change the training trajectory: a state saved under other values still matches
-RESUME_IGNORES = ("threads", "ckpt_every")
+RESUME_IGNORES = ("threads", "ckpt_every", "micro_batch")
 
 
 def config_changes(saved: dict, cfg: TrainConfig) -> list[str]:
@@ -252,11 +260,15 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, resume: bool | None, 
 
 
 def _step(cfg, net, opt, loss, step: int, out: Path, ctx) -> None:
-    """Backward, average gradients over ranks, clip, step; a non-finite gradient stops training."""
+    """After backward: average the gradients over ranks, clip, step; a non-finite loss or gradient
+    stops training."""
+    if not torch.isfinite(distributed.mean_scalar(loss, ctx)):
+        raise TrainingError(
+            f"loss is {loss.item()} at step {step}; the last good checkpoint "
+            f"{out} (and {state_path(out).name}) is kept"
+        )
     for group in opt.param_groups:
         group["lr"] = lr_at(cfg, step)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
     distributed.average_gradients(net, ctx)
     norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
     if not torch.isfinite(norm):
@@ -265,6 +277,43 @@ def _step(cfg, net, opt, loss, step: int, out: Path, ctx) -> None:
             f"{out} (and {state_path(out).name}) is kept"
         )
     opt.step()
+
+
+def per_sample_loss(cfg, net, loss_fn, extras):
+    """(x0, y) -> per-sample losses [B] in float32, under bf16 autocast with --precision bf16."""
+    kind = next(net.parameters()).device.type
+
+    def run(x0, y):
+        with torch.autocast(kind, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            return loss_fn(net, x0, y, **extras).float()
+
+    return run
+
+
+def micro_batch(cfg, net, run, data: Dataset, batch: int, progress: bool) -> int:
+    """--micro-batch, or the whole batch if a probe's estimate fits the available memory (else split)."""
+    if cfg.micro_batch:
+        return min(cfg.micro_batch, batch)
+    per_sample = memory.saved_bytes_per_sample(run, data.x_train, data.y_train)
+    params = sum(p.numel() * p.element_size() for p in net.parameters())
+    micro = memory.plan_micro_batch(batch, per_sample, params, memory.available_bytes())
+    if micro < batch and progress:
+        print(memory.describe(batch, micro, per_sample), file=sys.stderr)
+    return micro
+
+
+def backward(run, x0, y, micro: int):
+    """Back-propagate the batch mean loss, in micro-batches of `micro` rows; returns the mean loss."""
+    if micro >= len(x0):
+        loss = run(x0, y).mean()
+        loss.backward()
+        return loss.detach()
+    total = torch.zeros(())
+    for x_part, idx in zip(x0.split(micro), torch.arange(len(x0)).split(micro), strict=True):
+        part = run(x_part, None if y is None else y[idx]).sum() / len(x0)
+        part.backward()
+        total += part.detach()
+    return total
 
 
 def step_bar(start: int, steps: int, desc: str, progress: bool) -> tqdm:
@@ -283,17 +332,15 @@ def step_bar(start: int, steps: int, desc: str, progress: bool) -> tqdm:
 def _loop(cfg, data, net, ema, opt, loss_parts, start: int, progress: bool) -> Path:
     loss_fn, extras, ctx = loss_parts
     out, n, batch = Path(cfg.out), len(data.x_train), distributed.local_batch(cfg.batch_size, ctx)
+    run = per_sample_loss(cfg, net, loss_fn, extras)
+    micro = micro_batch(cfg, net, run, data, batch, progress)
     t0, ema_loss, seen = time.perf_counter(), None, 0
     bar = step_bar(start, cfg.steps, f"{cfg.method} {data.name}", progress)
     for step in bar:
         idx = torch.randint(0, n, (batch,))
         y = data.y_train[idx] if data.y_train is not None else None
-        loss = loss_fn(net, data.x_train[idx], y, **extras).mean()
-        if not torch.isfinite(distributed.mean_scalar(loss, ctx)):
-            raise TrainingError(
-                f"loss is {loss.item()} at step {step}; the last good checkpoint "
-                f"{out} (and {state_path(out).name}) is kept"
-            )
+        opt.zero_grad(set_to_none=True)
+        loss = backward(run, data.x_train[idx], y, micro)
         _step(cfg, net, opt, loss, step, out, ctx)
         ema_update(ema, net, cfg.ema)
         seen += cfg.batch_size

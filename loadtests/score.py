@@ -4,7 +4,7 @@ The load tests keep what the server answered (npy output: float32 samples, with 
 steps and requested classes). This module
 - pools them into one scored set: up to `per_class` samples of each class spread over the run (eval's
   composition: 100 per class), so FD is compared at the sample count `flowmap eval` uses;
-- scores a set with `quality()`: flowmap.quality.score_digits, the function `flowmap eval` calls;
+- scores a set with `quality()`: flowmap.quality.score_images, the function `flowmap eval` calls;
 - reproduces the same requests with the library (`flowmap sample`'s noise-from-seed and sampler), so a
   test can check that the server's samples and their scores equal the library's (batch invariance);
 - runs `flowmap eval` itself for several seeds: the reference numbers and the FD's seed noise.
@@ -26,12 +26,14 @@ PER_CLASS = 100  # flowmap eval's default: 100 samples per class
 
 
 def quality(x: np.ndarray, labels: np.ndarray) -> dict:
-    """eval's metrics (flowmap.quality.score_digits, the function `flowmap eval` calls) of samples
-    x [N, 1, 8, 8] (model space) whose requested classes are labels [N]; plus n, the sample count."""
-    from flowmap.quality import score_digits
+    """eval's metrics (flowmap.quality.score_images, the function `flowmap eval` calls) of samples
+    x [N, 1, 8, 8] or [N, 1, 28, 28] (model space; the data set follows from the shape) whose requested
+    classes are labels [N]; plus n, the sample count."""
+    from flowmap.quality import data_for_shape, score_images
 
     xs = torch.from_numpy(np.ascontiguousarray(x, np.float32))
-    return {"n": len(xs), **score_digits(xs, torch.from_numpy(np.asarray(labels, np.int64)))}
+    y = torch.from_numpy(np.asarray(labels, np.int64))
+    return {"n": len(xs), **score_images(xs, y, data=data_for_shape(xs.shape[1:]))}
 
 
 # ---- kept samples ---------------------------------------------------------------------------------

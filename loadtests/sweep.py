@@ -6,7 +6,7 @@
 For each step setting (fixed 1..4, and "auto" with deadline_ms = the SLO) at each offered load, it
 drives the server open loop (loadtests.openloop: Poisson arrivals, the request mix of --mix with its
 steps replaced, npy output, classes cycled and known), keeps the samples it received and scores them
-with flowmap.quality.score_digits (what `flowmap eval` calls) on the held-out split. It also runs
+with flowmap.quality.score_images (what `flowmap eval` calls) on the held-out split. It also runs
 `flowmap eval` itself for --eval-seeds (the reference and the FD's seed noise) and reproduces some
 requests with the library (batch invariance: server samples = library samples).
 

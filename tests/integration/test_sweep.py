@@ -1,6 +1,6 @@
 """The sweep end to end on the shipped digits model (a server it starts itself, a short open-loop run),
 and batch invariance end to end: what the server returned under load equals what the library computes for
-the same seeds, steps and classes, and so do its scores (flowmap.quality.score_digits, eval's scorer)."""
+the same seeds, steps and classes, and so do its scores (flowmap.quality.score_images, eval's scorer)."""
 
 from __future__ import annotations
 

@@ -120,7 +120,10 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     monkeypatch.setitem(losses.LOSSES, "nan_after", NaNAfter)
     NaNAfter.calls = 0
     out = tmp_path / "nan.safetensors"
-    cfg = TrainConfig(method="nan_after", steps=20, out=str(out), **{**SMALL, "ckpt_every": 5})
+    # an explicit micro-batch: no memory probe, so the loss's calls are the training steps
+    cfg = TrainConfig(
+        method="nan_after", steps=20, out=str(out), **{**SMALL, "ckpt_every": 5, "micro_batch": 256}
+    )
     with pytest.raises(TrainingError, match="at step 7.*last good checkpoint"):
         train(cfg, progress=False)
     model = load_model(str(out))  # written at step 5, untouched since

@@ -14,7 +14,7 @@ from flowmap.metrics import (
     pca_basis,
     project,
 )
-from flowmap.quality import reference_floors, score_digits
+from flowmap.quality import reference_floors, score_images
 
 torch.set_num_threads(1)
 
@@ -74,13 +74,13 @@ def digits():
 
 def test_real_digits_score_like_real_digits(digits):
     held_out = digits.x_test  # scored against itself: FD 0, every sample its own nearest test image
-    s = score_digits(digits.x_train, digits.y_train)
+    s = score_images(digits.x_train, digits.y_train)
     floors = reference_floors()
     assert s["fd"] == pytest.approx(floors["fd"]) and s["fd_pixel"] == pytest.approx(floors["fd_pixel"])
     assert s["class_acc"] > 0.97 and s["precision"] > 0.9 and s["recall"] > 0.85
     assert 0.9 < s["diversity"] < 1.1 and s["diversity_min"] > 0.85
     assert s["memorised"] == 1.0 and s["nn_ratio"] < 0.75  # the training images: ~2/3 (see nn_ratio)
-    assert score_digits(held_out)["fd_pixel"] < 1e-6 and "class_acc" not in score_digits(held_out)
+    assert score_images(held_out)["fd_pixel"] < 1e-6 and "class_acc" not in score_images(held_out)
 
 
 def test_class_means_fool_the_classifier_but_not_the_new_metrics(digits):
@@ -88,7 +88,7 @@ def test_class_means_fool_the_classifier_but_not_the_new_metrics(digits):
     means = torch.stack([digits.x_train[digits.y_train == c].mean(0) for c in range(10)])
     y = torch.arange(10).repeat_interleave(50)
     x = means[y] + 0.02 * torch.randn(len(y), 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    s, floors = score_digits(x, y), reference_floors()
+    s, floors = score_images(x, y), reference_floors()
     assert s["class_acc"] >= 0.85
     assert s["diversity"] < 0.2 and s["recall"] < 0.2
     assert s["fd_pixel"] > 10 * floors["fd_pixel"]
@@ -96,7 +96,7 @@ def test_class_means_fool_the_classifier_but_not_the_new_metrics(digits):
 
 def test_seed_fixes_the_nn_ratio_and_nothing_else(digits):
     x = digits.x_test[:200] + 0.3 * torch.randn(200, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    a, b, c = score_digits(x, seed=0), score_digits(x, seed=0), score_digits(x, seed=1)
+    a, b, c = score_images(x, seed=0), score_images(x, seed=0), score_images(x, seed=1)
     assert a == b and a["fd"] == c["fd"] and a["nn_ratio"] != c["nn_ratio"]
 
 
@@ -111,7 +111,7 @@ def test_seed_fixes_the_nn_ratio_and_nothing_else(digits):
 )
 def test_bad_input_is_named(samples, labels, match):
     with pytest.raises(ValueError, match=match):
-        score_digits(samples, labels)
+        score_images(samples, labels)
 
 
 def test_eval_of_other_image_data_says_it_has_no_reference(tmp_path, capsys):
@@ -128,4 +128,4 @@ def test_eval_of_other_image_data_says_it_has_no_reference(tmp_path, capsys):
     ckpt = train(cfg, progress=False)
     assert main(["eval", "--model", str(ckpt), "--steps", "1"]) == 2
     err = capsys.readouterr().err
-    assert "scores gmm8 and digits only" in err and "data 'blobs'" in err
+    assert "scores gmm8, digits and mnist only" in err and "data 'blobs'" in err

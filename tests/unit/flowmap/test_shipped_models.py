@@ -43,10 +43,10 @@ def _digits(model, steps: int, seed: int = 321) -> tuple[torch.Tensor, torch.Ten
 def test_digits_one_step_samples_are_sharp_and_diverse_and_improve_with_steps():
     """Issue 9: blur cannot pass. The esd-only model (1-step recall 0.31, diversity 0.70, pixel FD 1.35)
     fails each of these; the esdt model meets them with margin for sample noise (docs/methods.md)."""
-    from flowmap.quality import score_digits
+    from flowmap.quality import score_images
 
     model = load_model("digits")
-    one, four = (score_digits(*_digits(model, k)) for k in (1, 4))
+    one, four = (score_images(*_digits(model, k)) for k in (1, 4))
     assert one["class_acc"] >= 0.98, one
     assert one["recall"] >= 0.55 and one["diversity"] >= 0.75 and one["fd_pixel"] <= 0.5, one
     assert four["fd_pixel"] <= one["fd_pixel"] and four["fd"] <= 1.1 * one["fd"], (one, four)
