@@ -136,3 +136,27 @@ def test_training_splits_a_batch_that_would_not_fit(tmp_path, monkeypatch, capsy
     train(cfg, progress=True)
     err = capsys.readouterr().err
     assert "4 micro-batches of 10" in err and out.exists()
+
+
+def test_shipped_mnist_classifier_is_at_least_98_percent_right_on_the_held_out_split():
+    from flowmap.classifier import classifier_path, load_classifier
+
+    d, clf = load_data("mnist"), load_classifier(classifier_path("mnist"))
+    with torch.inference_mode():
+        acc = (clf(d.x_test).argmax(1) == d.y_test).double().mean().item()
+    assert acc >= 0.98, acc
+
+
+def test_score_images_scores_mnist_and_names_a_wrong_shape():
+    from flowmap.quality import data_for_shape, score_images
+
+    d = load_data("mnist")
+    held_out = score_images(d.x_test[:500], d.y_test[:500], data="mnist")
+    blurred = score_images(
+        torch.nn.functional.avg_pool2d(d.x_test[:500], 3, 1, 1), d.y_test[:500], data="mnist"
+    )
+    assert held_out["class_acc"] > 0.97 and held_out["memorised"] == 0
+    assert blurred["fd"] > 2 * held_out["fd"] and blurred["fd_pixel"] > held_out["fd_pixel"]
+    assert data_for_shape([1, 28, 28]) == "mnist"
+    with pytest.raises(ValueError, match=r"mnist samples must be a tensor \[N, 1, 28, 28\]"):
+        score_images(torch.zeros(4, 1, 8, 8), data="mnist")
