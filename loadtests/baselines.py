@@ -22,10 +22,10 @@ from fastapi.responses import Response
 
 from flowmap.checkpoint import load_model
 from flowmap.samplers import make_noise, uniform_grid
-from server import ops
-from server.encode import npy_base64, png_images
-from server.schemas import GenerateResponse, generate_request_model
-from server.settings import ServerSettings
+from server.api_process.encode import npy_base64, png_images
+from server.api_process.schemas import GenerateResponse, generate_request_model
+from server.common.settings import ServerSettings
+from server.core_process import ops
 
 
 def build(model_name: str, engine_name: str, settings: ServerSettings) -> FastAPI:

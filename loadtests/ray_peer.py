@@ -1,9 +1,10 @@
 """Ray Serve peer for the benchmark: what a user would write with Ray Serve's `@serve.batch`.
 
 One deployment (1 replica, 1 CPU, 1 torch thread) running our library: the same engine
-(engines.load_engine), noise-from-seed (flowmap.samplers.make_noise), flow-map step (server.ops.step)
-and PNG encoder (server.encode.png_images) as the LitServe peer and the naive endpoint. Ray Serve's
-proxy takes HTTP; `@serve.batch` hands the replica up to --max-batch-size requests (waiting at most
+(engines.load_engine), noise-from-seed (flowmap.samplers.make_noise), flow-map step
+(server.core_process.ops.step) and PNG encoder (server.api_process.encode.png_images) as the LitServe
+peer and the naive endpoint. Ray Serve's proxy takes HTTP; `@serve.batch` hands the replica up to
+--max-batch-size requests (waiting at most
 --batch-timeout s to fill a batch), grouped here by step count, one batch per step. Request and response
 JSON have the shape of flowmap's POST /v1/generate (png output).
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-# flag -> (settings field, type, help); the settings docstrings in server/settings.py say more
+# flag -> (settings field, type, help); the settings docstrings in server/common/settings.py say more
 FLAGS = {
     "--model": (
         "models",
@@ -82,7 +82,7 @@ def settings_from(args):
     """ServerSettings from the flags given, over the environment; ValueError naming the field."""
     from pydantic import ValidationError
 
-    from server.settings import ServerSettings
+    from server.common.settings import ServerSettings
 
     given = {d: getattr(args, d) for d, _, _ in FLAGS.values() if getattr(args, d, None) is not None}
     try:

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import zmq
 
-from server import messages as m
-from server.settings import ServerSettings
+from server.common import messages as m
+from server.common.settings import ServerSettings
 
 log = logging.getLogger("flowmap.server")
 TICK_MS = 50
@@ -88,7 +88,7 @@ class Supervisor:
         self.metrics_dir = os.path.join(self.run_dir, "metrics")
         os.makedirs(self.metrics_dir)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir  # before prometheus_client is imported
-        from server.metrics import Metrics
+        from server.common.metrics import Metrics
 
         self.metrics = Metrics()
         self.ctx = zmq.Context()
@@ -224,7 +224,7 @@ class Supervisor:
         return changed
 
     def _process_dead(self, pid: int) -> None:
-        from server.metrics import mark_process_dead
+        from server.common.metrics import mark_process_dead
 
         mark_process_dead(pid)
 

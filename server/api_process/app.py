@@ -1,4 +1,5 @@
-"""FastAPI app, routes only: v1 JSON API, health, readiness, metrics; v2 routes live in server.v2."""
+"""FastAPI app, routes only: v1 JSON API, health, readiness, metrics; v2 routes live in
+server.api_process.v2."""
 
 # no `from __future__ import annotations`: the request model is built at runtime from the settings
 import logging
@@ -10,11 +11,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server import http
-from server.encode import npy_base64, png_images
-from server.schemas import GenerateResponse, Health, ModelInfo, ModelList, generate_request_model, safe_errors
-from server.service import GenParams, GenResult, Service, ServiceError
-from server.steer import SteerParams
+from server.api_process import http
+from server.api_process.encode import npy_base64, png_images
+from server.api_process.schemas import (
+    GenerateResponse,
+    Health,
+    ModelInfo,
+    ModelList,
+    generate_request_model,
+    safe_errors,
+)
+from server.api_process.service import GenParams, GenResult, Service, ServiceError
+from server.common.steer import SteerParams
 
 log = logging.getLogger("flowmap.server")
 VERSION = "0.1.0"
@@ -59,10 +67,10 @@ def create_app(service: Service, metrics=None, lifespan_hooks=None) -> FastAPI:
     auth = http.make_auth(service)
     _v1_routes(app, service, auth)
     _health_routes(app, service, metrics)
-    from server.v2 import router
+    from server.api_process.v2 import router
 
     app.include_router(router(service, auth))
-    from server import playground
+    from server.api_process import playground
 
     playground.include(app, service, metrics, auth)  # the page at / and GET /v1/stats
     return app

@@ -17,9 +17,9 @@ from torch import Tensor
 from flowmap.guidance import cfg_mix
 from flowmap.reward import evaluate_reward
 from flowmap.steering import resample_keyed
-from server import ops
-from server.scheduler import Batch, Job, Scheduler, SteerRun
-from server.stats import IterationStats
+from server.common.stats import IterationStats
+from server.core_process import ops
+from server.core_process.scheduler import Batch, Job, Scheduler, SteerRun
 
 log = logging.getLogger("flowmap.server")
 

@@ -9,14 +9,15 @@ The rows in flight live in contiguous arrays -- x a torch tensor on the engine's
 K, label y, guidance w and job id small numpy vectors (a numpy op on a few rows costs ~1 us, a torch op
 ~3-5 us) -- so admitting, stepping and retiring are a fixed number of array operations whatever the row
 count; Python work is per job (admission, completion), never per sample. Pure bookkeeping: no threads,
-no I/O, no network calls; `server.core` drives it and the unit tests drive it with a fake engine.
-Times are plain floats (seconds) supplied by the caller.
+no I/O, no network calls; `server.core_process.engine_core` drives it and the unit tests drive it with a
+fake engine. Times are plain floats (seconds) supplied by the caller.
 
 Policy: admission is strictly FIFO by request (a request's remaining samples keep the head of the
 line until all are admitted, so no request starves); every active row advances one step per
 iteration; a classifier-free-guided sample takes two network rows (conditional and null label); a
 steered sample's particles (Job.steer) are admitted together and carry their last reward potential,
-which the executor uses to resample them at each step boundary (server.core.Executor._resample).
+which the executor uses to resample them at each step boundary
+(server.core_process.engine_core.Executor._resample).
 `batching="request"` is the whole-request baseline: nothing joins until the running batch empties.
 """
 
@@ -33,7 +34,7 @@ import torch
 from torch import Tensor
 
 from flowmap.samplers import uniform_grid
-from server.estimator import CallTimer
+from server.common.estimator import CallTimer
 
 _ids = itertools.count(1)
 SIMULATE_MAX = 64  # waiting requests up to which start_delay simulates admission exactly

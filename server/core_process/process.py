@@ -17,129 +17,29 @@ import logging
 import math
 import os
 import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 import zmq
 
 from flowmap import __version__
-from flowmap.checkpoint import Model, load_model
+from flowmap.checkpoint import Model
 from flowmap.errors import UserError
-from flowmap.losses import CONSISTENCY_METHODS
 from flowmap.reward import make_reward
 from flowmap.samplers import make_noise, sample_keys
-from server import messages as m
-from server import ops
-from server import steer as steering
-from server.core import EngineCore, Executor
-from server.encode import is_image
-from server.estimator import CallTimer
-from server.scheduler import Cancelled, DeadlineExceeded, Job, QueueFull, Scheduler, Steer
-from server.settings import ServerSettings
+from server.common import messages as m
+from server.common import steer as steering
+from server.common.settings import ServerSettings
+from server.core_process import ops
+from server.core_process.build import build_core, samplers_of, warm_up
+from server.core_process.engine_core import EngineCore
+from server.core_process.scheduler import Cancelled, DeadlineExceeded, Job, QueueFull, Steer
 
 log = logging.getLogger("flowmap.server")
 IDLE_POLL_MS = 500  # an idle core wakes this often to notice a vanished supervisor
 RECEIVE_MAX = 256  # messages taken per loop turn
 PARENT_CHECK_S = 1.0  # how often the loop checks that the supervisor is still there
-
-
-def buckets_for(max_batch: int) -> tuple[int, ...]:
-    return tuple(sorted({b for b in (1, 8, 16, 32, 64, 128, 256, 512) if b < max_batch} | {max_batch}))
-
-
-def resolve_device(device: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
-def pick_engine(settings: ServerSettings, device: str) -> str:
-    if settings.engine:
-        return settings.engine
-    from engines import default_engine
-
-    return default_engine(device)
-
-
-def export_in_child(spec: str, engine_name: str, out: Path) -> str:
-    """The ONNX export of `spec` written by a short-lived `flowmap export` process; returns its path.
-
-    The exporter imports ~250 MB of modules (torch.export, onnxscript) that would otherwise stay
-    resident in the engine core for its whole life; loading the verified artifact needs none of them."""
-    cmd = [sys.executable, "-m", "flowmap", "export", "--model", spec, "--engine", engine_name]
-    cmd += ["--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    if done.returncode != 0:
-        lines = (done.stderr or done.stdout).strip().splitlines()
-        raise RuntimeError(f"ONNX export failed: {lines[-1] if lines else done.returncode}")
-    return str(out)
-
-
-def samplers_of(model: Model) -> tuple[list[str], str]:
-    """(samplers served, the default): "consistency" needs the linear interpolant (the fused re-noise
-    step assumes it) and is the default of consistency models (ct, cd), which learn only X_{t,0}."""
-    if model.config.get("interpolant", "linear") != "linear":
-        return ["flowmap"], "flowmap"
-    default = "consistency" if model.config.get("method") in CONSISTENCY_METHODS else "flowmap"
-    return ["flowmap", "consistency"], default
-
-
-def build_core(
-    spec: str, settings: ServerSettings, on_iteration=None, workdir: str | None = None
-) -> tuple[EngineCore, Model, dict]:
-    """Load model `spec` and its engine; returns (core, model, info for the API). With a `workdir`, an
-    onnxruntime engine is exported there by a child process and loaded as an artifact."""
-    from engines import load_engine
-
-    model = load_model(spec)
-    device = resolve_device(settings.device)
-    engine_name = pick_engine(settings, device)
-    source = engine_name
-    if workdir is not None and engine_name == "onnxruntime":
-        source = export_in_child(spec, engine_name, Path(workdir) / f"{Path(spec).stem}-{os.getpid()}.onnx")
-    engine = load_engine(source, model, device=device, buckets=buckets_for(settings.max_batch_size))
-    if source != engine_name:  # loaded: the exported file (and its sidecar) is not needed any more
-        for path in (Path(source), Path(source + ".json")):
-            path.unlink(missing_ok=True)
-    sched = Scheduler(
-        settings.max_batch_size,
-        settings.max_queue,
-        settings.max_wait_ms / 1000,
-        settings.max_steps,
-        CallTimer(),
-        settings.batching,
-    )
-    executor = Executor(engine, model.num_classes, model.num_classes > 0, device)
-    core = EngineCore(model.name, sched, executor, on_iteration)
-    info = {
-        "name": model.name,
-        "shape": list(model.shape),
-        "num_classes": model.num_classes,
-        "image": is_image(list(model.shape)),
-        "engine": engine_name,
-        "device": device,
-        "baked_guidance_scale": float((model.config.get("guidance") or {}).get("baked_scale", 1.0)),
-        "method": model.config.get("method"),
-    }
-    info["samplers"], info["default_sampler"] = samplers_of(model)
-    return core, model, info
-
-
-def warm_up(core: EngineCore, model: Model, settings: ServerSettings) -> None:
-    """The engine's own warm-up, then real 1-step batches (largest buckets) to seed the call-time estimate.
-
-    Raises when a warm-up batch fails: a model that cannot run must not be reported ready."""
-    core.warmup()
-    device = core.device
-    for n in buckets_for(settings.max_batch_size)[-3:]:
-        job = Job(make_noise(n, model.shape, 0, device), [0] * n, 1)
-        core.submit(job)
-        core.run_until_idle()
-        if job.error is not None:
-            raise RuntimeError(f"warm-up batch of {n} failed: {job.error!r}") from job.error
-        if not bool(torch.isfinite(job.result).all()):
-            raise RuntimeError(f"warm-up batch of {n} gave non-finite samples")
 
 
 class CoreServer:
@@ -322,7 +222,7 @@ def serve(index: int, spec: str, run_dir: str, settings: ServerSettings, parent:
     if os.getppid() != parent:  # the supervisor died while this process was importing torch
         return 1
     try:
-        from server.metrics import Metrics
+        from server.common.metrics import Metrics
 
         metrics = Metrics()
         torch.set_num_threads(settings.threads)
@@ -363,7 +263,3 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with torch.inference_mode():
         return serve(a.index, a.model, a.dir, settings, a.parent)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

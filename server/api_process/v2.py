@@ -2,7 +2,7 @@
 
 Inputs (all optional, one element each unless noted): seed INT64, steps INT32, num_samples INT32,
 class_label INT32 ([1] or [num_samples]), guidance_scale FP32; request parameter "sampler" (flowmap |
-consistency; default: the model's) and "steer" (the v1 option's object; server.steer). Outputs: images
+consistency; default: the model's) and "steer" (the v1 option's object; server.common.steer). Outputs: images
 UINT8 [N, H, W, C] (image models) and samples FP32 [N, *shape]. Errors: {"error": message} with 400 for
 bad input.
 """
@@ -17,12 +17,12 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from server import http
-from server import steer as steering
-from server.encode import to_uint8_nhwc
-from server.schemas import V2Error
-from server.service import GenParams, GenResult, InvalidInput, ModelEntry, Service
-from server.steer import SteerParams
+from server.api_process import http
+from server.api_process.encode import to_uint8_nhwc
+from server.api_process.schemas import V2Error
+from server.api_process.service import GenParams, GenResult, InvalidInput, ModelEntry, Service
+from server.common import steer as steering
+from server.common.steer import SteerParams
 
 DTYPES = {
     "BOOL": np.bool_,

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server import messages as m
-from server import steer as steering
-from server.client import CoreClient, CoreDown
-from server.estimator import ReturnPath
-from server.settings import ServerSettings
-from server.stats import Rejection, RequestStats, SteerStats
-from server.steer import SteerParams
+from server.api_process.client import CoreClient, CoreDown
+from server.common import messages as m
+from server.common import steer as steering
+from server.common.estimator import ReturnPath
+from server.common.settings import ServerSettings
+from server.common.stats import Rejection, RequestStats, SteerStats
+from server.common.steer import SteerParams
 
 log = logging.getLogger("flowmap.server")
 SEED_MAX = 2**63 - 1
@@ -91,7 +91,7 @@ class GenParams:
     deadline_ms: float | None = None
     output: str = "png"  # png | npy | tensor (raw array for v2)
     sampler: str | None = None  # flowmap | consistency; None: the model's default
-    steer: SteerParams | None = None  # reward steering over particles (server.steer)
+    steer: SteerParams | None = None  # reward steering over particles (server.common.steer)
 
 
 @dataclass

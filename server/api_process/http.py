@@ -1,6 +1,7 @@
 """What v1 and v2 routes share: the one generate call (disconnect wait, timing, recording), the API key,
 the body limit, and error formatting per protocol (v1: FastAPI's {"detail"}; v2: {"error"}, 400 for
-bad input). Routes live in server.app (v1, health) and server.v2 (Open Inference Protocol).
+bad input). Routes live in server.api_process.app (v1, health) and server.api_process.v2 (Open Inference
+Protocol).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from fastapi import Depends, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from server.service import GenParams, GenResult, Service, ServiceError, Unauthorized
+from server.api_process.service import GenParams, GenResult, Service, ServiceError, Unauthorized
 
 T = TypeVar("T")
 

@@ -6,8 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, create_model
 
-from server.service import SEED_MAX
-from server.settings import ServerSettings
+from server.api_process.service import SEED_MAX
+from server.common.settings import ServerSettings
 
 MAX_CLASS = 100_000
 

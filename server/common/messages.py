@@ -34,7 +34,7 @@ class Generate:
     guidance: float
     deadline: float  # absolute monotonic time
     sampler: str = "flowmap"  # or "consistency": jump to data, re-noise per sample from (seed, i)
-    steer: dict | None = None  # server.steer.SteerParams as a dict: n samples of `particles` rows each
+    steer: dict | None = None  # server.common.steer.SteerParams as a dict: n samples of `particles` rows each
     margin: float = 0.0  # seconds "auto" reserves before the deadline for the result's way back
     TAG = 1
 
