@@ -45,8 +45,6 @@ CUDA_PREFERENCE = ("compile", "eager")
 REQUIRES = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "compile": None}
 REQUIRES_CUDA = {**REQUIRES, "compile": "triton"}  # Inductor generates Triton kernels on CUDA
 
-ARTIFACT_SUFFIXES = (".pt", ".onnx", ".plan")
-
 
 class EngineError(UserError, RuntimeError):
     """An engine that cannot be built or fails its parity check; the message says why."""
@@ -74,30 +72,6 @@ def engine_class(name: str) -> type:
         return getattr(importlib.import_module(module), cls)
     except (ImportError, AttributeError) as e:
         raise EngineError(f"engine {name!r} cannot be imported: {e}") from None
-
-
-def load_engine(
-    name: str,
-    model: Model | None = None,
-    device: str = "cpu",
-    buckets: tuple[int, ...] = DEFAULT_BUCKETS,
-    parity: bool = True,
-    **options,
-) -> Engine:
-    """Build the engine `name` for `model` on `device`, checked against eager before it is returned.
-
-    `name` may also be the path of an exported artifact (.pt, .onnx, .plan); see engines.artifacts.
-    """
-    if Path(str(name)).suffix in ARTIFACT_SUFFIXES:
-        from engines.artifacts import load_artifact
-
-        return load_artifact(name, model=model, device=device, buckets=buckets, **options)
-    if model is None:
-        raise EngineError(f"engine {name!r} needs a model")
-    engine = engine_class(name)(model, device=device, buckets=buckets, **options)
-    if parity and name != "eager":
-        check_parity(engine, model)
-    return engine
 
 
 def available(name: str, device: str | torch.device = "cpu") -> bool:

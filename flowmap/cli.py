@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from flowmap.errors import UserError
 from flowmap.presets import PRESETS
 
-PLUGINS = ("engines.cli", "server.cli")  # each exposes register(subparsers)
+# the packages above flowmap plug in through entry points (pyproject.toml), never imported here by name:
+# command name -> register(subparsers) of the package adding it
+COMMANDS = "flowmap.commands"
 
 
 def _train_parser(sub) -> None:
@@ -235,28 +237,38 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def plugins() -> dict[str, metadata.EntryPoint]:
+    return {ep.name: ep for ep in metadata.entry_points(group=COMMANDS)}
+
+
+def _register(sub, entry_points) -> None:
+    for ep in {ep.value: ep for ep in entry_points}.values():  # one register may add several commands
+        try:
+            ep.load()(sub)
+        except ImportError:
+            pass  # the package's extra is not installed; its commands are absent
+
+
+def build_parser(only: metadata.EntryPoint | None = None) -> argparse.ArgumentParser:
+    """Every command; or, for a plugin's command, only that plugin's (`flowmap serve` imports no torch)."""
     parser = argparse.ArgumentParser(prog="flowmap", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    if only is not None:
+        _register(sub, [only])
+        return parser
     _train_parser(sub)
     _sample_parser(sub)
     _eval_parser(sub)
     _finetune_parser(sub)
-    for name in PLUGINS:
-        try:
-            importlib.import_module(name).register(sub)
-        except ImportError:
-            pass  # the package's extra is not installed; its commands are absent
+    _register(sub, plugins().values())
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["serve"]:  # the server's supervisor must not import torch: only its own parser
-        from server.main import main as serve
-
-        return serve(argv[1:], prog="flowmap")
-    args = build_parser().parse_args(argv)
+    args = build_parser(plugins().get(argv[0]) if argv else None).parse_args(argv)
+    if getattr(args, "torch_free", False):  # runs without torch and reports its own errors (serve)
+        return args.func(args)
     import torch
 
     torch.set_num_threads(int(getattr(args, "threads", None) or 1))

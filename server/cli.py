@@ -1,4 +1,5 @@
-"""`flowmap serve`: argparse side only (light to import); flags override FLOWMAP_* variables and defaults."""
+"""`flowmap serve` and `python -m server`: argparse side only (light to import: no torch, no FastAPI); flags
+override FLOWMAP_* variables and defaults. Registered with `flowmap` as an entry point (pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def register(subparsers) -> None:
     for flag, (dest, typ, help_) in FLAGS.items():
         action = "append" if dest in ("models", "steer_user_rewards") else "store"
         p.add_argument(flag, dest=dest, type=typ, action=action, default=None, help=help_)
-    p.set_defaults(func=serve)
+    p.set_defaults(func=serve, torch_free=True)
 
 
 def settings_from(args):
@@ -104,3 +105,13 @@ def serve(args) -> int:
     except (UserError, ValueError, OSError) as e:  # bad settings, a port in use: one line, no traceback
         print(f"flowmap serve: error: {e}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m server") -> int:
+    """`python -m server`: the same flags as `flowmap serve`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog)
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
