@@ -33,11 +33,13 @@ class RewardError(UserError, ValueError):
 class ClassLogProb:
     """log p(target | x) under the shipped digits classifier (trained on the train split only)."""
 
-    def __init__(self, target: int, classifier=None):
+    def __init__(self, target: int, classifier=None, device=None):
         from flowmap.classifier import load_classifier
 
         self.target = target
         self.clf = classifier if classifier is not None else load_classifier()
+        if device is not None:
+            self.clf = self.clf.to(device).eval()
 
     def __call__(self, x: Tensor) -> Tensor:
         return torch.log_softmax(self.clf(x.float()), dim=1)[:, self.target]  # x: [B, 1, 8, 8]
@@ -77,10 +79,10 @@ def _check_shape(spec: str, shape: list[int] | None, want: list[int], what: str)
         raise RewardError(f"reward {spec!r} needs {what} of shape {want}; the model makes {list(shape)}")
 
 
-def _builtin(spec: str, name: str, arg: str | None, shape: list[int] | None) -> Reward:
+def _builtin(spec: str, name: str, arg: str | None, shape: list[int] | None, device) -> Reward:
     if name == "class":
         _check_shape(spec, shape, DIGITS_SHAPE, "digits images")
-        return ClassLogProb(_int_arg(spec, arg or "", 0, 9))
+        return ClassLogProb(_int_arg(spec, arg or "", 0, 9), device=device)
     if name == "ink":
         if arg is not None or (shape is not None and len(shape) != 3):
             raise RewardError(f"reward {spec!r}: 'ink' takes no argument and needs images [C, H, W]")
@@ -108,12 +110,12 @@ def import_reward(spec: str) -> Reward:
     return fn
 
 
-def make_reward(spec: str, shape: list[int] | None = None) -> Reward:
+def make_reward(spec: str, shape: list[int] | None = None, device=None) -> Reward:
     """A reward from its spec (`class:7`, `ink`, `mode:0`, `package.module:function`), checked
-    against the model's sample shape when one is given."""
+    against the model's sample shape when one is given; a built-in's network on `device` when given."""
     name, sep, arg = spec.partition(":")
     if name in BUILTINS:
-        return _builtin(spec, name, arg if sep else None, shape)
+        return _builtin(spec, name, arg if sep else None, shape, device)
     if sep and name and arg:
         return import_reward(spec)
     raise RewardError(

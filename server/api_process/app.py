@@ -2,6 +2,7 @@
 server.api_process.v2."""
 
 # no `from __future__ import annotations`: the request model is built at runtime from the settings
+import dataclasses
 import logging
 from contextlib import asynccontextmanager
 
@@ -22,6 +23,7 @@ from server.api_process.schemas import (
     safe_errors,
 )
 from server.api_process.service import GenParams, GenResult, Service, ServiceError
+from server.common.spec import ModelSpec
 from server.common.steer import SteerParams
 
 log = logging.getLogger("flowmap.server")
@@ -79,7 +81,7 @@ def create_app(service: Service, metrics=None, lifespan_hooks=None) -> FastAPI:
 def _handlers(app: FastAPI, service: Service) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, e: ServiceError):
-        service.reject(e.reason, getattr(e, "model", None))
+        service.reject(e.reason, e.model)
         return http.error_response(request, e)
 
     @app.exception_handler(RequestValidationError)
@@ -117,7 +119,7 @@ def _v1_routes(app: FastAPI, service: Service, auth) -> None:
     @app.get("/v1/models", response_model=ModelList, dependencies=auth)
     async def models():
         """The models served (the first is the default)."""
-        infos = [model_info(e.info) for e in service.entries.values()]
+        infos = [model_info(e.spec) for e in service.entries.values()]
         return ModelList(models=infos, default=service.default_model or "")
 
 
@@ -143,18 +145,17 @@ def _health_routes(app: FastAPI, service: Service, metrics) -> None:
 
 
 def to_params(body, default_steps: int) -> GenParams:
-    steps = None if body.steps == "auto" else (body.steps or default_steps)
     return GenParams(
-        body.model,
-        steps,
-        body.num_samples,
-        body.seed,
-        body.class_label,
-        body.guidance_scale,
-        body.deadline_ms,
-        body.output,
-        body.sampler,
-        SteerParams(**body.steer.model_dump()) if body.steer is not None else None,
+        model=body.model,
+        steps=None if body.steps == "auto" else (body.steps or default_steps),
+        num_samples=body.num_samples,
+        seed=body.seed,
+        class_label=body.class_label,
+        guidance_scale=body.guidance_scale,
+        deadline_ms=body.deadline_ms,
+        output=body.output,
+        sampler=body.sampler,
+        steer=SteerParams(**body.steer.model_dump()) if body.steer is not None else None,
     )
 
 
@@ -177,16 +178,6 @@ def to_response(r: GenResult, p: GenParams) -> GenerateResponse:
     )
 
 
-def model_info(info: dict) -> ModelInfo:
-    return ModelInfo(
-        name=info["name"],
-        shape=info["shape"],
-        num_classes=info["num_classes"],
-        image=info["image"],
-        engine=info["engine"],
-        default_guidance_scale=1.0,
-        baked_guidance_scale=info["baked_guidance_scale"],
-        method=info.get("method"),
-        default_sampler=info.get("default_sampler", "flowmap"),
-        samplers=info.get("samplers", ["flowmap"]),
-    )
+def model_info(spec: ModelSpec) -> ModelInfo:
+    shown = {k: v for k, v in dataclasses.asdict(spec).items() if k != "device"}
+    return ModelInfo(default_guidance_scale=1.0, **shown)

@@ -109,18 +109,18 @@ ERRORS = {
 
 
 def outputs_of(e: ModelEntry) -> dict[str, tuple[str, list[int]]]:
-    outs = {"samples": ("FP32", [-1, *e.shape])}
-    if e.image:
-        c, h, w = e.shape
+    outs = {"samples": ("FP32", [-1, *e.spec.shape])}
+    if e.spec.image:
+        c, h, w = e.spec.shape
         outs["images"] = ("UINT8", [-1, h, w, c])
     return outs
 
 
 def metadata(e: ModelEntry) -> dict:
     return {
-        "name": e.name,
+        "name": e.spec.name,
         "versions": ["1"],
-        "platform": f"flowmap_{e.info['engine']}",
+        "platform": f"flowmap_{e.spec.engine}",
         "inputs": [{"name": k, "datatype": d, "shape": s} for k, (d, s) in INPUTS.items()],
         "outputs": [{"name": k, "datatype": d, "shape": s} for k, (d, s) in outputs_of(e).items()],
     }
@@ -304,7 +304,17 @@ def to_params(model: str, body: dict, binary: bytes) -> GenParams:
         )
     w = _float(arrays, "guidance_scale")
     steer = _steer(parameters(body, "request").get("steer"))
-    return GenParams(model, steps, 1 if n is None else n, seed, label, w, None, "tensor", sampler, steer)
+    return GenParams(
+        model=model,
+        steps=steps,
+        num_samples=1 if n is None else n,
+        seed=seed,
+        class_label=label,
+        guidance_scale=w,
+        output="tensor",
+        sampler=sampler,
+        steer=steer,
+    )
 
 
 def _steer(value) -> SteerParams | None:
@@ -428,7 +438,7 @@ async def _infer(service: Service, name: str, request: Request) -> Response:
 def infer_response(e: ModelEntry, body: dict, result: GenResult, wanted: list[tuple[str, bool]]) -> Response:
     specs, blob = encode_outputs(e, result.x, wanted)
     head = {
-        "model_name": e.name,
+        "model_name": e.spec.name,
         "model_version": "1",
         "outputs": specs,
         "parameters": {"steps": result.steps, "seed": result.seed},

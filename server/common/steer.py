@@ -18,6 +18,8 @@ import math
 import re
 from dataclasses import asdict, dataclass
 
+from server.common.spec import rows_per_sample
+
 METHODS = ("sir", "best")
 DIGITS_SHAPE, GMM8_MODES, DIGIT_CLASSES = [1, 8, 8], 8, 10
 _INT = re.compile(r"^[0-9]{1,4}$")
@@ -144,4 +146,4 @@ def from_wire(d) -> SteerParams:
 
 def calls_per_sample(steps: int, particles: int, guidance: float) -> int:
     """Network rows evaluated per returned sample: every particle, every step (a guided row twice)."""
-    return steps * particles * (1 if guidance == 1.0 else 2)
+    return steps * particles * rows_per_sample(guidance)

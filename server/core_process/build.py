@@ -16,7 +16,7 @@ from flowmap.losses import CONSISTENCY_METHODS
 from flowmap.samplers import make_noise
 from server.common.estimator import CallTimer
 from server.common.settings import ServerSettings
-from server.common.spec import is_image
+from server.common.spec import ModelSpec, is_image
 from server.core_process.engine_core import EngineCore, Executor
 from server.core_process.scheduler import Job, Scheduler
 
@@ -60,16 +60,30 @@ def samplers_of(model: Model) -> tuple[list[str], str]:
     return ["flowmap", "consistency"], default
 
 
-def build_core(
-    spec: str, settings: ServerSettings, on_iteration=None, workdir: str | None = None
-) -> tuple[EngineCore, Model, dict]:
-    """Load model `spec` and its engine; returns (core, model, info for the API). With a `workdir`, an
-    onnxruntime engine is exported there by a child process and loaded as an artifact."""
+def model_spec(model: Model, engine: str, device: str) -> ModelSpec:
+    """What the API processes are told about the model (one record, built here only)."""
+    samplers, default = samplers_of(model)
+    return ModelSpec(
+        name=model.name,
+        shape=list(model.shape),
+        num_classes=model.num_classes,
+        image=is_image(list(model.shape)),
+        engine=engine,
+        device=device,
+        baked_guidance_scale=float((model.config.get("guidance") or {}).get("baked_scale", 1.0)),
+        method=model.config.get("method"),
+        samplers=samplers,
+        default_sampler=default,
+    )
+
+
+def load_served_engine(
+    spec: str, model: Model, engine_name: str, settings: ServerSettings, device: str, workdir
+):
+    """The engine for `model`; with a `workdir`, an onnxruntime engine is exported there by a child process
+    and loaded as an artifact (the exported file is removed once loaded)."""
     from engines import load_engine
 
-    model = load_model(spec)
-    device = resolve_device(settings.device)
-    engine_name = pick_engine(settings, device)
     source = engine_name
     if workdir is not None and engine_name == "onnxruntime":
         source = export_in_child(spec, engine_name, Path(workdir) / f"{Path(spec).stem}-{os.getpid()}.onnx")
@@ -77,28 +91,30 @@ def build_core(
     if source != engine_name:  # loaded: the exported file (and its sidecar) is not needed any more
         for path in (Path(source), Path(source + ".json")):
             path.unlink(missing_ok=True)
+    return engine
+
+
+def build_core(
+    spec: str, settings: ServerSettings, on_iteration=None, workdir: str | None = None
+) -> tuple[EngineCore, Model, ModelSpec]:
+    """Load model `spec` and its engine; returns (core, model, its ModelSpec for the API)."""
+    model = load_model(spec)
+    device = resolve_device(settings.device)
+    engine_name = pick_engine(settings, device)
+    engine = load_served_engine(spec, model, engine_name, settings, device, workdir)
     sched = Scheduler(
-        settings.max_batch_size,
-        settings.max_queue,
-        settings.max_wait_ms / 1000,
-        settings.max_steps,
-        CallTimer(),
-        settings.batching,
+        max_batch=settings.max_batch_size,
+        max_queue=settings.max_queue,
+        max_wait=settings.max_wait_ms / 1000,
+        max_steps=settings.max_steps,
+        timer=CallTimer(),
+        batching=settings.batching,
     )
-    executor = Executor(engine, model.num_classes, model.num_classes > 0, device)
+    executor = Executor(
+        engine, null_label=model.num_classes, conditional=model.num_classes > 0, device=device
+    )
     core = EngineCore(model.name, sched, executor, on_iteration)
-    info = {
-        "name": model.name,
-        "shape": list(model.shape),
-        "num_classes": model.num_classes,
-        "image": is_image(list(model.shape)),
-        "engine": engine_name,
-        "device": device,
-        "baked_guidance_scale": float((model.config.get("guidance") or {}).get("baked_scale", 1.0)),
-        "method": model.config.get("method"),
-    }
-    info["samplers"], info["default_sampler"] = samplers_of(model)
-    return core, model, info
+    return core, model, model_spec(model, engine_name, device)
 
 
 def warm_up(core: EngineCore, model: Model, settings: ServerSettings) -> None:

@@ -31,6 +31,8 @@ from flowmap.samplers import make_noise, sample_keys
 from server.common import messages as m
 from server.common import steer as steering
 from server.common.settings import ServerSettings
+from server.common.spec import rows_per_sample
+from server.common.steer import SteerParams
 from server.core_process import ops
 from server.core_process.build import build_core, samplers_of, warm_up
 from server.core_process.engine_core import EngineCore
@@ -42,6 +44,14 @@ RECEIVE_MAX = 256  # messages taken per loop turn
 PARENT_CHECK_S = 1.0  # how often the loop checks that the supervisor is still there
 
 
+class RewardUnavailable(Exception):
+    """A steered request whose reward cannot be built: `kind` invalid (refused by the library) or failed."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
 class CoreServer:
     """The message side of one engine core: requests in, outputs out, keyed by (API identity, id)."""
 
@@ -51,6 +61,7 @@ class CoreServer:
         self.jobs: dict[tuple[bytes, int], Job] = {}
         self.outbox: list[tuple[bytes, bytes]] = []  # only without a socket (tests read it)
         self.rewards: dict[str, object] = {}  # reward spec -> callable (checked specs only)
+        self.samplers = samplers_of(model)[0]
 
     def handle(self, ident: bytes, frame: bytes) -> None:
         """One frame from an API process; a frame that is not a well-formed message is dropped (logged),
@@ -71,39 +82,38 @@ class CoreServer:
             raise TypeError("Generate.id must be an int")
         problem = self.check(g)
         if problem:
-            self.send(ident, m.Failed(g.id, "invalid", problem))
+            self.send(ident, m.Failed(id=g.id, kind="invalid", message=problem))
             return
-        p = 1 if g.steer is None else steering.from_wire(g.steer).particles
-        try:  # refuse before drawing noise: under a flood of refusals a refusal must stay cheap
-            self.core.scheduler.check_room(g.n * p * (1 if g.guidance == 1.0 else 2))
+        sp = None if g.steer is None else steering.from_wire(g.steer)
+        rows = g.n * (sp.particles if sp else 1)  # a steered sample is `particles` rows
+        try:  # the room is checked before the job (and its noise) is made: a refusal must stay cheap
+            job = self.core.admit(rows * rows_per_sample(g.guidance), lambda: self.job_of(g, sp, rows))
         except QueueFull as q:
-            self.send(ident, m.Failed(g.id, "queue_full", str(q), q.retry_after))
+            self.send(ident, m.Failed(id=g.id, kind="queue_full", message=str(q), retry_after=q.retry_after))
             return
-        try:
-            steer = None if g.steer is None else self.steer_of(g.steer)
-        except ValueError as e:  # a reward the library refuses (RewardError): this request only
-            self.send(ident, m.Failed(g.id, "invalid", f"steer.reward: {e}"))
-            return
-        except Exception as e:  # a listed user reward that fails to import, a missing classifier
-            log.exception("model %s: reward %s could not be built", self.core.name, g.steer.get("reward"))
-            self.send(ident, m.Failed(g.id, "failed", f"steer.reward could not be built: {type(e).__name__}"))
-            return
-        rows = g.n * p  # a steered sample is `p` particle rows (noise and keys as `flowmap sample --steer`)
-        noise = make_noise(rows, self.model.shape, g.seed, self.core.device)
-        labels = [v for v in (g.labels or [0] * g.n) for _ in range(p)]
-        keys = sample_keys(g.seed, rows).tolist() if g.sampler == "consistency" else None
-        job = Job(noise, labels, g.steps or None, g.guidance, g.deadline, self._done, g.seed, keys, steer)
-        job.margin = g.margin
-        try:
-            self.core.submit(job)
-        except QueueFull as q:
-            self.send(ident, m.Failed(g.id, "queue_full", str(q), q.retry_after))
+        except RewardUnavailable as e:
+            self.send(ident, m.Failed(id=g.id, kind=e.kind, message=str(e)))
             return
         self.owner[job.id] = (ident, g.id)
         self.jobs[(ident, g.id)] = job
-        sched = self.core.scheduler
-        if sched.max_wait == 0 or sched.in_flight():  # between iterations: a step boundary
-            sched.admit_waiting(self.core.clock())
+
+    def job_of(self, g: m.Generate, sp: SteerParams | None, rows: int) -> Job:
+        """The scheduler's Job for a checked request: noise and re-noise keys from its seed, as `flowmap
+        sample` (and `--steer`) draws them; labels repeated per particle."""
+        steer = None if sp is None else self.steer_of(sp)
+        p = rows // g.n
+        return Job(
+            noise=make_noise(rows, self.model.shape, g.seed, self.core.device),
+            labels=[v for v in (g.labels or [0] * g.n) for _ in range(p)],
+            steps=g.steps or None,
+            guidance=g.guidance,
+            deadline=g.deadline,
+            on_done=self._done,
+            seed=g.seed,
+            keys=sample_keys(g.seed, rows).tolist() if g.sampler == "consistency" else None,
+            steer=steer,
+            margin=g.margin,
+        )
 
     def check(self, g: m.Generate) -> str | None:
         """The core trusts no one: a bad request must fail alone, never inside a shared batch."""
@@ -121,8 +131,8 @@ class CoreServer:
             return "margin must be in 0..60 seconds"
         if g.guidance != 1.0 and c == 0:
             return "guidance needs a class-conditional model"
-        if g.sampler not in samplers_of(self.model)[0]:
-            return f"sampler must be one of {', '.join(samplers_of(self.model)[0])}"
+        if g.sampler not in self.samplers:
+            return f"sampler must be one of {', '.join(self.samplers)}"
         if g.steer is not None:
             return self.check_steer(g)
         return self.check_labels(g)
@@ -138,25 +148,35 @@ class CoreServer:
     def check_steer(self, g: m.Generate) -> str | None:
         try:
             sp = steering.from_wire(g.steer)
-            steering.check(sp, g.n, list(self.model.shape), samplers_of(self.model)[0], self.settings)
+            steering.check(sp, g.n, list(self.model.shape), self.samplers, self.settings)
         except (steering.SteerError, TypeError) as e:
             return f"{getattr(e, 'field', 'steer')}: {e}"
         if g.sampler != "consistency":
             return "steer: steered requests use the consistency sampler"
         return self.check_labels(g)
 
-    def steer_of(self, d: dict) -> Steer:
-        """The scheduler's Steer for a checked steer dict; rewards are built once per spec (the classifier
-        loads once) and moved to the engine's device."""
-        sp = steering.from_wire(d)
+    def steer_of(self, sp: SteerParams) -> Steer:
+        """The scheduler's Steer for a checked steer option; rewards are built once per spec (the classifier
+        loads once) on the engine's device. RewardUnavailable fails this request only."""
         reward = self.rewards.get(sp.reward)
         if reward is None:
-            reward = make_reward(sp.reward, list(self.model.shape))
-            clf = getattr(reward, "clf", None)
-            if clf is not None:
-                reward.clf = clf.to(self.core.device).eval()
+            try:
+                reward = make_reward(sp.reward, list(self.model.shape), device=self.core.device)
+            except ValueError as e:  # a reward the library refuses (RewardError)
+                raise RewardUnavailable("invalid", f"steer.reward: {e}") from None
+            except Exception as e:  # a listed user reward that fails to import, a missing classifier
+                log.exception("model %s: reward %s could not be built", self.core.name, sp.reward)
+                raise RewardUnavailable(
+                    "failed", f"steer.reward could not be built: {type(e).__name__}"
+                ) from None
             self.rewards[sp.reward] = reward
-        return Steer(sp.particles, reward, float(sp.scale), sp.method, steering.reward_label(sp.reward))
+        return Steer(
+            particles=sp.particles,
+            reward=reward,
+            scale=float(sp.scale),
+            select=sp.method,
+            name=steering.reward_label(sp.reward),
+        )
 
     def _done(self, job: Job) -> None:
         key = self.owner.pop(job.id, None)
@@ -168,13 +188,13 @@ class CoreServer:
         if err is None:
             data = job.result.detach().float().cpu().contiguous().numpy().tobytes()
             q, c = job.first_admit - job.arrival, job.finished - job.first_admit
-            out = m.Done(rid, job.steps, data, q, c, time.monotonic())
+            out = m.Done(id=rid, steps=job.steps, data=data, queue_s=q, compute_s=c, sent=time.monotonic())
         elif isinstance(err, DeadlineExceeded):
-            out = m.Failed(rid, "deadline", "deadline passed")
+            out = m.Failed(id=rid, kind="deadline", message="deadline passed")
         elif isinstance(err, Cancelled):
-            out = m.Failed(rid, "cancelled", "cancelled")
+            out = m.Failed(id=rid, kind="cancelled", message="cancelled")
         else:
-            out = m.Failed(rid, "failed", f"network call failed: {type(err).__name__}")
+            out = m.Failed(id=rid, kind="failed", message=f"network call failed: {type(err).__name__}")
         self.send(ident, out)  # at once: the rest of the iteration's bookkeeping runs after it left
 
     def receive(self) -> None:
@@ -226,8 +246,8 @@ def serve(index: int, spec: str, run_dir: str, settings: ServerSettings, parent:
 
         metrics = Metrics()
         torch.set_num_threads(settings.threads)
-        core, model, info = build_core(spec, settings, metrics.iteration, run_dir)
-        metrics.build_info(__version__, info["engine"], ops.BACKEND)
+        core, model, served = build_core(spec, settings, metrics.iteration, run_dir)
+        metrics.build_info(__version__, served.engine, ops.BACKEND)
         warm_up(core, model, settings)
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -237,13 +257,13 @@ def serve(index: int, spec: str, run_dir: str, settings: ServerSettings, parent:
         user = isinstance(e, UserError | ValueError)
         msg = str(e) if user else f"{type(e).__name__}: {e}"
         log.error("model %s: %s", spec, msg, exc_info=not user)
-        control.send(m.encode(m.Fatal(index, msg, 2 if user else 1)))
+        control.send(m.encode(m.Fatal(index=index, message=msg, code=2 if user else 1)))
         control.close()
         return 2 if user else 1
     gc.collect()
     gc.freeze()  # full collections would walk torch's ~10^6 startup objects under load (200+ ms stalls)
-    control.send(m.encode(m.Ready(index, os.getpid(), info)))
-    log.info("model %s ready (%s on %s)", info["name"], info["engine"], info["device"])
+    control.send(m.encode(m.Ready(index=index, pid=os.getpid(), info=served)))
+    log.info("model %s ready (%s on %s)", served.name, served.engine, served.device)
     CoreServer(core, model, settings, sock).run(parent)
     return 0
 

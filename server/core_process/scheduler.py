@@ -35,6 +35,7 @@ from torch import Tensor
 
 from flowmap.samplers import uniform_grid
 from server.common.estimator import CallTimer
+from server.common.spec import rows_per_sample
 
 _ids = itertools.count(1)
 SIMULATE_MAX = 64  # waiting requests up to which start_delay simulates admission exactly
@@ -116,7 +117,7 @@ class Job:
 
     @property
     def rows_per_sample(self) -> int:
-        return 1 if self.guidance == 1.0 else 2
+        return rows_per_sample(self.guidance)
 
     @property
     def group(self) -> int:
@@ -304,9 +305,17 @@ class Scheduler:
     def waiting_rows(self) -> int:
         return self._waiting_rows
 
+    def queued(self) -> int:
+        """Requests waiting for their first (or next) admission."""
+        return len(self.waiting)
+
+    def observe(self, rows: int, seconds: float) -> None:
+        """One iteration of `rows` network rows took `seconds` (the "auto" steps estimate learns it)."""
+        self.timer.observe(rows, seconds)
+
     def steps_left(self) -> list[int]:
         """Network rows in flight by steps left: out[j] = rows with j steps to go."""
-        weights = (1 + (self.w != 1.0)) * self._alive()
+        weights = (1 + (self.w != 1.0)) * self._alive()  # rows_per_sample, per row
         return np.bincount(self.K - self.k, weights, minlength=self.max_steps + 1).astype(int).tolist()
 
     def pending_work(self) -> int:
@@ -444,7 +453,7 @@ class Scheduler:
         self.k, self.K, self.y, self.w, self.job, self.key, self.pk, self.pot = (
             a[idx] for a in (self.k, self.K, self.y, self.w, self.job, self.key, self.pk, self.pot)
         )
-        self.rows = len(idx) + int(np.count_nonzero(self.w != 1.0))
+        self.rows = len(idx) + int(np.count_nonzero(self.w != 1.0))  # rows_per_sample, summed
 
     def _collect(self, job: Job, chunk: Tensor, now: float) -> None:
         job.chunks.append(chunk[:: job.group])  # a steered group's rows all hold its chosen sample
