@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.api_process import http
 from server.api_process.encode import npy_base64, png_images
+from server.api_process.protocol import V1_STATUSES, V2, VERSION, protocol, steps_for
 from server.api_process.schemas import (
     GenerateResponse,
     Health,
@@ -27,16 +28,7 @@ from server.common.spec import ModelSpec
 from server.common.steer import SteerParams
 
 log = logging.getLogger("flowmap.server")
-VERSION = "0.1.0"
-V1_ERRORS = {
-    401: {"description": "missing or wrong API key"},
-    404: {"description": "unknown model"},
-    408: {"description": "request body not received in time"},
-    413: {"description": "body too large"},
-    429: {"description": "queue full (Retry-After)"},
-    503: {"description": "not ready, draining, or an engine core restarting"},
-    504: {"description": "deadline passed"},
-}
+V1_ERRORS = {status: {"description": d} for status, d in V1_STATUSES.items()}
 
 
 def create_app(service: Service, metrics=None, lifespan_hooks=None) -> FastAPI:
@@ -88,7 +80,7 @@ def _handlers(app: FastAPI, service: Service) -> None:
     async def invalid(request: Request, e: RequestValidationError):
         service.reject("invalid")
         errors = safe_errors(e.errors())
-        if http.protocol(request) == "v2":
+        if protocol(request.url.path) == V2:
             first = errors[0] if errors else {}
             loc = ".".join(str(v) for v in first.get("loc", ()))
             return JSONResponse({"error": f"invalid request at {loc}: {first.get('msg', '')}"}, 400)
@@ -147,7 +139,7 @@ def _health_routes(app: FastAPI, service: Service, metrics) -> None:
 def to_params(body, default_steps: int) -> GenParams:
     return GenParams(
         model=body.model,
-        steps=None if body.steps == "auto" else (body.steps or default_steps),
+        steps=steps_for(body.steps, default_steps),
         num_samples=body.num_samples,
         seed=body.seed,
         class_label=body.class_label,

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from server.api_process import http
 from server.api_process.encode import to_uint8_nhwc
+from server.api_process.protocol import SAMPLERS, STATUSES, VERSION, steps_for
 from server.api_process.schemas import V2Error
 from server.api_process.service import GenParams, GenResult, InvalidInput, ModelEntry, Service
 from server.common import steer as steering
@@ -45,7 +46,6 @@ INPUTS = {
     "class_label": ("INT32", [-1]),
     "guidance_scale": ("FP32", [1]),
 }
-SAMPLERS = ("flowmap", "consistency")  # request parameter "sampler" (default: the model's)
 HEADER = "Inference-Header-Content-Length"  # Starlette looks headers up case-insensitively
 
 _tensor = {
@@ -93,19 +93,7 @@ INFER_RESPONSE = {
 
 def _errors(*statuses: int) -> dict:
     """OpenAPI responses: these error statuses, each with the {"error": message} body."""
-    return {s: {"model": V2Error, "description": ERRORS[s]} for s in statuses}
-
-
-ERRORS = {
-    400: "invalid request (the message names the input, output or parameter)",
-    401: "missing or wrong API key",
-    404: "unknown model",
-    408: "request body not received in time",
-    413: "body too large",
-    429: "queue full (Retry-After)",
-    503: "not ready, draining, or an engine core restarting",
-    504: "deadline passed",
-}
+    return {s: {"model": V2Error, "description": STATUSES[s]} for s in statuses}
 
 
 def outputs_of(e: ModelEntry) -> dict[str, tuple[str, list[int]]]:
@@ -373,7 +361,7 @@ def router(service: Service, auth) -> APIRouter:
 
     @r.get("")
     async def server_metadata():
-        return {"name": "flowmap", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+        return {"name": "flowmap", "version": VERSION, "extensions": ["binary_tensor_data"]}
 
     @r.get("/health/live")
     async def live():
@@ -409,7 +397,7 @@ def router(service: Service, auth) -> APIRouter:
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                 },
             },
-            **_errors(*ERRORS),
+            **_errors(*STATUSES),
         },
         openapi_extra={
             **named,
@@ -431,7 +419,7 @@ async def _infer(service: Service, name: str, request: Request) -> Response:
     body, binary = split_body(await request.body(), request.headers.get(HEADER))
     p = to_params(name, body, binary)
     wanted = requested_outputs(e, body)
-    p.steps = p.steps if p.steps is not None else service.settings.default_steps
+    p.steps = steps_for(p.steps, service.settings.default_steps)
     return await http.generate(service, p, request, lambda r: infer_response(e, body, r, wanted))
 
 

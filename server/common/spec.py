@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 IMAGE_CHANNELS = (1, 3, 4)  # PNG colour types: grey, RGB, RGBA
+SAMPLERS = ("flowmap", "consistency")  # every sampler a model may serve (ModelSpec.samplers)
 
 
 def is_image(shape: list[int]) -> bool:

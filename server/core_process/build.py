@@ -16,7 +16,7 @@ from flowmap.losses import CONSISTENCY_METHODS
 from flowmap.samplers import make_noise
 from server.common.estimator import CallTimer
 from server.common.settings import ServerSettings
-from server.common.spec import ModelSpec, is_image
+from server.common.spec import SAMPLERS, ModelSpec, is_image
 from server.core_process.engine_core import EngineCore, Executor
 from server.core_process.scheduler import Job, Scheduler
 
@@ -57,7 +57,7 @@ def samplers_of(model: Model) -> tuple[list[str], str]:
     if model.config.get("interpolant", "linear") != "linear":
         return ["flowmap"], "flowmap"
     default = "consistency" if model.config.get("method") in CONSISTENCY_METHODS else "flowmap"
-    return ["flowmap", "consistency"], default
+    return list(SAMPLERS), default
 
 
 def model_spec(model: Model, engine: str, device: str) -> ModelSpec:
