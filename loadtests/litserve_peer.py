@@ -26,6 +26,7 @@ import litserve as ls
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from flowmap.labels import cycled
 from loadtests.peer_response import images_by_request, peer_response
 
 BUCKETS = (1, 8, 32, 64, 128, 256)  # up to 32 requests x 8 samples in one call
@@ -57,11 +58,8 @@ class FlowMapAPI(ls.LitAPI):
 
     def decode_request(self, request: Generate):
         seed = request.seed if request.seed is not None else random.getrandbits(31)
-        k = self.model.num_classes
-        labels = [
-            request.class_label if request.class_label is not None else i % k
-            for i in range(request.num_samples)
-        ]
+        n, label = request.num_samples, request.class_label
+        labels = [label] * n if label is not None else cycled(n, self.model.num_classes)
         return request.steps, seed, labels
 
     def batch(self, inputs):

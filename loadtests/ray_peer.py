@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 
+from flowmap.labels import cycled
+
 BUCKETS = (1, 8, 32, 64, 128, 256)
 
 
@@ -51,9 +53,7 @@ class Generator:
         seed = body.get("seed")
         seed = random.getrandbits(31) if seed is None else int(seed)
         c, label = self.model.num_classes, body.get("class_label")
-        labels = (
-            label if isinstance(label, list) else [label if label is not None else i % c for i in range(n)]
-        )
+        labels = label if isinstance(label, list) else ([label] * n if label is not None else cycled(n, c))
         if len(labels) != n:
             raise ValueError("class_label list must have num_samples entries")
         return steps, seed, [int(v) for v in labels]

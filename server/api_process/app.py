@@ -48,7 +48,6 @@ def create_app(service: Service, metrics=None, lifespan_hooks=None) -> FastAPI:
         lifespan=lifespan,
         description="1-4 step generation from flow maps; step-level batching across requests.",
     )
-    app.state.service = service
     settings = service.settings
     app.add_middleware(
         http.BodyLimit,

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from flowmap.labels import cycled
 from server.api_process.client import CoreClient, CoreDown
 from server.common import messages as m
 from server.common import steer as steering
@@ -319,7 +320,7 @@ class Service:
                 raise InvalidInput(f"model {e.spec.name!r} is unconditional; omit class_label", "class_label")
             return None
         if p.class_label is None:
-            return [i % c for i in range(n)]
+            return cycled(n, c)
         labels = p.class_label if isinstance(p.class_label, list) else [p.class_label] * n
         if len(labels) != n:
             msg = f"class_label list has {len(labels)} entries for num_samples={n}"
