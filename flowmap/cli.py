@@ -17,27 +17,33 @@ from flowmap.presets import PRESETS
 COMMANDS = "flowmap.commands"
 
 
-def _train_parser(sub) -> None:
-    from flowmap.train import TrainConfig
-
-    p = sub.add_parser(
-        "train",
-        help="train a flow map",
-        description="Train a flow map. Options left unset "
-        "take the data set's preset (flowmap/presets.py), then the TrainConfig default.",
-    )
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+def _config_parser(sub, name: str, config, presets: bool, **texts) -> argparse.ArgumentParser:
+    """A command whose flags are the fields of a config dataclass (--field-name), then --resume /
+    --overwrite and --no-progress. presets: flags default to None (the data set's preset, then the
+    config's default fill them in later); else to the config's default."""
+    p = sub.add_parser(name, **texts)
+    for f in dataclasses.fields(config):
         kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], float)
         p.add_argument(
-            flag,
+            "--" + f.name.replace("_", "-"),
             type=kind,
-            default=None,
-            required=f.name in ("data", "method", "out"),
+            default=None if presets else f.default,
+            required=presets and f.name in ("data", "method", "out"),
             help=f"(default: {f.default})",
         )
     _again_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _train_parser(sub) -> None:
+    from flowmap.train import TrainConfig
+
+    description = (
+        "Train a flow map. Options left unset take the data set's preset (flowmap/presets.py), then the "
+        "TrainConfig default."
+    )
+    p = _config_parser(sub, "train", TrainConfig, True, help="train a flow map", description=description)
     p.set_defaults(func=cmd_train)
 
 
@@ -70,19 +76,12 @@ def cmd_train(args) -> int:
 def _finetune_parser(sub) -> None:
     from flowmap.finetune import FinetuneConfig
 
-    p = sub.add_parser(
-        "finetune",
-        help="fine-tune a flow map toward a reward",
-        description="Back-propagate a reward (flowmap.reward spec) through the 1-4 step generator, "
-        "regularised toward the frozen base model's samples on the same noise (docs/steering.md).",
+    description = (
+        "Back-propagate a reward (flowmap.reward spec) through the 1-4 step generator, regularised toward "
+        "the frozen base model's samples on the same noise (docs/steering.md)."
     )
-    for f in dataclasses.fields(FinetuneConfig):
-        kind = {"int": int, "float": float, "str": str}[str(f.type)]
-        p.add_argument(
-            "--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f"(default: {f.default})"
-        )
-    _again_flags(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    help_ = "fine-tune a flow map toward a reward"
+    p = _config_parser(sub, "finetune", FinetuneConfig, False, help=help_, description=description)
     p.set_defaults(func=cmd_finetune)
 
 

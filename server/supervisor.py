@@ -35,9 +35,7 @@ KILL_GRACE = 5.0
 
 
 class StartupFailed(Exception):
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.code = code
+    """A model's engine core could not start: args are (message, exit status)."""
 
 
 @dataclass
@@ -140,9 +138,10 @@ class Supervisor:
                 self._tick()
             return self._shutdown()
         except StartupFailed as e:
-            print(f"flowmap serve: error: {e}", file=sys.stderr)
+            message, code = e.args
+            print(f"flowmap serve: error: {message}", file=sys.stderr)
             self._kill_all()
-            return e.code
+            return code
         except BaseException:  # never leave children running behind a dead supervisor
             self._kill_all()
             raise

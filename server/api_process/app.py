@@ -136,18 +136,9 @@ def _health_routes(app: FastAPI, service: Service, metrics) -> None:
 
 
 def to_params(body, default_steps: int) -> GenParams:
-    return GenParams(
-        model=body.model,
-        steps=steps_for(body.steps, default_steps),
-        num_samples=body.num_samples,
-        seed=body.seed,
-        class_label=body.class_label,
-        guidance_scale=body.guidance_scale,
-        deadline_ms=body.deadline_ms,
-        output=body.output,
-        sampler=body.sampler,
-        steer=SteerParams(**body.steer.model_dump()) if body.steer is not None else None,
-    )
+    """The v1 body as GenParams: the same fields, with the default-steps rule and steer as SteerParams."""
+    steer = SteerParams(**body.steer.model_dump()) if body.steer is not None else None
+    return GenParams(**{**vars(body), "steps": steps_for(body.steps, default_steps), "steer": steer})
 
 
 def to_response(r: GenResult, p: GenParams) -> GenerateResponse:
