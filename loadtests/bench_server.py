@@ -29,38 +29,13 @@ import httpx
 import numpy as np
 
 from loadtests import httpload
-from loadtests.procs import Proc, free_port, start_baselines
+from loadtests.procs import Proc, start_baselines, start_module
 
 
 def start_server(model: str, engine: str, batching: str, max_batch: int) -> Proc:
-    port = free_port()
-    return Proc(
-        [
-            sys.executable,
-            "-m",
-            "server",
-            "--model",
-            model,
-            "--engine",
-            engine,
-            "--port",
-            str(port),
-            "--batching",
-            batching,
-            "--max-batch-size",
-            str(max_batch),
-            "--max-queue",
-            "4096",
-            "--threads",
-            "1",
-            "--log-level",
-            "warning",
-            "--max-steps",
-            "4",
-        ],
-        port,
-        "/readyz",
-    )
+    flags = ["--batching", batching, "--max-batch-size", str(max_batch), "--max-queue", "4096"]
+    flags += ["--threads", "1", "--log-level", "warning", "--max-steps", "4"]
+    return start_module("server", model, engine, "/readyz", *flags)
 
 
 def body(n: int, steps, seed_base: int = 0):

@@ -66,20 +66,12 @@ class Proc:
         self.err.close()
 
 
-def start_baselines(model: str, engine: str) -> Proc:
+def start_module(module: str, model: str, engine: str, ready: str, *flags: str) -> Proc:
+    """`python -m MODULE --model M --engine E --port P FLAGS...` (free port), ready when `ready` answers."""
     port = free_port()
-    return Proc(
-        [
-            sys.executable,
-            "-m",
-            "loadtests.baselines",
-            "--model",
-            model,
-            "--engine",
-            engine,
-            "--port",
-            str(port),
-        ],
-        port,
-        "/openapi.json",
-    )
+    cmd = [sys.executable, "-m", module, "--model", model, "--engine", engine, "--port", str(port), *flags]
+    return Proc(cmd, port, ready)
+
+
+def start_baselines(model: str, engine: str) -> Proc:
+    return start_module("loadtests.baselines", model, engine, "/openapi.json")
