@@ -164,7 +164,7 @@ class Service:
                 self.clients[i].reconnect("the engine core stopped with this request in it")
             self.generations[i], self.up[i] = core.generation, up
             if core.info is not None and core.info.name not in self.entries:
-                self.entries[core.info.name] = ModelEntry(i, core.info, self.clients[i])
+                self.entries[core.info.name] = ModelEntry(index=i, spec=core.info, client=self.clients[i])
                 # in the order of --model (the first is the default), whichever core was ready first
                 self.entries = dict(sorted(self.entries.items(), key=lambda kv: kv[1].index))
 

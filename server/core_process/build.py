@@ -124,7 +124,7 @@ def warm_up(core: EngineCore, model: Model, settings: ServerSettings) -> None:
     core.warmup()
     device = core.device
     for n in buckets_for(settings.max_batch_size)[-3:]:
-        job = Job(make_noise(n, model.shape, 0, device), [0] * n, 1)
+        job = Job(noise=make_noise(n, model.shape, 0, device), labels=[0] * n, steps=1)
         core.submit(job)
         core.run_until_idle()
         if job.error is not None:

@@ -236,11 +236,13 @@ class Scheduler:
         if self.batching == "step" or not self.in_flight():
             self._admit(now)
         s, t = self.grid[self.K, self.k], self.grid[self.K, self.k + 1]
-        tensors = [torch.from_numpy(a) for a in (s, t, self.y, self.w)]
+        s, t, y, w = (torch.from_numpy(a) for a in (s, t, self.y, self.w))
         if not self.key.any():
-            return Batch(self.x, *tensors, self.rows)
+            return Batch(x=self.x, s=s, t=t, y=y, w=w, rows=self.rows)
         keys, k = torch.from_numpy(self.key), torch.from_numpy(self.k)
-        return Batch(self.x, *tensors, self.rows, keys, k, self._steer_runs(keys))
+        return Batch(
+            x=self.x, s=s, t=t, y=y, w=w, rows=self.rows, keys=keys, k=k, steer=self._steer_runs(keys)
+        )
 
     def _steer_runs(self, keys: Tensor) -> list[SteerRun] | None:
         """The steered rows as runs of one job at one step (contiguous: admitted together, kept in order)."""
@@ -253,7 +255,8 @@ class Scheduler:
             if job is None or job.steer is None:  # not steered, or ended early (dropped at compaction)
                 continue
             gk = keys[a : b : job.steer.particles]
-            runs.append(SteerRun(job, a, b, int(self.k[a]), gk, torch.from_numpy(self.pot[a:b])))
+            prev = torch.from_numpy(self.pot[a:b])
+            runs.append(SteerRun(job=job, start=a, stop=b, k=int(self.k[a]), keys=gk, prev=prev))
         return runs or None
 
     def update(self, batch: Batch, x_next: Tensor, now: float) -> None:
