@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, create_model
 
 from server.api_process.protocol import SAMPLERS
-from server.api_process.service import SEED_MAX
+from server.common.ranges import SEED_MAX
 from server.common.settings import ServerSettings
 
 MAX_CLASS = 100_000

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +22,7 @@ import numpy as np
 from flowmap.labels import cycled
 from server.api_process.client import CoreClient, CoreDown
 from server.common import messages as m
+from server.common import ranges
 from server.common import steer as steering
 from server.common.estimator import ReturnPath
 from server.common.settings import ServerSettings
@@ -31,7 +31,6 @@ from server.common.stats import Rejection, RequestStats, SteerStats
 from server.common.steer import SteerParams
 
 log = logging.getLogger("flowmap.server")
-SEED_MAX = 2**63 - 1
 
 
 class ServiceError(Exception):
@@ -244,7 +243,7 @@ class Service:
         g = m.Generate(
             id=0,  # the client numbers it
             n=p.num_samples,
-            seed=p.seed if p.seed is not None else secrets.randbelow(SEED_MAX),
+            seed=p.seed if p.seed is not None else secrets.randbelow(ranges.SEED_MAX),
             steps=p.steps or 0,
             labels=self.labels(e, p),
             guidance=self.guidance(e, p),
@@ -315,53 +314,31 @@ class Service:
     def labels(self, e: ModelEntry, p: GenParams) -> list[int] | None:
         """Per-sample classes; omitted on a conditional model: cycle 0..C-1 (as `flowmap sample`)."""
         c, n = e.spec.num_classes, p.num_samples
-        if c == 0:
-            if p.class_label is not None:
-                raise InvalidInput(f"model {e.spec.name!r} is unconditional; omit class_label", "class_label")
-            return None
         if p.class_label is None:
-            return cycled(n, c)
+            return cycled(n, c) if c else None
         labels = p.class_label if isinstance(p.class_label, list) else [p.class_label] * n
-        if len(labels) != n:
-            msg = f"class_label list has {len(labels)} entries for num_samples={n}"
-            raise InvalidInput(msg, "class_label")
-        bad = [v for v in labels if not 0 <= v < c]
-        if bad:
-            raise InvalidInput(
-                f"class_label {bad[0]} out of range: model {e.spec.name!r} has classes 0..{c - 1}",
-                "class_label",
-            )
+        _refuse(ranges.labels(labels, n, c, e.spec.name), "class_label")
         return labels
 
     def guidance(self, e: ModelEntry, p: GenParams) -> float:
         w = 1.0 if p.guidance_scale is None else float(p.guidance_scale)
-        if w != 1.0 and not e.spec.conditional:
-            msg = f"model {e.spec.name!r} is unconditional; guidance_scale must be 1"
-            raise InvalidInput(msg, "guidance_scale")
+        _refuse(ranges.guidance_for(w, e.spec.num_classes, e.spec.name), "guidance_scale")
         return w
 
     def validate(self, e: ModelEntry, p: GenParams) -> None:
-        """Limits that depend on the settings or the model (v1's schema repeats the static ones)."""
+        """Limits that depend on the settings or the model (server.common.ranges, which the core checks
+        again; v1's schema repeats the static ones)."""
         st = self.settings
-        if p.steps is not None and not 1 <= p.steps <= st.max_steps:
-            raise InvalidInput(f"steps must be in 1..{st.max_steps} or 'auto', got {p.steps}", "steps")
-        if not 1 <= p.num_samples <= st.max_samples:
-            msg = f"num_samples must be in 1..{st.max_samples}, got {p.num_samples}"
-            raise InvalidInput(msg, "num_samples")
-        if p.seed is not None and not 0 <= p.seed <= SEED_MAX:
-            raise InvalidInput(f"seed must be in 0..{SEED_MAX}, got {p.seed}", "seed")
-        w = p.guidance_scale
-        if w is not None and not (math.isfinite(w) and abs(w) <= st.max_guidance):
-            msg = f"guidance_scale must be finite with |w| <= {st.max_guidance}"
-            raise InvalidInput(msg, "guidance_scale")
+        _refuse(p.steps is not None and ranges.steps(p.steps, st), "steps")
+        _refuse(ranges.num_samples(p.num_samples, st), "num_samples")
+        _refuse(p.seed is not None and ranges.seed(p.seed), "seed")
+        _refuse(p.guidance_scale is not None and ranges.guidance(p.guidance_scale, st), "guidance_scale")
         if p.deadline_ms is not None and not 1 <= p.deadline_ms <= st.request_timeout_ms:
             raise InvalidInput(f"deadline_ms must be in 1..{st.request_timeout_ms:g}", "deadline_ms")
         served = e.spec.samplers
         if p.steer is not None:
             self.validate_steer(e, p, served)
-        if p.sampler is not None and p.sampler not in served:
-            msg = f"sampler {str(p.sampler)[:64]!r}: model {e.spec.name!r} serves {', '.join(served)}"
-            raise InvalidInput(msg, "sampler")
+        _refuse(p.sampler is not None and ranges.sampler(p.sampler, served, e.spec.name), "sampler")
         if p.output == "png" and not e.spec.image:
             raise InvalidInput(f"model {e.spec.name!r} is not an image model; use output='npy'", "output")
 
@@ -373,6 +350,12 @@ class Service:
             steering.check(p.steer, p.num_samples, e.spec.shape, served, self.settings)
         except steering.SteerError as err:
             raise InvalidInput(f"{err.field}: {err}", err.field) from None
+
+
+def _refuse(problem: str | None | bool, field: str) -> None:
+    """InvalidInput naming `field` when a check found a problem."""
+    if problem:
+        raise InvalidInput(problem, field)
 
 
 def _failure(f: m.Failed) -> ServiceError:

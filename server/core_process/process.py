@@ -29,6 +29,7 @@ from flowmap.errors import UserError
 from flowmap.reward import make_reward
 from flowmap.samplers import make_noise, sample_keys
 from server.common import messages as m
+from server.common import ranges
 from server.common import steer as steering
 from server.common.settings import ServerSettings
 from server.common.spec import rows_per_sample
@@ -116,34 +117,27 @@ class CoreServer:
         )
 
     def check(self, g: m.Generate) -> str | None:
-        """The core trusts no one: a bad request must fail alone, never inside a shared batch."""
-        st, c = self.settings, self.model.num_classes
+        """The core trusts no one: a bad request must fail alone, never inside a shared batch. The ranges
+        are the API's (server.common.ranges); what only the wire has is checked here."""
+        st, c, name = self.settings, self.model.num_classes, self.core.name
         number = lambda v: type(v) in (int, float) and math.isfinite(v)
-        if not (type(g.n) is int and 1 <= g.n <= st.max_samples):
-            return f"num_samples must be in 1..{st.max_samples}"
-        if not (type(g.steps) is int and 0 <= g.steps <= st.max_steps):
-            return f"steps must be in 1..{st.max_steps}"
-        if not (type(g.seed) is int and 0 <= g.seed < 2**63):
-            return "seed must be in 0..2^63-1"
-        if not number(g.guidance) or not number(g.deadline):
-            return "guidance_scale and deadline must be finite numbers"
+        if type(g.steps) is not int:
+            return "steps must be an integer (0: auto)"
+        if not number(g.deadline):
+            return "deadline must be a finite number"
         if not (number(g.margin) and 0 <= g.margin < 60):
             return "margin must be in 0..60 seconds"
-        if g.guidance != 1.0 and c == 0:
-            return "guidance needs a class-conditional model"
-        if g.sampler not in self.samplers:
-            return f"sampler must be one of {', '.join(self.samplers)}"
-        if g.steer is not None:
-            return self.check_steer(g)
-        return self.check_labels(g)
-
-    def check_labels(self, g: m.Generate) -> str | None:
-        labels, c = g.labels, self.model.num_classes
-        if labels is not None and not (
-            type(labels) is list and len(labels) == g.n and all(type(v) is int and 0 <= v < c for v in labels)
-        ):
-            return f"class_label must be num_samples classes in 0..{c - 1}"
-        return None
+        return (
+            ranges.num_samples(g.n, st)
+            or (g.steps != 0 and ranges.steps(g.steps, st))
+            or ranges.seed(g.seed)
+            or ranges.guidance(g.guidance, st)
+            or ranges.guidance_for(g.guidance, c, name)
+            or ranges.sampler(g.sampler, self.samplers, name)
+            or (g.steer is not None and self.check_steer(g))
+            or (g.labels is not None and ranges.labels(g.labels, g.n, c, name))
+            or None
+        )
 
     def check_steer(self, g: m.Generate) -> str | None:
         try:
@@ -153,7 +147,7 @@ class CoreServer:
             return f"{getattr(e, 'field', 'steer')}: {e}"
         if g.sampler != "consistency":
             return "steer: steered requests use the consistency sampler"
-        return self.check_labels(g)
+        return None
 
     def steer_of(self, sp: SteerParams) -> Steer:
         """The scheduler's Steer for a checked steer option; rewards are built once per spec (the classifier
