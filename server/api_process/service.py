@@ -120,6 +120,7 @@ class ModelEntry:
     spec: ModelSpec
     client: CoreClient
     way_back: ReturnPath = field(default_factory=ReturnPath)  # core -> this process, for "auto"
+    outstanding: int = 0  # requests sent to the core and not answered yet
 
 
 class Service:
@@ -252,14 +253,18 @@ class Service:
             steer=p.steer.wire() if p.steer else None,
             margin=e.way_back.margin(deadline_ms / 1000) if p.steps is None else 0.0,
         )
-        if len(e.client.pending) >= self.settings.max_queue + self.settings.max_batch_size:
+        if e.outstanding >= self.settings.max_queue + self.settings.max_batch_size:
             # more outstanding than the core could hold: refuse here, so a flood never reaches the core
             raise Overloaded("queue full", retry_after=1)
         try:
             rid, fut = e.client.submit(lambda rid: dataclasses.replace(g, id=rid))
         except CoreDown as err:
             raise CoreUnavailable(str(err), retry_after=1) from None
-        out = await self._wait(e, rid, fut, g.deadline, disconnected)
+        e.outstanding += 1
+        try:
+            out = await self._wait(e, rid, fut, g.deadline, disconnected)
+        finally:
+            e.outstanding -= 1
         if isinstance(out, m.Failed):
             raise _failure(out)
         return self._result(e, p, g, out)
