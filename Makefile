@@ -33,6 +33,7 @@ models: $(STAMP)   # re-make the shipped models (docs: README "Shipped models");
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports   # the import contracts in pyproject.toml: layers, no cycles, the server's process split
 	$(BIN)/shellcheck $$(git ls-files '*.sh' .ci/run)
 
 format: $(STAMP)

@@ -45,8 +45,6 @@ CUDA_PREFERENCE = ("compile", "eager")
 REQUIRES = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "compile": None}
 REQUIRES_CUDA = {**REQUIRES, "compile": "triton"}  # Inductor generates Triton kernels on CUDA
 
-ARTIFACT_SUFFIXES = (".pt", ".onnx", ".plan")
-
 
 class EngineError(UserError, RuntimeError):
     """An engine that cannot be built or fails its parity check; the message says why."""
@@ -74,30 +72,6 @@ def engine_class(name: str) -> type:
         return getattr(importlib.import_module(module), cls)
     except (ImportError, AttributeError) as e:
         raise EngineError(f"engine {name!r} cannot be imported: {e}") from None
-
-
-def load_engine(
-    name: str,
-    model: Model | None = None,
-    device: str = "cpu",
-    buckets: tuple[int, ...] = DEFAULT_BUCKETS,
-    parity: bool = True,
-    **options,
-) -> Engine:
-    """Build the engine `name` for `model` on `device`, checked against eager before it is returned.
-
-    `name` may also be the path of an exported artifact (.pt, .onnx, .plan); see engines.artifacts.
-    """
-    if Path(str(name)).suffix in ARTIFACT_SUFFIXES:
-        from engines.artifacts import load_artifact
-
-        return load_artifact(name, model=model, device=device, buckets=buckets, **options)
-    if model is None:
-        raise EngineError(f"engine {name!r} needs a model")
-    engine = engine_class(name)(model, device=device, buckets=buckets, **options)
-    if parity and name != "eager":
-        check_parity(engine, model)
-    return engine
 
 
 def available(name: str, device: str | torch.device = "cpu") -> bool:
@@ -153,13 +127,37 @@ def run_bucketed(
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
-class Bucketed:
+class BaseEngine:
+    """What every engine shares: it is built for a model, a device, a compute dtype and batch buckets (what
+    `load_engine` passes), then `setup(**options)` builds the engine itself from its own options; warm-up
+    runs one call at every bucket (compilation, CUDA graphs, the allocator)."""
+
+    name = "base"
+    default_device = "cpu"
+    float32_only = False  # engines that compute in float32 only refuse other dtypes
+
+    def __init__(self, model: Model, device=None, buckets=DEFAULT_BUCKETS, dtype=torch.float32, **options):
+        if self.float32_only and dtype != torch.float32:
+            raise EngineError(f"{self.name} engine runs float32 only, not {dtype}")
+        self.model, self.device, self.dtype = model, torch.device(device or self.default_device), dtype
+        self.buckets = tuple(sorted(buckets))
+        self.setup(**options)
+
+    def setup(self) -> None:
+        """The engine's own construction, from its options (none here)."""
+
+    def __call__(self, x: Tensor, s: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def warmup(self) -> None:
+        for b in self.buckets:
+            self(*example_inputs(self.model, b, self.device))
+
+
+class Bucketed(BaseEngine):
     """Base for compiled engines: subclasses implement `forward` for bucket-sized batches only."""
 
     name = "bucketed"
-    model: Model
-    device: torch.device
-    buckets: tuple[int, ...]
 
     def forward(self, x: Tensor, s: Tensor, t: Tensor, y: Tensor) -> Tensor:
         raise NotImplementedError
@@ -169,10 +167,6 @@ class Bucketed:
         t = torch.as_tensor(t, dtype=torch.float32, device=x.device).expand(x.shape[0])
         y = y if y is not None else torch.full_like(s, self.model.num_classes, dtype=torch.long)
         return run_bucketed(self.forward, self.buckets, x, s, t, y)
-
-    def warmup(self) -> None:
-        for b in self.buckets:
-            self(*example_inputs(self.model, b, self.device))
 
 
 # ---- parity ----------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ import time
 
 import torch
 
-from engines.base import DEFAULT_BUCKETS, EngineError, example_inputs, load_engine
+from engines.base import DEFAULT_BUCKETS, EngineError, example_inputs
+from engines.load import load_engine
 from flowmap.checkpoint import Model
 
 

@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from engines.base import DEFAULT_BUCKETS, Bucketed, EngineError, cache_root
-from flowmap.checkpoint import Model
+from engines.base import Bucketed, cache_root
 
 
 def configure_cache(cache_dir: str | Path | None = None) -> Path:
@@ -40,20 +39,9 @@ def configure_cache(cache_dir: str | Path | None = None) -> Path:
 
 class CompileEngine(Bucketed):
     name = "compile"
+    float32_only = True
 
-    def __init__(
-        self,
-        model: Model,
-        device: str = "cpu",
-        buckets=DEFAULT_BUCKETS,
-        dtype=torch.float32,
-        mode: str | None = None,
-        cache_dir: str | Path | None = None,
-    ):
-        if dtype != torch.float32:
-            raise EngineError(f"compile engine runs float32 only, not {dtype}")
-        self.model, self.device, self.dtype = model, torch.device(device), dtype
-        self.buckets = tuple(sorted(buckets))
+    def setup(self, mode: str | None = None, cache_dir: str | Path | None = None) -> None:
         self.cache_dir = configure_cache(cache_dir)
         self.cuda_graphs = self.device.type == "cuda"
         self.mode = mode or ("reduce-overhead" if self.cuda_graphs else None)
@@ -63,7 +51,7 @@ class CompileEngine(Bucketed):
         limit = max(dynamo_config.recompile_limit, len(self.buckets) + 2)
         dynamo_config.recompile_limit = limit
         dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, limit)
-        net = model.net.to(self.device).eval()
+        net = self.model.net.to(self.device).eval()
         self.fn = torch.compile(net, mode=self.mode, dynamic=False, fullgraph=True)
 
     def forward(self, x: Tensor, s: Tensor, t: Tensor, y: Tensor) -> Tensor:

@@ -5,30 +5,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from engines.base import DEFAULT_BUCKETS, example_inputs
-from flowmap.checkpoint import Model
+from engines.base import BaseEngine
 
 
 def has_conv(net: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.Conv2d) for m in net.modules())
 
 
-class EagerEngine:
+class EagerEngine(BaseEngine):
     """Runs any batch size as is; channels-last for conv nets on CUDA (where it helps) unless told."""
 
     name = "eager"
 
-    def __init__(
-        self,
-        model: Model,
-        device: str = "cpu",
-        buckets=DEFAULT_BUCKETS,
-        dtype=torch.float32,
-        channels_last: bool | None = None,
-    ):
-        self.model, self.device, self.dtype = model, torch.device(device), dtype
-        self.buckets = tuple(sorted(buckets))
-        self.net = model.net.to(self.device, dtype).eval()
+    def setup(self, channels_last: bool | None = None) -> None:
+        model = self.model
+        self.net = model.net.to(self.device, self.dtype).eval()
         if channels_last is None:
             channels_last = self.device.type == "cuda" and has_conv(self.net)
         self.channels_last = channels_last and len(model.shape) == 3
@@ -41,7 +32,3 @@ class EagerEngine:
             x = x.contiguous(memory_format=torch.channels_last)
             return self.net(x.to(self.dtype), s, t, y).float().contiguous()
         return self.net(x.to(self.dtype), s, t, y).float()
-
-    def warmup(self) -> None:
-        for b in self.buckets:
-            self(*example_inputs(self.model, b, self.device))

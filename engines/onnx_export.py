@@ -19,36 +19,19 @@ INPUTS, OUTPUT = ("x", "s", "t", "y"), "u"
 OPSET = 18
 
 
-def _export_dynamo(net: torch.nn.Module, inputs: tuple, path: Path) -> None:
-    batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    torch.onnx.export(
-        net,
-        inputs,
-        str(path),
-        input_names=list(INPUTS),
-        output_names=[OUTPUT],
-        dynamic_shapes=tuple({0: batch} for _ in INPUTS),
-        dynamo=True,
-        opset_version=OPSET,
-        verbose=False,
-    )
+def _export(net: torch.nn.Module, inputs: tuple, path: Path, exporter: str) -> None:
+    """torch.onnx.export with a dynamic batch axis: the dynamo exporter (opset OPSET) or the legacy
+    TorchScript-based one (opset 17)."""
+    if exporter == "dynamo":
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        how = {"dynamic_shapes": tuple({0: batch} for _ in INPUTS), "opset_version": OPSET, "verbose": False}
+    else:
+        how = {"dynamic_axes": {name: {0: "batch"} for name in (*INPUTS, OUTPUT)}, "opset_version": 17}
+    names = {"input_names": list(INPUTS), "output_names": [OUTPUT]}
+    torch.onnx.export(net, inputs, str(path), **names, dynamo=exporter == "dynamo", **how)
 
 
-def _export_legacy(net: torch.nn.Module, inputs: tuple, path: Path) -> None:
-    axes = {name: {0: "batch"} for name in (*INPUTS, OUTPUT)}
-    torch.onnx.export(
-        net,
-        inputs,
-        str(path),
-        input_names=list(INPUTS),
-        output_names=[OUTPUT],
-        dynamic_axes=axes,
-        dynamo=False,
-        opset_version=17,
-    )
-
-
-EXPORTERS = {"dynamo": _export_dynamo, "legacy": _export_legacy}
+EXPORTERS = ("dynamo", "legacy")
 
 
 def export_onnx(model: Model, exporter: str = "dynamo", metadata: dict | None = None) -> bytes:
@@ -65,7 +48,7 @@ def export_onnx(model: Model, exporter: str = "dynamo", metadata: dict | None = 
         path = Path(tmp) / "model.onnx"
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the dynamo exporter prints progress
-                EXPORTERS[exporter](net, inputs, path)
+                _export(net, inputs, path, exporter)
         except Exception as e:  # exporter failures come in many types
             raise EngineError(f"ONNX export ({exporter}) failed: {type(e).__name__}: {e}") from e
         proto = onnx.load(str(path))  # folds external data (if any) back in

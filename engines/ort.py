@@ -11,9 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from engines.base import DEFAULT_BUCKETS, Bucketed, EngineError, cache_root
+from engines.base import Bucketed, EngineError, cache_root
 from engines.onnx_export import OUTPUT, export_onnx
-from flowmap.checkpoint import Model
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -70,22 +69,16 @@ def provider_list(ort, device: torch.device, wanted: tuple[str, ...] | None, fp1
 class OnnxRuntimeEngine(Bucketed):
     name = "onnxruntime"
 
-    def __init__(
+    def setup(
         self,
-        model: Model,
-        device: str = "cpu",
-        buckets=DEFAULT_BUCKETS,
-        dtype=torch.float32,
         onnx_bytes: bytes | None = None,
         providers: tuple[str, ...] | None = None,
         exporter: str = "dynamo",
         threads: int = 1,
-    ):
+    ) -> None:
         ort = import_ort()
-        self.model, self.device, self.dtype = model, torch.device(device), dtype
-        self.buckets = tuple(sorted(buckets))
-        onnx_bytes = onnx_bytes if onnx_bytes is not None else export_onnx(model, exporter)
-        plist = provider_list(ort, self.device, providers, fp16=dtype == torch.float16)
+        onnx_bytes = onnx_bytes if onnx_bytes is not None else export_onnx(self.model, exporter)
+        plist = provider_list(ort, self.device, providers, fp16=self.dtype == torch.float16)
         try:
             self.session = ort.InferenceSession(
                 onnx_bytes,

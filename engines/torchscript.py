@@ -11,7 +11,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from engines.base import DEFAULT_BUCKETS, Bucketed, EngineError, example_inputs
+from engines.base import Bucketed, example_inputs
 from flowmap.checkpoint import Model
 
 
@@ -27,21 +27,10 @@ def trace(model: Model, device: str | torch.device = "cpu") -> torch.jit.ScriptM
 
 class TorchScriptEngine(Bucketed):
     name = "torchscript"
+    float32_only = True
 
-    def __init__(
-        self,
-        model: Model,
-        device: str = "cpu",
-        buckets=DEFAULT_BUCKETS,
-        dtype=torch.float32,
-        module: torch.jit.ScriptModule | None = None,
-        optimize: bool = True,
-    ):
-        if dtype != torch.float32:
-            raise EngineError(f"torchscript engine runs float32 only, not {dtype}")
-        self.model, self.device, self.dtype = model, torch.device(device), dtype
-        self.buckets = tuple(sorted(buckets))
-        module = module if module is not None else trace(model, self.device)
+    def setup(self, module: torch.jit.ScriptModule | None = None, optimize: bool = True) -> None:
+        module = module if module is not None else trace(self.model, self.device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, still works
             self.module = torch.jit.optimize_for_inference(module) if optimize else module

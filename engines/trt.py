@@ -12,9 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from engines.base import DEFAULT_BUCKETS, Bucketed, EngineError
+from engines.base import Bucketed, EngineError
 from engines.onnx_export import export_onnx
-from flowmap.checkpoint import Model
 
 
 def import_trt():
@@ -82,23 +81,15 @@ def _torch_dtype(trt, dtype) -> torch.dtype:
 
 class TensorRTEngine(Bucketed):
     name = "tensorrt"
+    default_device = "cuda"
 
-    def __init__(
-        self,
-        model: Model,
-        device: str = "cuda",
-        buckets=DEFAULT_BUCKETS,
-        dtype=torch.float32,
-        plan: bytes | None = None,
-        onnx_bytes: bytes | None = None,
-    ):
+    def setup(self, plan: bytes | None = None, onnx_bytes: bytes | None = None) -> None:
         trt = import_trt()
-        self.model, self.device, self.dtype = model, torch.device(device), dtype
         if self.device.type != "cuda":
             raise EngineError("the tensorrt engine needs a CUDA device (got --device cpu)")
-        self.buckets = tuple(sorted(buckets))
         if plan is None:
-            plan = build_plan(onnx_bytes or export_onnx(model), self.buckets, fp16=dtype == torch.float16)
+            fp16 = self.dtype == torch.float16
+            plan = build_plan(onnx_bytes or export_onnx(self.model), self.buckets, fp16=fp16)
         self.plan = plan
         self.runtime = trt.Runtime(_logger(trt))
         self.engine = self.runtime.deserialize_cuda_engine(plan)

@@ -4,38 +4,46 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from flowmap.errors import UserError
 from flowmap.presets import PRESETS
 
-PLUGINS = ("engines.cli", "server.cli")  # each exposes register(subparsers)
+# the packages above flowmap plug in through entry points (pyproject.toml), never imported here by name:
+# command name -> register(subparsers) of the package adding it
+COMMANDS = "flowmap.commands"
+
+
+def _config_parser(sub, name: str, config, presets: bool, **texts) -> argparse.ArgumentParser:
+    """A command whose flags are the fields of a config dataclass (--field-name), then --resume /
+    --overwrite and --no-progress. presets: flags default to None (the data set's preset, then the
+    config's default fill them in later); else to the config's default."""
+    p = sub.add_parser(name, **texts)
+    for f in dataclasses.fields(config):
+        kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], float)
+        p.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=kind,
+            default=None if presets else f.default,
+            required=presets and f.name in ("data", "method", "out"),
+            help=f"(default: {f.default})",
+        )
+    _again_flags(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
 
 
 def _train_parser(sub) -> None:
     from flowmap.train import TrainConfig
 
-    p = sub.add_parser(
-        "train",
-        help="train a flow map",
-        description="Train a flow map. Options left unset "
-        "take the data set's preset (flowmap/presets.py), then the TrainConfig default.",
+    description = (
+        "Train a flow map. Options left unset take the data set's preset (flowmap/presets.py), then the "
+        "TrainConfig default."
     )
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], float)
-        p.add_argument(
-            flag,
-            type=kind,
-            default=None,
-            required=f.name in ("data", "method", "out"),
-            help=f"(default: {f.default})",
-        )
-    _again_flags(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p = _config_parser(sub, "train", TrainConfig, True, help="train a flow map", description=description)
     p.set_defaults(func=cmd_train)
 
 
@@ -68,19 +76,12 @@ def cmd_train(args) -> int:
 def _finetune_parser(sub) -> None:
     from flowmap.finetune import FinetuneConfig
 
-    p = sub.add_parser(
-        "finetune",
-        help="fine-tune a flow map toward a reward",
-        description="Back-propagate a reward (flowmap.reward spec) through the 1-4 step generator, "
-        "regularised toward the frozen base model's samples on the same noise (docs/steering.md).",
+    description = (
+        "Back-propagate a reward (flowmap.reward spec) through the 1-4 step generator, regularised toward "
+        "the frozen base model's samples on the same noise (docs/steering.md)."
     )
-    for f in dataclasses.fields(FinetuneConfig):
-        kind = {"int": int, "float": float, "str": str}[str(f.type)]
-        p.add_argument(
-            "--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f"(default: {f.default})"
-        )
-    _again_flags(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    help_ = "fine-tune a flow map toward a reward"
+    p = _config_parser(sub, "finetune", FinetuneConfig, False, help=help_, description=description)
     p.set_defaults(func=cmd_finetune)
 
 
@@ -235,28 +236,38 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def plugins() -> dict[str, metadata.EntryPoint]:
+    return {ep.name: ep for ep in metadata.entry_points(group=COMMANDS)}
+
+
+def _register(sub, entry_points) -> None:
+    for ep in {ep.value: ep for ep in entry_points}.values():  # one register may add several commands
+        try:
+            ep.load()(sub)
+        except ImportError:
+            pass  # the package's extra is not installed; its commands are absent
+
+
+def build_parser(only: metadata.EntryPoint | None = None) -> argparse.ArgumentParser:
+    """Every command; or, for a plugin's command, only that plugin's (`flowmap serve` imports no torch)."""
     parser = argparse.ArgumentParser(prog="flowmap", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    if only is not None:
+        _register(sub, [only])
+        return parser
     _train_parser(sub)
     _sample_parser(sub)
     _eval_parser(sub)
     _finetune_parser(sub)
-    for name in PLUGINS:
-        try:
-            importlib.import_module(name).register(sub)
-        except ImportError:
-            pass  # the package's extra is not installed; its commands are absent
+    _register(sub, plugins().values())
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["serve"]:  # the server's supervisor must not import torch: only its own parser
-        from server.main import main as serve
-
-        return serve(argv[1:], prog="flowmap")
-    args = build_parser().parse_args(argv)
+    args = build_parser(plugins().get(argv[0]) if argv else None).parse_args(argv)
+    if getattr(args, "torch_free", False):  # runs without torch and reports its own errors (serve)
+        return args.func(args)
     import torch
 
     torch.set_num_threads(int(getattr(args, "threads", None) or 1))

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from flowmap.checkpoint import Model, atomic_write, load_model, save_checkpoint
+from flowmap.labels import cycled
 from flowmap.reward import evaluate_reward, make_reward
 from flowmap.samplers import make_noise, sample_flowmap, uniform_grid
 from flowmap.train import TrainingError, ema_update, resume_from, save_state, state_path, step_bar
@@ -83,7 +84,7 @@ class Quality:
 
         self.reward, self.grid, self.image = reward, uniform_grid(steps), len(model.shape) == 3
         self.z = make_noise(n, model.shape, seed + 10_000)
-        self.y = torch.arange(n) % model.num_classes if model.num_classes else None
+        self.y = torch.tensor(cycled(n, model.num_classes)) if model.num_classes else None
         self.test = load_data(model.config["data"]["name"]).x_test
         if self.image:
             from flowmap.classifier import load_classifier

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from flowmap.checkpoint import Model
 from flowmap.interpolants import get_interpolant
+from flowmap.labels import cycled
 from flowmap.samplers import (
     guided,
     make_noise,
@@ -33,7 +34,7 @@ def labels(model: Model, n: int, class_label: int | None) -> Tensor | None:
             raise ValueError(f"--class given, but model {model.name!r} is unconditional")
         return None
     if class_label is None:
-        return torch.arange(n) % c
+        return torch.tensor(cycled(n, c))
     if not 0 <= class_label < c:
         raise ValueError(f"--class {class_label} out of range: model {model.name!r} has classes 0..{c - 1}")
     return torch.full((n,), class_label, dtype=torch.long)

@@ -19,25 +19,22 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from flowmap.data import GMM8_K, GMM8_STD, gmm8_means
-from flowmap.errors import UserError
+from flowmap.data import GMM8_STD, gmm8_means
+from flowmap.rewardspec import Builtin, RewardError, parse_builtin
 
 Reward = Callable[[Tensor], Tensor]
-DIGITS_SHAPE = [1, 8, 8]
-
-
-class RewardError(UserError, ValueError):
-    """A reward spec that names no reward, a bad argument, or a reward that does not fit the model."""
 
 
 class ClassLogProb:
     """log p(target | x) under the shipped digits classifier (trained on the train split only)."""
 
-    def __init__(self, target: int, classifier=None):
+    def __init__(self, target: int, classifier=None, device=None):
         from flowmap.classifier import load_classifier
 
         self.target = target
         self.clf = classifier if classifier is not None else load_classifier()
+        if device is not None:
+            self.clf = self.clf.to(device).eval()
 
     def __call__(self, x: Tensor) -> Tensor:
         return torch.log_softmax(self.clf(x.float()), dim=1)[:, self.target]  # x: [B, 1, 8, 8]
@@ -62,34 +59,12 @@ class GMM8Mode:
         return -d2 / (2 * GMM8_STD**2) - math.log(2 * math.pi * GMM8_STD**2)
 
 
-def _int_arg(spec: str, arg: str, lo: int, hi: int) -> int:
-    try:
-        value = int(arg)
-    except ValueError:
-        raise RewardError(f"reward {spec!r}: {arg!r} is not an integer") from None
-    if not lo <= value <= hi:
-        raise RewardError(f"reward {spec!r}: {value} out of range {lo}..{hi}")
-    return value
-
-
-def _check_shape(spec: str, shape: list[int] | None, want: list[int], what: str) -> None:
-    if shape is not None and list(shape) != want:
-        raise RewardError(f"reward {spec!r} needs {what} of shape {want}; the model makes {list(shape)}")
-
-
-def _builtin(spec: str, name: str, arg: str | None, shape: list[int] | None) -> Reward:
-    if name == "class":
-        _check_shape(spec, shape, DIGITS_SHAPE, "digits images")
-        return ClassLogProb(_int_arg(spec, arg or "", 0, 9))
-    if name == "ink":
-        if arg is not None or (shape is not None and len(shape) != 3):
-            raise RewardError(f"reward {spec!r}: 'ink' takes no argument and needs images [C, H, W]")
+def _builtin(b: Builtin, device) -> Reward:
+    if b.name == "class":
+        return ClassLogProb(b.arg, device=device)
+    if b.name == "ink":
         return Ink()
-    _check_shape(spec, shape, [2], "gmm8 points")
-    return GMM8Mode(_int_arg(spec, arg or "", 0, GMM8_K - 1))
-
-
-BUILTINS = ("class", "ink", "mode")
+    return GMM8Mode(b.arg)
 
 
 def import_reward(spec: str) -> Reward:
@@ -108,12 +83,13 @@ def import_reward(spec: str) -> Reward:
     return fn
 
 
-def make_reward(spec: str, shape: list[int] | None = None) -> Reward:
+def make_reward(spec: str, shape: list[int] | None = None, device=None) -> Reward:
     """A reward from its spec (`class:7`, `ink`, `mode:0`, `package.module:function`), checked
-    against the model's sample shape when one is given."""
+    against the model's sample shape when one is given; a built-in's network on `device` when given."""
+    builtin = parse_builtin(spec, shape)
+    if builtin is not None:
+        return _builtin(builtin, device)
     name, sep, arg = spec.partition(":")
-    if name in BUILTINS:
-        return _builtin(spec, name, arg if sep else None, shape)
     if sep and name and arg:
         return import_reward(spec)
     raise RewardError(

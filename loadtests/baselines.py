@@ -21,11 +21,12 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 from flowmap.checkpoint import load_model
+from flowmap.labels import cycled
 from flowmap.samplers import make_noise, uniform_grid
-from server import ops
-from server.encode import npy_base64, png_images
-from server.schemas import GenerateResponse, generate_request_model
-from server.settings import ServerSettings
+from server.api_process.encode import npy_base64, png_images
+from server.api_process.schemas import GenerateResponse, generate_request_model
+from server.common.settings import ServerSettings
+from server.core_process import ops
 
 
 def build(model_name: str, engine_name: str, settings: ServerSettings) -> FastAPI:
@@ -45,7 +46,7 @@ def build(model_name: str, engine_name: str, settings: ServerSettings) -> FastAP
         n, steps, seed = req.num_samples, req.steps or 1, req.seed or 0
         x = make_noise(n, model.shape, seed)  # [n, *shape]
         y = torch.tensor(
-            [req.class_label if req.class_label is not None else i % model.num_classes for i in range(n)],
+            [req.class_label] * n if req.class_label is not None else cycled(n, model.num_classes),
             dtype=torch.long,
         )
         for s, t in zip(uniform_grid(steps)[:-1].tolist(), uniform_grid(steps)[1:].tolist(), strict=True):

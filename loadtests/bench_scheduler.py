@@ -18,7 +18,7 @@ import time
 import torch
 
 from flowmap.samplers import make_noise
-from server.scheduler import Batch, Job, Scheduler
+from server.core_process.scheduler import Batch, Job, Scheduler
 
 SHAPE = [1, 8, 8]
 

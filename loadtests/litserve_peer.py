@@ -1,10 +1,11 @@
 """LitServe peer for the benchmark: what a user would write with LitServe's own request batching.
 
 Same engine (engines.load_engine), same noise-from-seed (flowmap.samplers.make_noise), same flow-map
-step (server.ops.step, as the naive baseline), same PNG encoder (server.encode.png_images); each
-batch LitServe hands over is grouped by step count and each group runs as one batch per step. The
-request and response JSON have the shape of flowmap's POST /v1/generate. LitServe puts HTTP in its own
-process and the model in one worker process (workers_per_device=1, accelerator cpu, 1 torch thread).
+step (server.core_process.ops.step, as the naive baseline), same PNG encoder
+(server.api_process.encode.png_images); each batch LitServe hands over is grouped by step count and each
+group runs as one batch per step. The request and response JSON have the shape of flowmap's POST
+/v1/generate. LitServe puts HTTP in its own process and the model in one worker process
+(workers_per_device=1, accelerator cpu, 1 torch thread).
 
 `python -m loadtests.litserve_peer --model digits --engine onnxruntime --port P --max-batch-size 8`
 (ready when GET /health returns 200). Needs the `bench` extra: pip install -e ".[bench]".
@@ -25,6 +26,7 @@ import litserve as ls
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from flowmap.labels import cycled
 from loadtests.peer_response import images_by_request, peer_response
 
 BUCKETS = (1, 8, 32, 64, 128, 256)  # up to 32 requests x 8 samples in one call
@@ -56,11 +58,8 @@ class FlowMapAPI(ls.LitAPI):
 
     def decode_request(self, request: Generate):
         seed = request.seed if request.seed is not None else random.getrandbits(31)
-        k = self.model.num_classes
-        labels = [
-            request.class_label if request.class_label is not None else i % k
-            for i in range(request.num_samples)
-        ]
+        n, label = request.num_samples, request.class_label
+        labels = [label] * n if label is not None else cycled(n, self.model.num_classes)
         return request.steps, seed, labels
 
     def batch(self, inputs):

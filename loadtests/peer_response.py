@@ -30,8 +30,8 @@ def images_by_request(engine, shape, reqs: list[tuple[int, int, list[int]]]) -> 
     import torch
 
     from flowmap.samplers import make_noise, uniform_grid
-    from server import ops
-    from server.encode import png_images
+    from server.api_process.encode import png_images
+    from server.core_process import ops
 
     out: list = [None] * len(reqs)
     for steps in {r[0] for r in reqs}:

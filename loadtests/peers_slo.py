@@ -27,8 +27,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from loadtests import openloop
-from loadtests.bench_server import Proc, free_port, start_baselines
 from loadtests.mix import Mix, load_mix
+from loadtests.procs import Proc, free_port, start_baselines
 
 SERVERS = ("flowmap", "litserve-8", "litserve-32", "ray", "naive")
 NEEDS = {"litserve-8": "litserve", "litserve-32": "litserve", "ray": "ray"}

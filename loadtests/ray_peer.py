@@ -1,9 +1,10 @@
 """Ray Serve peer for the benchmark: what a user would write with Ray Serve's `@serve.batch`.
 
 One deployment (1 replica, 1 CPU, 1 torch thread) running our library: the same engine
-(engines.load_engine), noise-from-seed (flowmap.samplers.make_noise), flow-map step (server.ops.step)
-and PNG encoder (server.encode.png_images) as the LitServe peer and the naive endpoint. Ray Serve's
-proxy takes HTTP; `@serve.batch` hands the replica up to --max-batch-size requests (waiting at most
+(engines.load_engine), noise-from-seed (flowmap.samplers.make_noise), flow-map step
+(server.core_process.ops.step) and PNG encoder (server.api_process.encode.png_images) as the LitServe
+peer and the naive endpoint. Ray Serve's proxy takes HTTP; `@serve.batch` hands the replica up to
+--max-batch-size requests (waiting at most
 --batch-timeout s to fill a batch), grouped here by step count, one batch per step. Request and response
 JSON have the shape of flowmap's POST /v1/generate (png output).
 
@@ -25,6 +26,8 @@ import signal
 import sys
 import tempfile
 import time
+
+from flowmap.labels import cycled
 
 BUCKETS = (1, 8, 32, 64, 128, 256)
 
@@ -50,9 +53,7 @@ class Generator:
         seed = body.get("seed")
         seed = random.getrandbits(31) if seed is None else int(seed)
         c, label = self.model.num_classes, body.get("class_label")
-        labels = (
-            label if isinstance(label, list) else [label if label is not None else i % c for i in range(n)]
-        )
+        labels = label if isinstance(label, list) else ([label] * n if label is not None else cycled(n, c))
         if len(labels) != n:
             raise ValueError("class_label list must have num_samples entries")
         return steps, seed, [int(v) for v in labels]

@@ -37,7 +37,7 @@ LADDER = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)  # x fixed-4-step capa
 
 
 def start_server(model: str, extra: str):
-    from loadtests.bench_server import Proc, free_port
+    from loadtests.procs import Proc, free_port
 
     port = free_port()
     cmd = [sys.executable, "-m", "server", "--model", model, "--port", str(port), "--max-steps", "4"]

@@ -125,7 +125,8 @@ def sample_fn(engine, model, batch: int, steps: int):
 
 
 def engine_latency(model, names: list[str], iters: int) -> tuple[list[dict], dict]:
-    from engines.base import example_inputs, load_engine
+    from engines.base import example_inputs
+    from engines.load import load_engine
 
     rows, skipped = [], {}
     engines = {}

@@ -1,10 +1,11 @@
-"""`flowmap serve`: argparse side only (light to import); flags override FLOWMAP_* variables and defaults."""
+"""`flowmap serve` and `python -m server`: argparse side only (light to import: no torch, no FastAPI); flags
+override FLOWMAP_* variables and defaults. Registered with `flowmap` as an entry point (pyproject.toml)."""
 
 from __future__ import annotations
 
 import sys
 
-# flag -> (settings field, type, help); the settings docstrings in server/settings.py say more
+# flag -> (settings field, type, help); the settings docstrings in server/common/settings.py say more
 FLAGS = {
     "--model": (
         "models",
@@ -75,14 +76,14 @@ def register(subparsers) -> None:
     for flag, (dest, typ, help_) in FLAGS.items():
         action = "append" if dest in ("models", "steer_user_rewards") else "store"
         p.add_argument(flag, dest=dest, type=typ, action=action, default=None, help=help_)
-    p.set_defaults(func=serve)
+    p.set_defaults(func=serve, torch_free=True)
 
 
 def settings_from(args):
     """ServerSettings from the flags given, over the environment; ValueError naming the field."""
     from pydantic import ValidationError
 
-    from server.settings import ServerSettings
+    from server.common.settings import ServerSettings
 
     given = {d: getattr(args, d) for d, _, _ in FLAGS.values() if getattr(args, d, None) is not None}
     try:
@@ -104,3 +105,13 @@ def serve(args) -> int:
     except (UserError, ValueError, OSError) as e:  # bad settings, a port in use: one line, no traceback
         print(f"flowmap serve: error: {e}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m server") -> int:
+    """`python -m server`: the same flags as `flowmap serve`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog)
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 import zmq
 
-from server import messages as m
-from server.settings import ServerSettings
+from server.common import messages as m
+from server.common.settings import ServerSettings
+from server.common.spec import ModelSpec
 
 log = logging.getLogger("flowmap.server")
 TICK_MS = 50
@@ -34,9 +35,7 @@ KILL_GRACE = 5.0
 
 
 class StartupFailed(Exception):
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.code = code
+    """A model's engine core could not start: args are (message, exit status)."""
 
 
 @dataclass
@@ -51,7 +50,7 @@ class Child:
     proc: subprocess.Popen | None = None
     up: bool = False  # cores: Ready received from the current process
     generation: int = 0
-    info: dict | None = None
+    info: ModelSpec | None = None  # cores: the model, from its last Ready
     restarts: int = 0
     next_start: float = 0.0
     started_at: float = 0.0
@@ -88,7 +87,7 @@ class Supervisor:
         self.metrics_dir = os.path.join(self.run_dir, "metrics")
         os.makedirs(self.metrics_dir)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir  # before prometheus_client is imported
-        from server.metrics import Metrics
+        from server.common.metrics import Metrics
 
         self.metrics = Metrics()
         self.ctx = zmq.Context()
@@ -139,9 +138,10 @@ class Supervisor:
                 self._tick()
             return self._shutdown()
         except StartupFailed as e:
-            print(f"flowmap serve: error: {e}", file=sys.stderr)
+            message, code = e.args
+            print(f"flowmap serve: error: {message}", file=sys.stderr)
             self._kill_all()
-            return e.code
+            return code
         except BaseException:  # never leave children running behind a dead supervisor
             self._kill_all()
             raise
@@ -190,9 +190,7 @@ class Supervisor:
         core.up, core.info = True, msg.info
         if not self.ready_once and all(c.up for c in self.cores):
             self.ready_once = True
-            names = ", ".join(
-                f"{c.info['name']} ({c.info['engine']} on {c.info['device']})" for c in self.cores
-            )
+            names = ", ".join(f"{c.info.name} ({c.info.engine} on {c.info.device})" for c in self.cores)
             log.info(
                 "ready: %s on %s:%d, %d API processes", names, self.settings.host, self.port, len(self.apis)
             )
@@ -212,7 +210,7 @@ class Supervisor:
             if c.role == "core" and not self.ready_once:
                 self._receive(1000)  # its Fatal, with the reason, may still be on the way
                 raise StartupFailed(f"model {self.settings.models[c.index]}: engine core exited ({code})", 1)
-            name = (c.info or {}).get("name", self.settings.models[c.index]) if c.role == "core" else "api"
+            name = self._name(c)
             log.error("%s process %d (pid %d) exited with %s; restarting", name, c.index, pid, code)
             changed |= c.role == "core" and c.up
             c.up = False
@@ -223,13 +221,19 @@ class Supervisor:
             c.next_start = now + (min(10.0, 0.5 * 2 ** min(c.restarts, 5)) if quick else 0.0)
         return changed
 
+    def _name(self, c: Child) -> str:
+        """A child's name in logs and metrics: its model's (the spec given until it was ever ready)."""
+        if c.role != "core":
+            return "api"
+        return c.info.name if c.info is not None else self.settings.models[c.index]
+
     def _process_dead(self, pid: int) -> None:
-        from server.metrics import mark_process_dead
+        from server.common.metrics import mark_process_dead
 
         mark_process_dead(pid)
 
     def _publish(self) -> None:
-        cores = [{"up": c.up, "generation": c.generation, "info": c.info} for c in self.cores]
+        cores = [m.CoreState(up=c.up, generation=c.generation, info=c.info) for c in self.cores]
         self.states.send(m.encode(m.CoreStates(cores, self.stopping > 0)))
         self.metrics.set_cores_up(sum(c.up for c in self.cores))
         self.last_publish = time.monotonic()

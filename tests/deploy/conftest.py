@@ -53,12 +53,12 @@ def container(overlay: str) -> dict:
 def server_series() -> dict[str, frozenset[str]]:
     """Every sample name the server's metrics module renders, with its label names.
 
-    Each metric is recorded once through server.metrics' own recording methods, then rendered in the
+    Each metric is recorded once through server.common.metrics' own recording methods, then rendered in the
     Prometheus text format and parsed, so renaming a metric or a label there changes this."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from server.metrics import Metrics
-    from server.stats import IterationStats, Rejection, RequestStats
+    from server.common.metrics import Metrics
+    from server.common.stats import IterationStats, Rejection, RequestStats
 
     m = Metrics()
     m.build_info("0", "eager", "off")

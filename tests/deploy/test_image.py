@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from server.settings import ServerSettings
+from server.common.settings import ServerSettings
 from tests.deploy.conftest import ROOT, container, resources
 from tests.integration.conftest import free_port
 

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from server.settings import ServerSettings
+from server.common.settings import ServerSettings
 from tests.deploy.conftest import DEPLOY, OVERLAYS, ROOT, container, load_yaml, render, resources
 
 # Kinds from CRDs: kubernetes-validate ships only the core Kubernetes schemas, so these are checked

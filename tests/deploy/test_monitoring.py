@@ -70,7 +70,7 @@ def test_promtool_check_config(tmp_path):
 
 
 def test_every_metric_and_label_is_the_servers():
-    """Renaming a metric or a label in server/metrics.py (or misspelling one here) fails this."""
+    """Renaming a metric or a label in server/common/metrics.py (or misspelling one here) fails this."""
     problems = [p for where, expr in all_exprs() for p in check_expr(expr, where)]
     assert not problems, "\n".join(problems)
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from loadtests import peer_table, wrkload
-from loadtests.bench_server import Proc, free_port, start_baselines
+from loadtests.procs import Proc, free_port, start_baselines
 
 needs_litserve = pytest.mark.skipif(
     importlib.util.find_spec("litserve") is None, reason="litserve not installed (pip install -e '.[bench]')"

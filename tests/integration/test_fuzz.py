@@ -38,7 +38,7 @@ from schemathesis.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-from server.metrics import REASONS, STATUSES  # noqa: E402
+from server.common.metrics import REASONS, STATUSES  # noqa: E402
 from tests.integration.conftest import AUTH  # noqa: E402
 
 EXAMPLES = 30  # per operation; the whole run stays well under a minute

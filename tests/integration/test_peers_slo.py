@@ -32,7 +32,7 @@ def test_goodput_at_p99_takes_the_best_rate_within_the_slo():
 def test_ray_peer_answers_the_library_samples_and_stops_cleanly():
     from flowmap.checkpoint import load_model
     from flowmap.generate import generate_seeded
-    from server.encode import png_images
+    from server.api_process.encode import png_images
 
     a = argparse.Namespace(model="digits", engine="eager", batch_timeout=0.02)
     proc, url = peers_slo.start("ray", a)

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from engines.base import bucket_for, example_inputs, load_engine, run_bucketed
+from engines.base import bucket_for, example_inputs, run_bucketed
+from engines.load import load_engine
 
 
 def test_bucket_for_picks_smallest_bucket_at_least_batch():

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from engines import base
-from engines.base import EngineError, check_parity, example_inputs, load_engine
+from engines.base import EngineError, check_parity, example_inputs
+from engines.load import load_engine
 
 has_ort = importlib.util.find_spec("onnxruntime") is not None
 

@@ -7,11 +7,12 @@ import asyncio
 
 import httpx
 
-from server import messages as m
-from server.app import create_app
-from server.core_process import CoreServer, build_core
-from server.service import Service
-from server.settings import ServerSettings
+from server.api_process.app import create_app
+from server.api_process.service import Service
+from server.common import messages as m
+from server.common.settings import ServerSettings
+from server.core_process.build import build_core
+from server.core_process.process import CoreServer
 
 
 class InProcess:

@@ -8,8 +8,8 @@ import torch
 
 from flowmap.generate import renoise_draws
 from flowmap.samplers import guided, make_noise, sample_keys, sample_stochastic, uniform_grid
-from server.core import Executor
-from server.scheduler import Job, Scheduler
+from server.core_process.engine_core import Executor
+from server.core_process.scheduler import Job, Scheduler
 
 SHAPE, C = [1, 2, 2], 10
 torch.set_num_threads(1)

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from flowmap.data import to_uint8
-from server.encode import is_image, npy_base64, png_images
+from server.api_process.encode import npy_base64, png_images
+from server.common.spec import is_image
 
 
 @pytest.mark.parametrize("channels", [1, 3, 4])
@@ -31,7 +32,7 @@ def test_npy_round_trip_and_image_shapes():
 
 def test_cpu_post_processing_is_bit_identical_to_the_kernel_reference():
     from kernels.reference import postprocess_ref
-    from server.encode import to_uint8_nhwc
+    from server.api_process.encode import to_uint8_nhwc
 
     x = torch.randn(16, 3, 8, 8) * 2
     x.view(-1)[:256] = (torch.arange(256) + 0.5) / 127.5 - 1  # every half-way tie: round half to even

@@ -1,10 +1,10 @@
-"""server.estimator: the iteration timer and the result's way back, against known inputs."""
+"""server.common.estimator: the iteration timer and the result's way back, against known inputs."""
 
 from __future__ import annotations
 
 import pytest
 
-from server.estimator import CallTimer, ReturnPath
+from server.common.estimator import CallTimer, ReturnPath
 
 
 def test_the_way_back_learns_a_high_quantile_and_is_capped():

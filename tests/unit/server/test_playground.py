@@ -11,12 +11,12 @@ import httpx
 import numpy as np
 import pytest
 
-from server.app import create_app
-from server.metrics import LATENCY_BUCKETS, Metrics
-from server.playground import histogram_quantile, summarize
-from server.service import Service
-from server.settings import ServerSettings
-from server.stats import RequestStats
+from server.api_process.app import create_app
+from server.api_process.playground import histogram_quantile, summarize
+from server.api_process.service import Service
+from server.common.metrics import LATENCY_BUCKETS, Metrics
+from server.common.settings import ServerSettings
+from server.common.stats import RequestStats
 from tests.unit.server.test_service_app import InProcessCore, states
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from flowmap.samplers import guided, make_noise, sample_flowmap, uniform_grid
-from server.core import EngineCore, Executor
-from server.scheduler import Batch, Cancelled, DeadlineExceeded, Job, QueueFull, Scheduler
+from server.core_process.engine_core import EngineCore, Executor
+from server.core_process.scheduler import Batch, Cancelled, DeadlineExceeded, Job, QueueFull, Scheduler
 
 SHAPE, C = [1, 2, 2], 10
 

@@ -1,7 +1,7 @@
 """The API side (service, app, v1 and v2 codecs) over a real engine core in the same process.
 
-`InProcessCore` stands in for server.client.CoreClient: frames go to a real `CoreServer` (the engine
-core's message side) driving a real `EngineCore` with a fake engine, and its outputs settle the
+`InProcessCore` stands in for server.api_process.client.CoreClient: frames go to a real `CoreServer` (the
+engine core's message side) driving a real `EngineCore` with a fake engine, and its outputs settle the
 futures, so everything but the ZeroMQ sockets and the processes runs as in production.
 """
 
@@ -20,15 +20,15 @@ import pytest
 import torch
 
 from flowmap.samplers import guided, make_noise, sample_flowmap, uniform_grid
-from server import messages as m
-from server.app import create_app
-from server.client import CoreDown
-from server.core import EngineCore, Executor
-from server.core_process import CoreServer
-from server.metrics import Metrics
-from server.scheduler import Scheduler
-from server.service import Service
-from server.settings import ServerSettings
+from server.api_process.app import create_app
+from server.api_process.client import CoreDown
+from server.api_process.service import Service
+from server.common import messages as m
+from server.common.metrics import Metrics
+from server.common.settings import ServerSettings
+from server.core_process.engine_core import EngineCore, Executor
+from server.core_process.process import CoreServer
+from server.core_process.scheduler import Scheduler
 from tests.unit.server.inprocess import InProcess
 
 SHAPE, C = [1, 2, 2], 10
@@ -296,7 +296,7 @@ def test_a_malformed_generate_never_stops_the_core(fields):
 
 
 def test_a_refused_request_draws_no_noise(monkeypatch):
-    import server.core_process as cp
+    import server.core_process.process as cp
 
     core = InProcessCore(ServerSettings(max_steps=4, max_queue=1, max_batch_size=1))
     gen = lambda i: m.encode(m.Generate(i, 1, i, 1, [1], 1.0, time.monotonic() + 10))

@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from server.cli import FLAGS, register, serve, settings_from
-from server.settings import ServerSettings
+from server.common.settings import ServerSettings
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -12,7 +12,7 @@ import torch
 
 from flowmap.samplers import make_noise
 from flowmap.steering import SteerSpec, steer_model
-from server.metrics import Metrics
+from server.common.metrics import Metrics
 from tests.unit.server import inprocess
 from tests.unit.server.test_consistency_api import SHAPE, checkpoint, npy, together
 

@@ -9,8 +9,8 @@ import torch
 
 from flowmap.samplers import guided, make_noise, sample_keys, uniform_grid
 from flowmap.steering import sample_particles
-from server.core import Executor
-from server.scheduler import Job, Scheduler, Steer
+from server.core_process.engine_core import Executor
+from server.core_process.scheduler import Job, Scheduler, Steer
 
 SHAPE, C = [1, 2, 2], 10
 torch.set_num_threads(1)

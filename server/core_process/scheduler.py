@@ -9,14 +9,15 @@ The rows in flight live in contiguous arrays -- x a torch tensor on the engine's
 K, label y, guidance w and job id small numpy vectors (a numpy op on a few rows costs ~1 us, a torch op
 ~3-5 us) -- so admitting, stepping and retiring are a fixed number of array operations whatever the row
 count; Python work is per job (admission, completion), never per sample. Pure bookkeeping: no threads,
-no I/O, no network calls; `server.core` drives it and the unit tests drive it with a fake engine.
-Times are plain floats (seconds) supplied by the caller.
+no I/O, no network calls; `server.core_process.engine_core` drives it and the unit tests drive it with a
+fake engine. Times are plain floats (seconds) supplied by the caller.
 
 Policy: admission is strictly FIFO by request (a request's remaining samples keep the head of the
 line until all are admitted, so no request starves); every active row advances one step per
 iteration; a classifier-free-guided sample takes two network rows (conditional and null label); a
 steered sample's particles (Job.steer) are admitted together and carry their last reward potential,
-which the executor uses to resample them at each step boundary (server.core.Executor._resample).
+which the executor uses to resample them at each step boundary
+(server.core_process.engine_core.Executor._resample).
 `batching="request"` is the whole-request baseline: nothing joins until the running batch empties.
 """
 
@@ -33,7 +34,8 @@ import torch
 from torch import Tensor
 
 from flowmap.samplers import uniform_grid
-from server.estimator import CallTimer
+from server.common.estimator import CallTimer
+from server.common.spec import rows_per_sample
 
 _ids = itertools.count(1)
 SIMULATE_MAX = 64  # waiting requests up to which start_delay simulates admission exactly
@@ -115,7 +117,7 @@ class Job:
 
     @property
     def rows_per_sample(self) -> int:
-        return 1 if self.guidance == 1.0 else 2
+        return rows_per_sample(self.guidance)
 
     @property
     def group(self) -> int:
@@ -234,11 +236,13 @@ class Scheduler:
         if self.batching == "step" or not self.in_flight():
             self._admit(now)
         s, t = self.grid[self.K, self.k], self.grid[self.K, self.k + 1]
-        tensors = [torch.from_numpy(a) for a in (s, t, self.y, self.w)]
+        s, t, y, w = (torch.from_numpy(a) for a in (s, t, self.y, self.w))
         if not self.key.any():
-            return Batch(self.x, *tensors, self.rows)
+            return Batch(x=self.x, s=s, t=t, y=y, w=w, rows=self.rows)
         keys, k = torch.from_numpy(self.key), torch.from_numpy(self.k)
-        return Batch(self.x, *tensors, self.rows, keys, k, self._steer_runs(keys))
+        return Batch(
+            x=self.x, s=s, t=t, y=y, w=w, rows=self.rows, keys=keys, k=k, steer=self._steer_runs(keys)
+        )
 
     def _steer_runs(self, keys: Tensor) -> list[SteerRun] | None:
         """The steered rows as runs of one job at one step (contiguous: admitted together, kept in order)."""
@@ -251,7 +255,8 @@ class Scheduler:
             if job is None or job.steer is None:  # not steered, or ended early (dropped at compaction)
                 continue
             gk = keys[a : b : job.steer.particles]
-            runs.append(SteerRun(job, a, b, int(self.k[a]), gk, torch.from_numpy(self.pot[a:b])))
+            prev = torch.from_numpy(self.pot[a:b])
+            runs.append(SteerRun(job=job, start=a, stop=b, k=int(self.k[a]), keys=gk, prev=prev))
         return runs or None
 
     def update(self, batch: Batch, x_next: Tensor, now: float) -> None:
@@ -303,9 +308,17 @@ class Scheduler:
     def waiting_rows(self) -> int:
         return self._waiting_rows
 
+    def queued(self) -> int:
+        """Requests waiting for their first (or next) admission."""
+        return len(self.waiting)
+
+    def observe(self, rows: int, seconds: float) -> None:
+        """One iteration of `rows` network rows took `seconds` (the "auto" steps estimate learns it)."""
+        self.timer.observe(rows, seconds)
+
     def steps_left(self) -> list[int]:
         """Network rows in flight by steps left: out[j] = rows with j steps to go."""
-        weights = (1 + (self.w != 1.0)) * self._alive()
+        weights = (1 + (self.w != 1.0)) * self._alive()  # rows_per_sample, per row
         return np.bincount(self.K - self.k, weights, minlength=self.max_steps + 1).astype(int).tolist()
 
     def pending_work(self) -> int:
@@ -443,7 +456,7 @@ class Scheduler:
         self.k, self.K, self.y, self.w, self.job, self.key, self.pk, self.pot = (
             a[idx] for a in (self.k, self.K, self.y, self.w, self.job, self.key, self.pk, self.pot)
         )
-        self.rows = len(idx) + int(np.count_nonzero(self.w != 1.0))
+        self.rows = len(idx) + int(np.count_nonzero(self.w != 1.0))  # rows_per_sample, summed
 
     def _collect(self, job: Job, chunk: Tensor, now: float) -> None:
         job.chunks.append(chunk[:: job.group])  # a steered group's rows all hold its chosen sample

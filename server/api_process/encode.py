@@ -17,11 +17,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _IEND = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
 
 
-def is_image(shape: list[int]) -> bool:
-    """PNG output is possible for [C, H, W] models with C in 1, 3, 4."""
-    return len(shape) == 3 and shape[0] in _COLOR
-
-
 def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 

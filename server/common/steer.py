@@ -5,22 +5,23 @@ rows of the step-level batch: at each step boundary the core scores every row's 
 reward and resamples within each sample's particles ("sir": multinomial, "best": best-of-N), as
 flowmap.steering.sample_particles does with the flow-map look-ahead (docs/steering.md).
 
-Rewards: the built-ins of flowmap.reward (class:C, ink, mode:K), whose argument and model-shape rules are
-repeated here so a bad request is refused before it reaches a core; user rewards (package.module:function)
-only when the operator lists that exact spec in the settings (steer_user_rewards): a client never makes
-the server import anything else. Gradient guidance ("guide") is not served: it needs autograd through the
-network, which compiled engines do not give, and it does not fit the shared batch.
+Rewards: the built-ins of flowmap.reward (class:C, ink, mode:K), checked here with flowmap.rewardspec's
+rules (torch-free, the same the library builds with) so a bad request is refused before it reaches a
+core; user rewards (package.module:function) only when the operator lists that exact spec in the settings
+(steer_user_rewards): a client never makes the server import anything else. Gradient guidance ("guide")
+is not served: it needs autograd through the network, which compiled engines do not give, and it does not
+fit the shared batch.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass
 
+from flowmap.rewardspec import RewardError, builtin_name, parse_builtin, shown
+from server.common.spec import rows_per_sample
+
 METHODS = ("sir", "best")
-DIGITS_SHAPE, GMM8_MODES, DIGIT_CLASSES = [1, 8, 8], 8, 10
-_INT = re.compile(r"^[0-9]{1,4}$")
 
 
 class SteerError(ValueError):
@@ -42,51 +43,22 @@ class SteerParams:
         return asdict(self)
 
 
-def builtin_name(spec: str) -> str | None:
-    """'class', 'ink' or 'mode' for a built-in reward spec, else None."""
-    name = spec.partition(":")[0]
-    return name if name in ("class", "ink", "mode") else None
-
-
 def reward_label(spec: str) -> str:
     """The metrics label: the built-in's name, else the (operator-listed) spec itself."""
     return builtin_name(spec) or spec
 
 
-def _int_arg(spec: str, arg: str, hi: int) -> None:
-    if not (_INT.match(arg) and int(arg) < hi):
-        raise SteerError(
-            f"reward {spec[:64]!r}: the argument must be an integer in 0..{hi - 1}", "steer.reward"
-        )
-
-
 def check_reward(spec: str, shape: list[int], user_rewards: list[str]) -> None:
-    """A reward this server may compute for a model of sample shape `shape` (flowmap.reward's rules)."""
-    name, sep, arg = spec.partition(":")
-    shape = list(shape)
-    if name == "class":
-        _int_arg(spec, arg, DIGIT_CLASSES)
-        if shape != DIGITS_SHAPE:
-            raise SteerError(
-                f"reward 'class:C' needs a digits model {DIGITS_SHAPE}; this one makes {shape}",
-                "steer.reward",
-            )
-    elif name == "ink":
-        if sep or len(shape) != 3:
-            raise SteerError(
-                f"reward 'ink' takes no argument and needs an image model; this one makes {shape}",
-                "steer.reward",
-            )
-    elif name == "mode":
-        _int_arg(spec, arg, GMM8_MODES)
-        if shape != [2]:
-            raise SteerError(
-                f"reward 'mode:K' needs gmm8 points [2]; this model makes {shape}", "steer.reward"
-            )
-    elif spec not in user_rewards:
-        shown = spec if len(spec) <= 64 else spec[:64] + "..."
+    """A reward this server may compute for a model of sample shape `shape`: a built-in that fits it
+    (flowmap.rewardspec's rules, the ones the core builds with), or a user reward the operator listed."""
+    try:
+        if parse_builtin(spec, list(shape)) is not None:
+            return
+    except RewardError as e:
+        raise SteerError(str(e), "steer.reward") from None
+    if spec not in user_rewards:
         allowed = ", ".join(["class:C", "ink", "mode:K", *user_rewards])
-        raise SteerError(f"unknown reward {shown!r}: this server allows {allowed}", "steer.reward")
+        raise SteerError(f"unknown reward {shown(spec)}: this server allows {allowed}", "steer.reward")
 
 
 def check(sp: SteerParams, n: int, shape: list[int], samplers: list[str], settings) -> None:
@@ -144,4 +116,4 @@ def from_wire(d) -> SteerParams:
 
 def calls_per_sample(steps: int, particles: int, guidance: float) -> int:
     """Network rows evaluated per returned sample: every particle, every step (a guided row twice)."""
-    return steps * particles * (1 if guidance == 1.0 else 2)
+    return steps * particles * rows_per_sample(guidance)

@@ -1,10 +1,10 @@
-"""The playground: the page at / (HTML, JS and CSS from server/static, no build step, nothing external)
-and GET /v1/stats, the JSON latency summary its live chart polls.
+"""The playground: the page at / (HTML, JS and CSS from server/api_process/static, no build step, nothing
+external) and GET /v1/stats, the JSON latency summary its live chart polls.
 
 /v1/stats turns the request-latency histogram that /metrics exports (summed over every API process)
 into count, p50 and p99 per model and step count, estimated from the buckets the way Prometheus'
 histogram_quantile does: linear within the bucket that holds the rank. Pure functions over plain data
-(server.metrics hands the buckets over); no torch, no prometheus_client here.
+(server.common.metrics hands the buckets over); no torch, no prometheus_client here.
 """
 
 from __future__ import annotations

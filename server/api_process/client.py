@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import zmq
 
-from server import messages as m
+from server.common import messages as m
 
 log = logging.getLogger("flowmap.server")
 POLLIN = int(zmq.POLLIN)

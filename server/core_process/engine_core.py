@@ -17,9 +17,9 @@ from torch import Tensor
 from flowmap.guidance import cfg_mix
 from flowmap.reward import evaluate_reward
 from flowmap.steering import resample_keyed
-from server import ops
-from server.scheduler import Batch, Job, Scheduler, SteerRun
-from server.stats import IterationStats
+from server.common.stats import IterationStats
+from server.core_process import ops
+from server.core_process.scheduler import Batch, Job, Scheduler, SteerRun
 
 log = logging.getLogger("flowmap.server")
 
@@ -117,6 +117,17 @@ class EngineCore:
         """Queue a job; raises scheduler.QueueFull. Completion arrives through job.on_done."""
         self.scheduler.submit(job, self.clock())
 
+    def admit(self, rows: int, make: Callable[[], Job]) -> Job:
+        """Queue the job `make()` builds if `rows` more network rows have room (else scheduler.QueueFull,
+        before `make` runs: a refusal draws no noise), and let waiting jobs join now when the core is
+        between iterations (a step boundary) and no batching window holds them back."""
+        self.scheduler.check_room(rows)
+        job = make()
+        self.submit(job)
+        if self.scheduler.max_wait == 0 or self.scheduler.in_flight():
+            self.scheduler.admit_waiting(self.clock())
+        return job
+
     def cancel(self, job: Job) -> None:
         self.scheduler.cancel(job, self.clock())
 
@@ -153,7 +164,7 @@ class EngineCore:
         CPU). The caller steps again at once after a batch, so the period holds no idle wait."""
         if self._last is not None:
             rows, start = self._last
-            self.scheduler.timer.observe(rows, now - start)
+            self.scheduler.observe(rows, now - start)
             self._last = None
 
     def run_until_idle(self, limit: int = 1_000_000) -> None:
@@ -165,13 +176,16 @@ class EngineCore:
             if plan > 0:
                 time.sleep(plan)
 
-    def load(self) -> tuple[int, int]:
-        """(queued requests, samples in flight)."""
-        return len(self.scheduler.waiting), self.scheduler.in_flight()
-
     def _record(self, batch: Batch, seconds: float, ok: bool) -> IterationStats:
-        depth, flight = self.load()
-        return IterationStats(self.name, batch.rows, batch.n, seconds, depth, flight, ok)
+        return IterationStats(
+            model=self.name,
+            rows=batch.rows,
+            samples=batch.n,
+            seconds=seconds,
+            queue_depth=self.scheduler.queued(),
+            in_flight=self.scheduler.in_flight(),
+            ok=ok,
+        )
 
     def emit(self) -> None:
         """Hand the iterations' stats to `on_iteration` (metrics must never stop the core)."""

@@ -6,8 +6,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, create_model
 
-from server.service import SEED_MAX
-from server.settings import ServerSettings
+from server.api_process.protocol import SAMPLERS
+from server.common.ranges import SEED_MAX
+from server.common.settings import ServerSettings
 
 MAX_CLASS = 100_000
 
@@ -101,7 +102,7 @@ def _sampler_options(s: ServerSettings) -> dict:
     """The request's sampler and steering fields (generate_request_model)."""
     return {
         "sampler": (
-            Literal["flowmap", "consistency"] | None,
+            Literal[SAMPLERS] | None,
             Field(
                 None,
                 description="flowmap: X_{t_k,t_k+1} per step (deterministic); consistency: jump to data with "

@@ -10,8 +10,8 @@ its Done / Failed (or the deadline, or the client's disconnect) and encodes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -19,16 +19,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server import messages as m
-from server import steer as steering
-from server.client import CoreClient, CoreDown
-from server.estimator import ReturnPath
-from server.settings import ServerSettings
-from server.stats import Rejection, RequestStats, SteerStats
-from server.steer import SteerParams
+from flowmap.labels import cycled
+from server.api_process.client import CoreClient, CoreDown
+from server.common import messages as m
+from server.common import ranges
+from server.common import steer as steering
+from server.common.estimator import ReturnPath
+from server.common.settings import ServerSettings
+from server.common.spec import ModelSpec
+from server.common.stats import Rejection, RequestStats, SteerStats
+from server.common.steer import SteerParams
 
 log = logging.getLogger("flowmap.server")
-SEED_MAX = 2**63 - 1
 
 
 class ServiceError(Exception):
@@ -36,6 +38,7 @@ class ServiceError(Exception):
 
     status = 500
     reason = "failed"
+    model: str | None = None  # the model the request named (set by server.api_process.http.generate)
 
     def __init__(self, message: str, field: str | None = None, retry_after: float | None = None):
         super().__init__(message)
@@ -91,7 +94,7 @@ class GenParams:
     deadline_ms: float | None = None
     output: str = "png"  # png | npy | tensor (raw array for v2)
     sampler: str | None = None  # flowmap | consistency; None: the model's default
-    steer: SteerParams | None = None  # reward steering over particles (server.steer)
+    steer: SteerParams | None = None  # reward steering over particles (server.common.steer)
 
 
 @dataclass
@@ -111,32 +114,13 @@ class GenResult:
 
 @dataclass
 class ModelEntry:
-    """A served model as its engine core describes it (server.core_process.build_core's info)."""
+    """A served model: its engine core's spec, the client of that core, and the way back from it."""
 
     index: int
-    info: dict
+    spec: ModelSpec
     client: CoreClient
     way_back: ReturnPath = field(default_factory=ReturnPath)  # core -> this process, for "auto"
-
-    @property
-    def name(self) -> str:
-        return self.info["name"]
-
-    @property
-    def shape(self) -> list[int]:
-        return self.info["shape"]
-
-    @property
-    def num_classes(self) -> int:
-        return self.info["num_classes"]
-
-    @property
-    def conditional(self) -> bool:
-        return self.num_classes > 0
-
-    @property
-    def image(self) -> bool:
-        return bool(self.info["image"])
+    outstanding: int = 0  # requests sent to the core and not answered yet
 
 
 class Service:
@@ -174,13 +158,13 @@ class Service:
         """The supervisor's CoreStates: models appear when their core is ready; a core that stopped
         (down, or restarted since) fails the requests it held."""
         for i, core in enumerate(states.cores[: len(self.clients)]):
-            info, gen, up = core.get("info"), core.get("generation", 0), bool(core.get("up"))
-            if self.up[i] and (not up or gen != self.generations[i]):
+            up = bool(core.up)
+            if self.up[i] and (not up or core.generation != self.generations[i]):
                 # drop what is queued for the dead core too, so its replacement does not compute it
                 self.clients[i].reconnect("the engine core stopped with this request in it")
-            self.generations[i], self.up[i] = gen, up
-            if info and info.get("name") not in self.entries:
-                self.entries[info["name"]] = ModelEntry(i, info, self.clients[i])
+            self.generations[i], self.up[i] = core.generation, up
+            if core.info is not None and core.info.name not in self.entries:
+                self.entries[core.info.name] = ModelEntry(index=i, spec=core.info, client=self.clients[i])
                 # in the order of --model (the first is the default), whichever core was ready first
                 self.entries = dict(sorted(self.entries.items(), key=lambda kv: kv[1].index))
 
@@ -210,7 +194,7 @@ class Service:
         if not self.entries:
             raise Unavailable("server is warming up")
         if e is not None and not self.up[e.index]:
-            raise CoreUnavailable(f"the engine core of model {e.name!r} is restarting", retry_after=1)
+            raise CoreUnavailable(f"the engine core of model {e.spec.name!r} is restarting", retry_after=1)
 
     # ------------------------------------------------------------ stats (labels: server-known values only)
     def known_model(self, name: str | None) -> str:
@@ -218,13 +202,16 @@ class Service:
 
     def reject(self, reason: str, model: str | None = None) -> None:
         if self.metrics is not None:
-            self.metrics.reject(Rejection(reason, self.known_model(model)))
+            self.metrics.reject(Rejection(reason=reason, model=self.known_model(model)))
 
     def record(self, model: str | None, steps, status: int, seconds: float, queue: float | None) -> None:
         if self.metrics is None:
             return
         ok_steps = steps if isinstance(steps, int) and 1 <= steps <= self.settings.max_steps else None
-        self.metrics.request(RequestStats(self.known_model(model), ok_steps, status, seconds, queue))
+        stats = RequestStats(
+            model=self.known_model(model), steps=ok_steps, status=status, seconds=seconds, queue_seconds=queue
+        )
+        self.metrics.request(stats)
 
     # ------------------------------------------------------------ generation
     def entry(self, name: str | None) -> ModelEntry:
@@ -253,36 +240,55 @@ class Service:
 
     async def _generate(self, e: ModelEntry, p: GenParams, disconnected) -> GenResult:
         t0 = time.monotonic()
-        labels, guidance = self.labels(e, p), self.guidance(e, p)
-        seed = p.seed if p.seed is not None else secrets.randbelow(SEED_MAX)
         deadline_ms = p.deadline_ms if p.deadline_ms is not None else self.settings.request_timeout_ms
-        deadline = t0 + deadline_ms / 1000
-        sampler = "consistency" if p.steer else (p.sampler or e.info.get("default_sampler", "flowmap"))
-        steer = p.steer.wire() if p.steer else None
-        margin = e.way_back.margin(deadline_ms / 1000) if p.steps is None else 0.0
-        make = lambda rid: m.Generate(
-            rid, p.num_samples, seed, p.steps or 0, labels, guidance, deadline, sampler, steer, margin
+        g = m.Generate(
+            id=0,  # the client numbers it
+            n=p.num_samples,
+            seed=p.seed if p.seed is not None else secrets.randbelow(ranges.SEED_MAX),
+            steps=p.steps or 0,
+            labels=self.labels(e, p),
+            guidance=self.guidance(e, p),
+            deadline=t0 + deadline_ms / 1000,
+            sampler="consistency" if p.steer else (p.sampler or e.spec.default_sampler),
+            steer=p.steer.wire() if p.steer else None,
+            margin=e.way_back.margin(deadline_ms / 1000) if p.steps is None else 0.0,
         )
-        if len(e.client.pending) >= self.settings.max_queue + self.settings.max_batch_size:
+        if e.outstanding >= self.settings.max_queue + self.settings.max_batch_size:
             # more outstanding than the core could hold: refuse here, so a flood never reaches the core
             raise Overloaded("queue full", retry_after=1)
         try:
-            rid, fut = e.client.submit(make)
+            rid, fut = e.client.submit(lambda rid: dataclasses.replace(g, id=rid))
         except CoreDown as err:
             raise CoreUnavailable(str(err), retry_after=1) from None
-        out = await self._wait(e, rid, fut, deadline, disconnected)
+        e.outstanding += 1
+        try:
+            out = await self._wait(e, rid, fut, g.deadline, disconnected)
+        finally:
+            e.outstanding -= 1
         if isinstance(out, m.Failed):
             raise _failure(out)
-        x = np.frombuffer(out.data, np.float32).reshape(p.num_samples, *e.shape)
-        timings = {"queue_ms": 1e3 * out.queue_s, "compute_ms": 1e3 * out.compute_s}
-        calls = steering.calls_per_sample(out.steps, p.steer.particles if p.steer else 1, guidance)
+        return self._result(e, p, g, out)
+
+    def _result(self, e: ModelEntry, p: GenParams, g: m.Generate, out: m.Done) -> GenResult:
+        calls = steering.calls_per_sample(out.steps, p.steer.particles if p.steer else 1, g.guidance)
         if p.steer and self.metrics is not None:
+            reward = steering.reward_label(p.steer.reward)
             self.metrics.steer(
-                SteerStats(e.name, steering.reward_label(p.steer.reward), calls * p.num_samples)
+                SteerStats(model=e.spec.name, reward=reward, evaluations=calls * p.num_samples)
             )
-        r = GenResult(e.name, out.steps, seed, labels, guidance, x, timings, sampler, calls, bool(p.steer))
-        r.sent = out.sent
-        return r
+        return GenResult(
+            model=e.spec.name,
+            steps=out.steps,
+            seed=g.seed,
+            labels=g.labels,
+            guidance=g.guidance,
+            x=np.frombuffer(out.data, np.float32).reshape(p.num_samples, *e.spec.shape),
+            timings={"queue_ms": 1e3 * out.queue_s, "compute_ms": 1e3 * out.compute_s},
+            sampler=g.sampler,
+            calls_per_sample=calls,
+            steered=bool(p.steer),
+            sent=out.sent,
+        )
 
     def returned(self, r: GenResult) -> None:
         """A result is encoded and about to be written: learn its way back from the core, which "auto"
@@ -312,64 +318,49 @@ class Service:
 
     def labels(self, e: ModelEntry, p: GenParams) -> list[int] | None:
         """Per-sample classes; omitted on a conditional model: cycle 0..C-1 (as `flowmap sample`)."""
-        c, n = e.num_classes, p.num_samples
-        if c == 0:
-            if p.class_label is not None:
-                raise InvalidInput(f"model {e.name!r} is unconditional; omit class_label", "class_label")
-            return None
+        c, n = e.spec.num_classes, p.num_samples
         if p.class_label is None:
-            return [i % c for i in range(n)]
+            return cycled(n, c) if c else None
         labels = p.class_label if isinstance(p.class_label, list) else [p.class_label] * n
-        if len(labels) != n:
-            msg = f"class_label list has {len(labels)} entries for num_samples={n}"
-            raise InvalidInput(msg, "class_label")
-        bad = [v for v in labels if not 0 <= v < c]
-        if bad:
-            raise InvalidInput(
-                f"class_label {bad[0]} out of range: model {e.name!r} has classes 0..{c - 1}", "class_label"
-            )
+        _refuse(ranges.labels(labels, n, c, e.spec.name), "class_label")
         return labels
 
     def guidance(self, e: ModelEntry, p: GenParams) -> float:
         w = 1.0 if p.guidance_scale is None else float(p.guidance_scale)
-        if w != 1.0 and not e.conditional:
-            msg = f"model {e.name!r} is unconditional; guidance_scale must be 1"
-            raise InvalidInput(msg, "guidance_scale")
+        _refuse(ranges.guidance_for(w, e.spec.num_classes, e.spec.name), "guidance_scale")
         return w
 
     def validate(self, e: ModelEntry, p: GenParams) -> None:
-        """Limits that depend on the settings or the model (v1's schema repeats the static ones)."""
+        """Limits that depend on the settings or the model (server.common.ranges, which the core checks
+        again; v1's schema repeats the static ones)."""
         st = self.settings
-        if p.steps is not None and not 1 <= p.steps <= st.max_steps:
-            raise InvalidInput(f"steps must be in 1..{st.max_steps} or 'auto', got {p.steps}", "steps")
-        if not 1 <= p.num_samples <= st.max_samples:
-            msg = f"num_samples must be in 1..{st.max_samples}, got {p.num_samples}"
-            raise InvalidInput(msg, "num_samples")
-        if p.seed is not None and not 0 <= p.seed <= SEED_MAX:
-            raise InvalidInput(f"seed must be in 0..{SEED_MAX}, got {p.seed}", "seed")
-        w = p.guidance_scale
-        if w is not None and not (math.isfinite(w) and abs(w) <= st.max_guidance):
-            msg = f"guidance_scale must be finite with |w| <= {st.max_guidance}"
-            raise InvalidInput(msg, "guidance_scale")
+        _refuse(p.steps is not None and ranges.steps(p.steps, st), "steps")
+        _refuse(ranges.num_samples(p.num_samples, st), "num_samples")
+        _refuse(p.seed is not None and ranges.seed(p.seed), "seed")
+        _refuse(p.guidance_scale is not None and ranges.guidance(p.guidance_scale, st), "guidance_scale")
         if p.deadline_ms is not None and not 1 <= p.deadline_ms <= st.request_timeout_ms:
             raise InvalidInput(f"deadline_ms must be in 1..{st.request_timeout_ms:g}", "deadline_ms")
-        served = e.info.get("samplers", ["flowmap"])
+        served = e.spec.samplers
         if p.steer is not None:
             self.validate_steer(e, p, served)
-        if p.sampler is not None and p.sampler not in served:
-            msg = f"sampler {str(p.sampler)[:64]!r}: model {e.name!r} serves {', '.join(served)}"
-            raise InvalidInput(msg, "sampler")
-        if p.output == "png" and not e.image:
-            raise InvalidInput(f"model {e.name!r} is not an image model; use output='npy'", "output")
+        _refuse(p.sampler is not None and ranges.sampler(p.sampler, served, e.spec.name), "sampler")
+        if p.output == "png" and not e.spec.image:
+            raise InvalidInput(f"model {e.spec.name!r} is not an image model; use output='npy'", "output")
 
     def validate_steer(self, e: ModelEntry, p: GenParams, served: list[str]) -> None:
         if p.sampler not in (None, "consistency"):
             msg = "steer runs the consistency sampler (jump to data, re-noise); omit sampler"
             raise InvalidInput(msg, "sampler")
         try:
-            steering.check(p.steer, p.num_samples, e.shape, served, self.settings)
+            steering.check(p.steer, p.num_samples, e.spec.shape, served, self.settings)
         except steering.SteerError as err:
             raise InvalidInput(f"{err.field}: {err}", err.field) from None
+
+
+def _refuse(problem: str | None | bool, field: str) -> None:
+    """InvalidInput naming `field` when a check found a problem."""
+    if problem:
+        raise InvalidInput(problem, field)
 
 
 def _failure(f: m.Failed) -> ServiceError:

@@ -4,7 +4,7 @@ importable; the plain torch expression for CPU tensors (where the kernel would o
 `step(x, u, s, t)` is the flow-map jump X_{s,t}(x) = x + (t - s) * u with per-sample s, t: [B].
 `renoise(x, u, s, t, keys, k)` is the consistency sampler's step (kernels.fused_step's re-noise path on
 any device: on CPU its reference, which is the library's flowmap.samplers.sample_stochastic arithmetic).
-Post-processing to uint8 happens in the API processes, in numpy (server.encode.to_uint8_nhwc).
+Post-processing to uint8 happens in the API processes, in numpy (server.api_process.encode.to_uint8_nhwc).
 """
 
 from __future__ import annotations

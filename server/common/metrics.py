@@ -26,7 +26,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from server.stats import IterationStats, Rejection, RequestStats, SteerStats
+from server.common.stats import IterationStats, Rejection, RequestStats, SteerStats
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1, 2, 5, 10, 30)
 CALL_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.5)
@@ -114,7 +114,7 @@ class Metrics:
             self.failed.labels(s.model).inc()
 
     def steer(self, s: SteerStats) -> None:
-        """reward: a built-in's name or an operator-listed spec (server.steer.reward_label), never
+        """reward: a built-in's name or an operator-listed spec (server.common.steer.reward_label), never
         client text."""
         self.steer_nfe.labels(s.model, s.reward).inc(s.evaluations)
 

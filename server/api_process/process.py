@@ -16,15 +16,14 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 
 import uvicorn
 import zmq
 
-from server.client import CoreClient, watch_states
-from server.limits import guarded_http
-from server.settings import ServerSettings
+from server.api_process.client import CoreClient, watch_states
+from server.api_process.limits import guarded_http
+from server.common.settings import ServerSettings
 
 log = logging.getLogger("flowmap.server")
 DRAIN_LINGER = 1.0  # seconds of 503s after the last accepted request finished, before the socket closes
@@ -72,9 +71,9 @@ class DrainingServer(uvicorn.Server):
 
 def build(settings: ServerSettings, run_dir: str):
     """(app, service) of one API process: a CoreClient per model, the CoreStates feed, metrics."""
-    from server.app import create_app
-    from server.metrics import Metrics
-    from server.service import Service
+    from server.api_process.app import create_app
+    from server.api_process.service import Service
+    from server.common.metrics import Metrics
 
     ctx = zmq.Context()
     clients = [CoreClient(ctx, f"ipc://{run_dir}/core-{i}") for i in range(len(settings.models))]
@@ -146,7 +145,3 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(settings.log_level.upper())
     return run(settings, a.dir, a.fd, a.parent)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -183,7 +183,7 @@ function samplersOf(m) {
       : "flowmap: deterministic flow-map steps; consistency: jump to data and re-noise at each step.";
 }
 
-// The built-in rewards the server computes for a model of this shape (server/steer.py): a digit's
+// The built-in rewards the server computes for a model of this shape (server/common/steer.py): a digit's
 // log-probability and ink for 8x8 digits, ink for other images, a mode's log-density for 2-D points.
 // Steering runs the consistency sampler, so a model that does not serve it gets no choice.
 function rewardsOf(m) {

@@ -1,6 +1,7 @@
 """What v1 and v2 routes share: the one generate call (disconnect wait, timing, recording), the API key,
 the body limit, and error formatting per protocol (v1: FastAPI's {"detail"}; v2: {"error"}, 400 for
-bad input). Routes live in server.app (v1, health) and server.v2 (Open Inference Protocol).
+bad input). Routes live in server.api_process.app (v1, health) and server.api_process.v2 (Open Inference
+Protocol).
 """
 
 from __future__ import annotations
@@ -15,18 +16,10 @@ from fastapi import Depends, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from server.service import GenParams, GenResult, Service, ServiceError, Unauthorized
+from server.api_process.protocol import V2, protocol, status_for
+from server.api_process.service import GenParams, GenResult, Service, ServiceError, Unauthorized
 
 T = TypeVar("T")
-
-
-def protocol(request: Request) -> str:
-    return "v2" if request.url.path.startswith("/v2") else "v1"
-
-
-def status_for(e: ServiceError, proto: str) -> int:
-    """The status actually sent (recorded in metrics as sent): v2 reports invalid input as 400."""
-    return 400 if proto == "v2" and e.status == 422 else e.status
 
 
 async def wait_disconnect(request: Request) -> None:
@@ -43,8 +36,8 @@ async def generate(service: Service, p: GenParams, request: Request, encode: Cal
         r = await service.generate(p, lambda: wait_disconnect(request))
     except ServiceError as e:
         e.model = p.model
-        service.record(p.model or service.default_model, p.steps, status_for(e, protocol(request)),
-                       time.monotonic() - t0, None)  # fmt: skip
+        status = status_for(e.status, protocol(request.url.path))
+        service.record(p.model or service.default_model, p.steps, status, time.monotonic() - t0, None)
         raise
     r.timings["total_ms"] = 1e3 * (time.monotonic() - t0)
     out = encode(r)
@@ -61,9 +54,9 @@ def error_response(request: Request, e: ServiceError) -> Response:
         headers["Retry-After"] = str(int(max(1, round(e.retry_after))))
     if e.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    proto = protocol(request)
-    if proto == "v2":  # Open Inference Protocol error body
-        return JSONResponse({"error": str(e)}, status_for(e, proto), headers=headers)
+    proto = protocol(request.url.path)
+    if proto == V2:  # Open Inference Protocol error body
+        return JSONResponse({"error": str(e)}, status_for(e.status, proto), headers=headers)
     if e.status == 422:
         loc = ["body", *(e.field or "body").split(".")]  # "steer.reward" -> ["body", "steer", "reward"]
         detail = [{"loc": loc, "msg": str(e), "type": "value_error"}]
@@ -132,7 +125,7 @@ class BodyLimit:
             else f"request body not received within {self.timeout:g} s"
         )
         # each protocol's error body: v2 {"error"}, v1 {"detail"}
-        body = {"error": detail} if scope["path"].startswith("/v2") else {"detail": detail}
+        body = {"error": detail} if protocol(scope["path"]) == V2 else {"detail": detail}
         await JSONResponse(body, status, headers={"Connection": "close"})(scope, receive, send)
 
 

@@ -2,7 +2,7 @@
 
 Inputs (all optional, one element each unless noted): seed INT64, steps INT32, num_samples INT32,
 class_label INT32 ([1] or [num_samples]), guidance_scale FP32; request parameter "sampler" (flowmap |
-consistency; default: the model's) and "steer" (the v1 option's object; server.steer). Outputs: images
+consistency; default: the model's) and "steer" (the v1 option's object; server.common.steer). Outputs: images
 UINT8 [N, H, W, C] (image models) and samples FP32 [N, *shape]. Errors: {"error": message} with 400 for
 bad input.
 """
@@ -17,12 +17,13 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from server import http
-from server import steer as steering
-from server.encode import to_uint8_nhwc
-from server.schemas import V2Error
-from server.service import GenParams, GenResult, InvalidInput, ModelEntry, Service
-from server.steer import SteerParams
+from server.api_process import http
+from server.api_process.encode import to_uint8_nhwc
+from server.api_process.protocol import SAMPLERS, STATUSES, VERSION, steps_for
+from server.api_process.schemas import V2Error
+from server.api_process.service import GenParams, GenResult, InvalidInput, ModelEntry, Service
+from server.common import steer as steering
+from server.common.steer import SteerParams
 
 DTYPES = {
     "BOOL": np.bool_,
@@ -45,7 +46,6 @@ INPUTS = {
     "class_label": ("INT32", [-1]),
     "guidance_scale": ("FP32", [1]),
 }
-SAMPLERS = ("flowmap", "consistency")  # request parameter "sampler" (default: the model's)
 HEADER = "Inference-Header-Content-Length"  # Starlette looks headers up case-insensitively
 
 _tensor = {
@@ -93,34 +93,22 @@ INFER_RESPONSE = {
 
 def _errors(*statuses: int) -> dict:
     """OpenAPI responses: these error statuses, each with the {"error": message} body."""
-    return {s: {"model": V2Error, "description": ERRORS[s]} for s in statuses}
-
-
-ERRORS = {
-    400: "invalid request (the message names the input, output or parameter)",
-    401: "missing or wrong API key",
-    404: "unknown model",
-    408: "request body not received in time",
-    413: "body too large",
-    429: "queue full (Retry-After)",
-    503: "not ready, draining, or an engine core restarting",
-    504: "deadline passed",
-}
+    return {s: {"model": V2Error, "description": STATUSES[s]} for s in statuses}
 
 
 def outputs_of(e: ModelEntry) -> dict[str, tuple[str, list[int]]]:
-    outs = {"samples": ("FP32", [-1, *e.shape])}
-    if e.image:
-        c, h, w = e.shape
+    outs = {"samples": ("FP32", [-1, *e.spec.shape])}
+    if e.spec.image:
+        c, h, w = e.spec.shape
         outs["images"] = ("UINT8", [-1, h, w, c])
     return outs
 
 
 def metadata(e: ModelEntry) -> dict:
     return {
-        "name": e.name,
+        "name": e.spec.name,
         "versions": ["1"],
-        "platform": f"flowmap_{e.info['engine']}",
+        "platform": f"flowmap_{e.spec.engine}",
         "inputs": [{"name": k, "datatype": d, "shape": s} for k, (d, s) in INPUTS.items()],
         "outputs": [{"name": k, "datatype": d, "shape": s} for k, (d, s) in outputs_of(e).items()],
     }
@@ -304,7 +292,17 @@ def to_params(model: str, body: dict, binary: bytes) -> GenParams:
         )
     w = _float(arrays, "guidance_scale")
     steer = _steer(parameters(body, "request").get("steer"))
-    return GenParams(model, steps, 1 if n is None else n, seed, label, w, None, "tensor", sampler, steer)
+    return GenParams(
+        model=model,
+        steps=steps,
+        num_samples=1 if n is None else n,
+        seed=seed,
+        class_label=label,
+        guidance_scale=w,
+        output="tensor",
+        sampler=sampler,
+        steer=steer,
+    )
 
 
 def _steer(value) -> SteerParams | None:
@@ -363,7 +361,7 @@ def router(service: Service, auth) -> APIRouter:
 
     @r.get("")
     async def server_metadata():
-        return {"name": "flowmap", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+        return {"name": "flowmap", "version": VERSION, "extensions": ["binary_tensor_data"]}
 
     @r.get("/health/live")
     async def live():
@@ -399,7 +397,7 @@ def router(service: Service, auth) -> APIRouter:
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                 },
             },
-            **_errors(*ERRORS),
+            **_errors(*STATUSES),
         },
         openapi_extra={
             **named,
@@ -421,14 +419,14 @@ async def _infer(service: Service, name: str, request: Request) -> Response:
     body, binary = split_body(await request.body(), request.headers.get(HEADER))
     p = to_params(name, body, binary)
     wanted = requested_outputs(e, body)
-    p.steps = p.steps if p.steps is not None else service.settings.default_steps
+    p.steps = steps_for(p.steps, service.settings.default_steps)
     return await http.generate(service, p, request, lambda r: infer_response(e, body, r, wanted))
 
 
 def infer_response(e: ModelEntry, body: dict, result: GenResult, wanted: list[tuple[str, bool]]) -> Response:
     specs, blob = encode_outputs(e, result.x, wanted)
     head = {
-        "model_name": e.name,
+        "model_name": e.spec.name,
         "model_version": "1",
         "outputs": specs,
         "parameters": {"steps": result.steps, "seed": result.seed},

@@ -5,9 +5,9 @@ engine core -> API process (ROUTER -> DEALER):         Done, Failed
 engine core -> supervisor (PUSH -> PULL):               Ready, Fatal
 supervisor -> API processes (PUB -> SUB):               CoreStates
 
-Each message is a msgpack array [tag, field, ...] in the dataclass's field order; `decode` rejects
-anything else with WireError. Times are absolute `time.monotonic()` values, which all processes on
-one Linux host share (CLOCK_MONOTONIC).
+Each message is a msgpack array [tag, field, ...] in the dataclass's field order (a dataclass field as a
+map of its fields); `decode` rejects anything else with WireError. Times are absolute `time.monotonic()`
+values, which all processes on one Linux host share (CLOCK_MONOTONIC).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import msgpack
+
+from server.common.spec import ModelSpec
 
 
 class WireError(ValueError):
@@ -34,7 +36,7 @@ class Generate:
     guidance: float
     deadline: float  # absolute monotonic time
     sampler: str = "flowmap"  # or "consistency": jump to data, re-noise per sample from (seed, i)
-    steer: dict | None = None  # server.steer.SteerParams as a dict: n samples of `particles` rows each
+    steer: dict | None = None  # server.common.steer.SteerParams as a dict: n samples of `particles` rows each
     margin: float = 0.0  # seconds "auto" reserves before the deadline for the result's way back
     TAG = 1
 
@@ -71,12 +73,15 @@ class Failed:
 
 @dataclass
 class Ready:
-    """A core loaded, warmed up and listening; `info` describes its model (ModelInfo fields)."""
+    """A core loaded, warmed up and listening; `info` describes its model."""
 
     index: int
     pid: int
-    info: dict
+    info: ModelSpec
     TAG = 5
+
+    def __post_init__(self):
+        self.info = ModelSpec.of(self.info)
 
 
 @dataclass
@@ -90,23 +95,45 @@ class Fatal:
 
 
 @dataclass
+class CoreState:
+    """One core as the supervisor sees it: up (Ready from its current process), generation (counts its
+    starts), info (its model, once it was ever ready)."""
+
+    up: bool = False
+    generation: int = 0
+    info: ModelSpec | None = None
+
+    def __post_init__(self):
+        self.info = ModelSpec.of(self.info)
+
+
+@dataclass
 class CoreStates:
-    """The supervisor's view of every core, sent on change and periodically (late subscribers catch up).
+    """The supervisor's view of every core, sent on change and periodically (late subscribers catch up);
+    draining: the supervisor is shutting down."""
 
-    cores[i] = {"up": bool, "generation": int (counts starts), "info": dict | None}; draining: the
-    supervisor is shutting down."""
-
-    cores: list[dict] = field(default_factory=list)
+    cores: list[CoreState] = field(default_factory=list)
     draining: bool = False
     TAG = 7
+
+    def __post_init__(self):
+        self.cores = [c if isinstance(c, CoreState) else CoreState(**c) for c in self.cores]
 
 
 MESSAGES = {m.TAG: m for m in (Generate, Cancel, Done, Failed, Ready, Fatal, CoreStates)}
 _FIELDS = {m: tuple(f.name for f in dataclasses.fields(m)) for m in MESSAGES.values()}
 
 
+def _plain(value):
+    """msgpack's hook for what it cannot pack itself: a dataclass (ModelSpec, CoreState) as a map."""
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    raise TypeError(f"cannot send a {type(value).__name__}")
+
+
 def encode(msg) -> bytes:
-    return msgpack.packb([msg.TAG, *(getattr(msg, f) for f in _FIELDS[type(msg)])], use_bin_type=True)
+    fields = (getattr(msg, f) for f in _FIELDS[type(msg)])
+    return msgpack.packb([msg.TAG, *fields], use_bin_type=True, default=_plain)
 
 
 def decode(frame: bytes):

@@ -1,6 +1,8 @@
-"""FastAPI app, routes only: v1 JSON API, health, readiness, metrics; v2 routes live in server.v2."""
+"""FastAPI app, routes only: v1 JSON API, health, readiness, metrics; v2 routes live in
+server.api_process.v2."""
 
 # no `from __future__ import annotations`: the request model is built at runtime from the settings
+import dataclasses
 import logging
 from contextlib import asynccontextmanager
 
@@ -10,23 +12,23 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server import http
-from server.encode import npy_base64, png_images
-from server.schemas import GenerateResponse, Health, ModelInfo, ModelList, generate_request_model, safe_errors
-from server.service import GenParams, GenResult, Service, ServiceError
-from server.steer import SteerParams
+from server.api_process import http
+from server.api_process.encode import npy_base64, png_images
+from server.api_process.protocol import V1_STATUSES, V2, VERSION, protocol, steps_for
+from server.api_process.schemas import (
+    GenerateResponse,
+    Health,
+    ModelInfo,
+    ModelList,
+    generate_request_model,
+    safe_errors,
+)
+from server.api_process.service import GenParams, GenResult, Service, ServiceError
+from server.common.spec import ModelSpec
+from server.common.steer import SteerParams
 
 log = logging.getLogger("flowmap.server")
-VERSION = "0.1.0"
-V1_ERRORS = {
-    401: {"description": "missing or wrong API key"},
-    404: {"description": "unknown model"},
-    408: {"description": "request body not received in time"},
-    413: {"description": "body too large"},
-    429: {"description": "queue full (Retry-After)"},
-    503: {"description": "not ready, draining, or an engine core restarting"},
-    504: {"description": "deadline passed"},
-}
+V1_ERRORS = {status: {"description": d} for status, d in V1_STATUSES.items()}
 
 
 def create_app(service: Service, metrics=None, lifespan_hooks=None) -> FastAPI:
@@ -46,7 +48,6 @@ def create_app(service: Service, metrics=None, lifespan_hooks=None) -> FastAPI:
         lifespan=lifespan,
         description="1-4 step generation from flow maps; step-level batching across requests.",
     )
-    app.state.service = service
     settings = service.settings
     app.add_middleware(
         http.BodyLimit,
@@ -59,10 +60,10 @@ def create_app(service: Service, metrics=None, lifespan_hooks=None) -> FastAPI:
     auth = http.make_auth(service)
     _v1_routes(app, service, auth)
     _health_routes(app, service, metrics)
-    from server.v2 import router
+    from server.api_process.v2 import router
 
     app.include_router(router(service, auth))
-    from server import playground
+    from server.api_process import playground
 
     playground.include(app, service, metrics, auth)  # the page at / and GET /v1/stats
     return app
@@ -71,14 +72,14 @@ def create_app(service: Service, metrics=None, lifespan_hooks=None) -> FastAPI:
 def _handlers(app: FastAPI, service: Service) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, e: ServiceError):
-        service.reject(e.reason, getattr(e, "model", None))
+        service.reject(e.reason, e.model)
         return http.error_response(request, e)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError):
         service.reject("invalid")
         errors = safe_errors(e.errors())
-        if http.protocol(request) == "v2":
+        if protocol(request.url.path) == V2:
             first = errors[0] if errors else {}
             loc = ".".join(str(v) for v in first.get("loc", ()))
             return JSONResponse({"error": f"invalid request at {loc}: {first.get('msg', '')}"}, 400)
@@ -109,7 +110,7 @@ def _v1_routes(app: FastAPI, service: Service, auth) -> None:
     @app.get("/v1/models", response_model=ModelList, dependencies=auth)
     async def models():
         """The models served (the first is the default)."""
-        infos = [model_info(e.info) for e in service.entries.values()]
+        infos = [model_info(e.spec) for e in service.entries.values()]
         return ModelList(models=infos, default=service.default_model or "")
 
 
@@ -135,19 +136,9 @@ def _health_routes(app: FastAPI, service: Service, metrics) -> None:
 
 
 def to_params(body, default_steps: int) -> GenParams:
-    steps = None if body.steps == "auto" else (body.steps or default_steps)
-    return GenParams(
-        body.model,
-        steps,
-        body.num_samples,
-        body.seed,
-        body.class_label,
-        body.guidance_scale,
-        body.deadline_ms,
-        body.output,
-        body.sampler,
-        SteerParams(**body.steer.model_dump()) if body.steer is not None else None,
-    )
+    """The v1 body as GenParams: the same fields, with the default-steps rule and steer as SteerParams."""
+    steer = SteerParams(**body.steer.model_dump()) if body.steer is not None else None
+    return GenParams(**{**vars(body), "steps": steps_for(body.steps, default_steps), "steer": steer})
 
 
 def to_response(r: GenResult, p: GenParams) -> GenerateResponse:
@@ -169,16 +160,6 @@ def to_response(r: GenResult, p: GenParams) -> GenerateResponse:
     )
 
 
-def model_info(info: dict) -> ModelInfo:
-    return ModelInfo(
-        name=info["name"],
-        shape=info["shape"],
-        num_classes=info["num_classes"],
-        image=info["image"],
-        engine=info["engine"],
-        default_guidance_scale=1.0,
-        baked_guidance_scale=info["baked_guidance_scale"],
-        method=info.get("method"),
-        default_sampler=info.get("default_sampler", "flowmap"),
-        samplers=info.get("samplers", ["flowmap"]),
-    )
+def model_info(spec: ModelSpec) -> ModelInfo:
+    shown = {k: v for k, v in dataclasses.asdict(spec).items() if k != "device"}
+    return ModelInfo(default_guidance_scale=1.0, **shown)

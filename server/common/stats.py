@@ -1,4 +1,5 @@
-"""Plain stats records from the scheduler and the API; only server.metrics turns them into Prometheus."""
+"""Plain stats records from the scheduler and the API; only server.common.metrics turns them into
+Prometheus."""
 
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ socket and memory: httptools buffers a header line without limit, 600 MB in a se
 
 `guarded_http(max_connections, header_timeout)` returns an HTTP protocol class for uvicorn.Config(http=...).
 The header deadline runs from the connection (first request) or from the first byte of the next request
-(keep-alive). The body has its own deadline and size limit (server.http.BodyLimit); idle keep-alive
-connections close after uvicorn's `timeout_keep_alive`.
+(keep-alive). The body has its own deadline and size limit (server.api_process.http.BodyLimit); idle
+keep-alive connections close after uvicorn's `timeout_keep_alive`.
 """
 
 from __future__ import annotations

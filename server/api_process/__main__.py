@@ -1,0 +1,5 @@
+import sys
+
+from server.api_process.process import main
+
+sys.exit(main())

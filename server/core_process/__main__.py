@@ -1,0 +1,5 @@
+import sys
+
+from server.core_process.process import main
+
+sys.exit(main())

@@ -1,0 +1,133 @@
+"""Loading one model for serving: its engine (ONNX exported in a short-lived child process), scheduler and
+executor, the ModelSpec the API processes read, and the warm-up that must pass before the core reports
+Ready."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from flowmap.checkpoint import Model, load_model
+from flowmap.losses import CONSISTENCY_METHODS
+from flowmap.samplers import make_noise
+from server.common.estimator import CallTimer
+from server.common.settings import ServerSettings
+from server.common.spec import SAMPLERS, ModelSpec, is_image
+from server.core_process.engine_core import EngineCore, Executor
+from server.core_process.scheduler import Job, Scheduler
+
+
+def buckets_for(max_batch: int) -> tuple[int, ...]:
+    return tuple(sorted({b for b in (1, 8, 16, 32, 64, 128, 256, 512) if b < max_batch} | {max_batch}))
+
+
+def resolve_device(device: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def pick_engine(settings: ServerSettings, device: str) -> str:
+    if settings.engine:
+        return settings.engine
+    from engines import default_engine
+
+    return default_engine(device)
+
+
+def export_in_child(spec: str, engine_name: str, out: Path) -> str:
+    """The ONNX export of `spec` written by a short-lived `flowmap export` process; returns its path.
+
+    The exporter imports ~250 MB of modules (torch.export, onnxscript) that would otherwise stay
+    resident in the engine core for its whole life; loading the verified artifact needs none of them."""
+    cmd = [sys.executable, "-m", "flowmap", "export", "--model", spec, "--engine", engine_name]
+    cmd += ["--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise RuntimeError(f"ONNX export failed: {lines[-1] if lines else done.returncode}")
+    return str(out)
+
+
+def samplers_of(model: Model) -> tuple[list[str], str]:
+    """(samplers served, the default): "consistency" needs the linear interpolant (the fused re-noise
+    step assumes it) and is the default of consistency models (ct, cd), which learn only X_{t,0}."""
+    if model.config.get("interpolant", "linear") != "linear":
+        return ["flowmap"], "flowmap"
+    default = "consistency" if model.config.get("method") in CONSISTENCY_METHODS else "flowmap"
+    return list(SAMPLERS), default
+
+
+def model_spec(model: Model, engine: str, device: str) -> ModelSpec:
+    """What the API processes are told about the model (one record, built here only)."""
+    samplers, default = samplers_of(model)
+    return ModelSpec(
+        name=model.name,
+        shape=list(model.shape),
+        num_classes=model.num_classes,
+        image=is_image(list(model.shape)),
+        engine=engine,
+        device=device,
+        baked_guidance_scale=float((model.config.get("guidance") or {}).get("baked_scale", 1.0)),
+        method=model.config.get("method"),
+        samplers=samplers,
+        default_sampler=default,
+    )
+
+
+def load_served_engine(
+    spec: str, model: Model, engine_name: str, settings: ServerSettings, device: str, workdir
+):
+    """The engine for `model`; with a `workdir`, an onnxruntime engine is exported there by a child process
+    and loaded as an artifact (the exported file is removed once loaded)."""
+    from engines import load_engine
+
+    source = engine_name
+    if workdir is not None and engine_name == "onnxruntime":
+        source = export_in_child(spec, engine_name, Path(workdir) / f"{Path(spec).stem}-{os.getpid()}.onnx")
+    engine = load_engine(source, model, device=device, buckets=buckets_for(settings.max_batch_size))
+    if source != engine_name:  # loaded: the exported file (and its sidecar) is not needed any more
+        for path in (Path(source), Path(source + ".json")):
+            path.unlink(missing_ok=True)
+    return engine
+
+
+def build_core(
+    spec: str, settings: ServerSettings, on_iteration=None, workdir: str | None = None
+) -> tuple[EngineCore, Model, ModelSpec]:
+    """Load model `spec` and its engine; returns (core, model, its ModelSpec for the API)."""
+    model = load_model(spec)
+    device = resolve_device(settings.device)
+    engine_name = pick_engine(settings, device)
+    engine = load_served_engine(spec, model, engine_name, settings, device, workdir)
+    sched = Scheduler(
+        max_batch=settings.max_batch_size,
+        max_queue=settings.max_queue,
+        max_wait=settings.max_wait_ms / 1000,
+        max_steps=settings.max_steps,
+        timer=CallTimer(),
+        batching=settings.batching,
+    )
+    executor = Executor(
+        engine, null_label=model.num_classes, conditional=model.num_classes > 0, device=device
+    )
+    core = EngineCore(model.name, sched, executor, on_iteration)
+    return core, model, model_spec(model, engine_name, device)
+
+
+def warm_up(core: EngineCore, model: Model, settings: ServerSettings) -> None:
+    """The engine's own warm-up, then real 1-step batches (largest buckets) to seed the call-time estimate.
+
+    Raises when a warm-up batch fails: a model that cannot run must not be reported ready."""
+    core.warmup()
+    device = core.device
+    for n in buckets_for(settings.max_batch_size)[-3:]:
+        job = Job(noise=make_noise(n, model.shape, 0, device), labels=[0] * n, steps=1)
+        core.submit(job)
+        core.run_until_idle()
+        if job.error is not None:
+            raise RuntimeError(f"warm-up batch of {n} failed: {job.error!r}") from job.error
+        if not bool(torch.isfinite(job.result).all()):
+            raise RuntimeError(f"warm-up batch of {n} gave non-finite samples")

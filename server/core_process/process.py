@@ -1,0 +1,279 @@
+"""One engine-core process per model: load the model and its engine, warm up, report Ready, then serve
+Generate / Cancel messages from the API processes over ZeroMQ (ROUTER socket) until SIGTERM, or until
+the supervisor that started it is gone.
+
+`python -m server.core_process --index I --model M --dir D --settings JSON` (started by the supervisor).
+The loop: take every message waiting (never blocking while work is in flight), run one iteration of
+the engine core, send what finished. A lone request on an idle core starts at once; whatever arrives
+while a network call runs joins at the next step boundary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+
+import torch
+import zmq
+
+from flowmap import __version__
+from flowmap.checkpoint import Model
+from flowmap.errors import UserError
+from flowmap.reward import make_reward
+from flowmap.samplers import make_noise, sample_keys
+from server.common import messages as m
+from server.common import ranges
+from server.common import steer as steering
+from server.common.settings import ServerSettings
+from server.common.spec import rows_per_sample
+from server.common.steer import SteerParams
+from server.core_process import ops
+from server.core_process.build import build_core, samplers_of, warm_up
+from server.core_process.engine_core import EngineCore
+from server.core_process.scheduler import Cancelled, DeadlineExceeded, Job, QueueFull, Steer
+
+log = logging.getLogger("flowmap.server")
+IDLE_POLL_MS = 500  # an idle core wakes this often to notice a vanished supervisor
+RECEIVE_MAX = 256  # messages taken per loop turn
+PARENT_CHECK_S = 1.0  # how often the loop checks that the supervisor is still there
+
+
+class RewardUnavailable(Exception):
+    """A steered request whose reward cannot be built: `kind` invalid (refused by the library) or failed."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+class CoreServer:
+    """The message side of one engine core: requests in, outputs out, keyed by (API identity, id)."""
+
+    def __init__(self, core: EngineCore, model: Model, settings: ServerSettings, sock: zmq.Socket):
+        self.core, self.model, self.settings, self.sock = core, model, settings, sock
+        self.owner: dict[int, tuple[bytes, int]] = {}  # job id -> (API identity, request id)
+        self.jobs: dict[tuple[bytes, int], Job] = {}
+        self.outbox: list[tuple[bytes, bytes]] = []  # only without a socket (tests read it)
+        self.rewards: dict[str, object] = {}  # reward spec -> callable (checked specs only)
+        self.samplers = samplers_of(model)[0]
+
+    def handle(self, ident: bytes, frame: bytes) -> None:
+        """One frame from an API process; a frame that is not a well-formed message is dropped (logged),
+        never allowed to stop the core."""
+        try:
+            msg = m.decode(frame)
+            if isinstance(msg, m.Generate):
+                self.generate(ident, msg)
+            elif isinstance(msg, m.Cancel) and type(msg.id) is int:
+                job = self.jobs.get((ident, msg.id))
+                if job is not None:
+                    self.core.cancel(job)
+        except (m.WireError, TypeError, ValueError) as e:
+            log.warning("model %s: dropped a frame: %s", self.core.name, e)
+
+    def generate(self, ident: bytes, g: m.Generate) -> None:
+        if type(g.id) is not int:
+            raise TypeError("Generate.id must be an int")
+        problem = self.check(g)
+        if problem:
+            self.send(ident, m.Failed(id=g.id, kind="invalid", message=problem))
+            return
+        sp = None if g.steer is None else steering.from_wire(g.steer)
+        rows = g.n * (sp.particles if sp else 1)  # a steered sample is `particles` rows
+        try:  # the room is checked before the job (and its noise) is made: a refusal must stay cheap
+            job = self.core.admit(rows * rows_per_sample(g.guidance), lambda: self.job_of(g, sp, rows))
+        except QueueFull as q:
+            self.send(ident, m.Failed(id=g.id, kind="queue_full", message=str(q), retry_after=q.retry_after))
+            return
+        except RewardUnavailable as e:
+            self.send(ident, m.Failed(id=g.id, kind=e.kind, message=str(e)))
+            return
+        self.owner[job.id] = (ident, g.id)
+        self.jobs[(ident, g.id)] = job
+
+    def job_of(self, g: m.Generate, sp: SteerParams | None, rows: int) -> Job:
+        """The scheduler's Job for a checked request: noise and re-noise keys from its seed, as `flowmap
+        sample` (and `--steer`) draws them; labels repeated per particle."""
+        steer = None if sp is None else self.steer_of(sp)
+        p = rows // g.n
+        return Job(
+            noise=make_noise(rows, self.model.shape, g.seed, self.core.device),
+            labels=[v for v in (g.labels or [0] * g.n) for _ in range(p)],
+            steps=g.steps or None,
+            guidance=g.guidance,
+            deadline=g.deadline,
+            on_done=self._done,
+            seed=g.seed,
+            keys=sample_keys(g.seed, rows).tolist() if g.sampler == "consistency" else None,
+            steer=steer,
+            margin=g.margin,
+        )
+
+    def check(self, g: m.Generate) -> str | None:
+        """The core trusts no one: a bad request must fail alone, never inside a shared batch. The ranges
+        are the API's (server.common.ranges); what only the wire has is checked here."""
+        st, c, name = self.settings, self.model.num_classes, self.core.name
+        number = lambda v: type(v) in (int, float) and math.isfinite(v)
+        if type(g.steps) is not int:
+            return "steps must be an integer (0: auto)"
+        if not number(g.deadline):
+            return "deadline must be a finite number"
+        if not (number(g.margin) and 0 <= g.margin < 60):
+            return "margin must be in 0..60 seconds"
+        return (
+            ranges.num_samples(g.n, st)
+            or (g.steps != 0 and ranges.steps(g.steps, st))
+            or ranges.seed(g.seed)
+            or ranges.guidance(g.guidance, st)
+            or ranges.guidance_for(g.guidance, c, name)
+            or ranges.sampler(g.sampler, self.samplers, name)
+            or (g.steer is not None and self.check_steer(g))
+            or (g.labels is not None and ranges.labels(g.labels, g.n, c, name))
+            or None
+        )
+
+    def check_steer(self, g: m.Generate) -> str | None:
+        try:
+            sp = steering.from_wire(g.steer)
+            steering.check(sp, g.n, list(self.model.shape), self.samplers, self.settings)
+        except (steering.SteerError, TypeError) as e:
+            return f"{getattr(e, 'field', 'steer')}: {e}"
+        if g.sampler != "consistency":
+            return "steer: steered requests use the consistency sampler"
+        return None
+
+    def steer_of(self, sp: SteerParams) -> Steer:
+        """The scheduler's Steer for a checked steer option; rewards are built once per spec (the classifier
+        loads once) on the engine's device. RewardUnavailable fails this request only."""
+        reward = self.rewards.get(sp.reward)
+        if reward is None:
+            try:
+                reward = make_reward(sp.reward, list(self.model.shape), device=self.core.device)
+            except ValueError as e:  # a reward the library refuses (RewardError)
+                raise RewardUnavailable("invalid", f"steer.reward: {e}") from None
+            except Exception as e:  # a listed user reward that fails to import, a missing classifier
+                log.exception("model %s: reward %s could not be built", self.core.name, sp.reward)
+                raise RewardUnavailable(
+                    "failed", f"steer.reward could not be built: {type(e).__name__}"
+                ) from None
+            self.rewards[sp.reward] = reward
+        return Steer(
+            particles=sp.particles,
+            reward=reward,
+            scale=float(sp.scale),
+            select=sp.method,
+            name=steering.reward_label(sp.reward),
+        )
+
+    def _done(self, job: Job) -> None:
+        key = self.owner.pop(job.id, None)
+        if key is None:  # warm-up jobs
+            return
+        self.jobs.pop(key, None)
+        ident, rid = key
+        err = job.error
+        if err is None:
+            data = job.result.detach().float().cpu().contiguous().numpy().tobytes()
+            q, c = job.first_admit - job.arrival, job.finished - job.first_admit
+            out = m.Done(id=rid, steps=job.steps, data=data, queue_s=q, compute_s=c, sent=time.monotonic())
+        elif isinstance(err, DeadlineExceeded):
+            out = m.Failed(id=rid, kind="deadline", message="deadline passed")
+        elif isinstance(err, Cancelled):
+            out = m.Failed(id=rid, kind="cancelled", message="cancelled")
+        else:
+            out = m.Failed(id=rid, kind="failed", message=f"network call failed: {type(err).__name__}")
+        self.send(ident, out)  # at once: the rest of the iteration's bookkeeping runs after it left
+
+    def receive(self) -> None:
+        """The messages waiting now, without blocking: at most RECEIVE_MAX before the next iteration,
+        so a flood of requests cannot starve the ones already running."""
+        for _ in range(RECEIVE_MAX):
+            try:
+                ident, frame = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)[:2]
+            except zmq.Again:
+                return
+            except ValueError:  # a malformed multipart message
+                continue
+            self.handle(ident, frame)
+
+    def send(self, ident: bytes, msg) -> None:
+        frame = m.encode(msg)
+        if self.sock is None:
+            self.outbox.append((ident, frame))
+            return
+        try:
+            self.sock.send_multipart([ident, frame], zmq.NOBLOCK)
+        except zmq.ZMQError:  # that API process is gone (ROUTER_MANDATORY) or its queue is full
+            log.warning("model %s: an output could not be delivered", self.core.name)
+
+    def run(self, parent: int) -> None:
+        timeout, checked = 0, time.monotonic()
+        while True:
+            if self.sock.poll(timeout):
+                self.receive()
+            wait = self.core.step(emit=False)  # finished requests are sent as they finish
+            self.core.emit()  # then the iteration's metrics are recorded
+            timeout = IDLE_POLL_MS if wait is None else math.ceil(wait * 1000)
+            if time.monotonic() - checked > PARENT_CHECK_S:
+                checked = time.monotonic()
+                if os.getppid() != parent:
+                    log.warning("model %s: supervisor gone; exiting", self.core.name)
+                    return
+
+
+def serve(index: int, spec: str, run_dir: str, settings: ServerSettings, parent: int) -> int:
+    ctx = zmq.Context()
+    control = ctx.socket(zmq.PUSH)
+    control.setsockopt(zmq.LINGER, 2000)
+    control.connect(f"ipc://{run_dir}/control")
+    if os.getppid() != parent:  # the supervisor died while this process was importing torch
+        return 1
+    try:
+        from server.common.metrics import Metrics
+
+        metrics = Metrics()
+        torch.set_num_threads(settings.threads)
+        core, model, served = build_core(spec, settings, metrics.iteration, run_dir)
+        metrics.build_info(__version__, served.engine, ops.BACKEND)
+        warm_up(core, model, settings)
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(f"ipc://{run_dir}/core-{index}")
+    except Exception as e:  # every reason a core cannot serve reaches the supervisor, and the user
+        user = isinstance(e, UserError | ValueError)
+        msg = str(e) if user else f"{type(e).__name__}: {e}"
+        log.error("model %s: %s", spec, msg, exc_info=not user)
+        control.send(m.encode(m.Fatal(index=index, message=msg, code=2 if user else 1)))
+        control.close()
+        return 2 if user else 1
+    gc.collect()
+    gc.freeze()  # full collections would walk torch's ~10^6 startup objects under load (200+ ms stalls)
+    control.send(m.encode(m.Ready(index=index, pid=os.getpid(), info=served)))
+    log.info("model %s ready (%s on %s)", served.name, served.engine, served.device)
+    CoreServer(core, model, settings, sock).run(parent)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m server.core_process")
+    p.add_argument("--index", type=int, required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--dir", required=True)
+    p.add_argument("--settings", required=True, help="ServerSettings as JSON")
+    p.add_argument("--parent", type=int, required=True, help="the supervisor's pid (exit when it is gone)")
+    a = p.parse_args(argv)
+    settings = ServerSettings.model_validate(json.loads(a.settings))
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(settings.log_level.upper())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when a core stops
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with torch.inference_mode():
+        return serve(a.index, a.model, a.dir, settings, a.parent)
