@@ -124,3 +124,30 @@ def test_check_parity_reports_the_measured_error(tiny, broken):
     assert check_parity(engine, tiny, seed=5) == pytest.approx(1e-5, rel=2e-2)
     exact = load_engine("eager", tiny, buckets=(1, 4))
     assert check_parity(exact, tiny, seed=5) == 0.0
+
+
+UNET_28 = {"name": "unet", "shape": [1, 28, 28], "width": 8, "mults": "1,2,4", "attention": "lowest"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "torchscript",
+        pytest.param(
+            "onnxruntime", marks=pytest.mark.skipif(not has_ort, reason="onnxruntime not installed")
+        ),
+    ],
+)
+def test_mnist_sized_unet_matches_eager(make_checkpoint, tmp_path, name):
+    """The multi-resolution U-Net at 28x28 (pooling to 7x7, attention there) through each exporting engine."""
+    from flowmap.checkpoint import load_model
+
+    model = load_model(
+        str(make_checkpoint(tmp_path / "unet.safetensors", arch={**UNET_28, "num_classes": 10}))
+    )
+    engine = load_engine(name, model, buckets=(1, 4))
+    inputs = example_inputs(model, 3, seed=7)
+    with torch.inference_mode():
+        want = model.net(*inputs).double()
+    err = ((engine(*inputs).double() - want).abs().max() / want.abs().max()).item()
+    assert err <= base.TOLERANCE[torch.float32], (name, err)
