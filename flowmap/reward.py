@@ -1,7 +1,8 @@
 """Rewards: callables on final samples in model space, x: [B, *shape] -> [B] scalars (higher is better).
 
 Built in, named by a spec string (`make_reward`):
-- `class:C`   log p(C | x) under the shipped digits classifier (flowmap/classifier.py), images [1, 8, 8];
+- `class:C`   log p(C | x) under the shipped classifier of the model's data (flowmap/classifier.py):
+              digits [1, 8, 8] or mnist [1, 28, 28] images;
 - `ink`       stroke mass: the mean pixel brightness in [0, 1] (a class-free reward), images;
 - `mode:K`    gmm8: log N(x; mu_K, std^2 I), the log-density of mixture mode K (0..7), 2-D points.
 Anything else of the form `package.module:function` is imported and called as r(x) -> [B].
@@ -26,18 +27,18 @@ Reward = Callable[[Tensor], Tensor]
 
 
 class ClassLogProb:
-    """log p(target | x) under the shipped digits classifier (trained on the train split only)."""
+    """log p(target | x) under a shipped classifier (digits by default; trained on the train split only)."""
 
-    def __init__(self, target: int, classifier=None, device=None):
-        from flowmap.classifier import load_classifier
+    def __init__(self, target: int, classifier=None, device=None, data: str = "digits"):
+        from flowmap.classifier import classifier_path, load_classifier
 
         self.target = target
-        self.clf = classifier if classifier is not None else load_classifier()
+        self.clf = classifier if classifier is not None else load_classifier(classifier_path(data))
         if device is not None:
             self.clf = self.clf.to(device).eval()
 
     def __call__(self, x: Tensor) -> Tensor:
-        return torch.log_softmax(self.clf(x.float()), dim=1)[:, self.target]  # x: [B, 1, 8, 8]
+        return torch.log_softmax(self.clf(x.float()), dim=1)[:, self.target]  # x: [B, 1, H, W]
 
 
 class Ink:
@@ -61,7 +62,7 @@ class GMM8Mode:
 
 def _builtin(b: Builtin, device) -> Reward:
     if b.name == "class":
-        return ClassLogProb(b.arg, device=device)
+        return ClassLogProb(b.arg, device=device, data=b.data)
     if b.name == "ink":
         return Ink()
     return GMM8Mode(b.arg)

@@ -2,8 +2,8 @@
 name, and the server's API processes check a client's "steer" option with the same rules before any
 engine core sees it (server/common/steer.py).
 
-Built-ins: `class:C` (C in 0..9, digits images [1, 8, 8]), `ink` (no argument, images [C, H, W]),
-`mode:K` (K in 0..7, gmm8 points [2]). Arguments are ASCII digits only.
+Built-ins: `class:C` (C in 0..9, digits [1, 8, 8] or mnist [1, 28, 28] images), `ink` (no argument,
+images [C, H, W]), `mode:K` (K in 0..7, gmm8 points [2]). Arguments are ASCII digits only.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from flowmap.errors import UserError
 
 BUILTINS = ("class", "ink", "mode")
-DIGITS_SHAPE, GMM8_SHAPE = [1, 8, 8], [2]
+GMM8_SHAPE = [2]
+CLASSIFIED = {"digits": [1, 8, 8], "mnist": [1, 28, 28]}  # data sets with a shipped classifier, by shape
 DIGIT_CLASSES, GMM8_MODES = 10, 8  # flowmap.data: the digits classes, GMM8_K
 _INT = re.compile(r"[0-9]{1,4}")
 
@@ -25,10 +26,12 @@ class RewardError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class Builtin:
-    """A checked built-in reward spec: its name and integer argument (None for ink)."""
+    """A checked built-in reward spec: its name, integer argument (None for ink) and, for class, the data
+    set whose classifier judges it."""
 
     name: str
     arg: int | None = None
+    data: str | None = None
 
 
 def builtin_name(spec: str) -> str | None:
@@ -60,8 +63,13 @@ def parse_builtin(spec: str, shape: list[int] | None = None) -> Builtin | None:
     None when it names no built-in. RewardError for a bad argument or a shape the reward does not fit."""
     name, sep, arg = spec.partition(":")
     if name == "class":
-        _check_shape(spec, shape, DIGITS_SHAPE, "digits images (a digits model)")
-        return Builtin(name, _int_arg(spec, arg, DIGIT_CLASSES))
+        data = next((d for d, s in CLASSIFIED.items() if shape is None or list(shape) == s), None)
+        if data is None:
+            raise RewardError(
+                f"reward {shown(spec)} needs digits images [1, 8, 8] or mnist images [1, 28, 28] (a digits "
+                f"model or an mnist model: they have a shipped classifier); the model makes {list(shape)}"
+            )
+        return Builtin(name, _int_arg(spec, arg, DIGIT_CLASSES), data)
     if name == "mode":
         _check_shape(spec, shape, GMM8_SHAPE, "gmm8 points")
         return Builtin(name, _int_arg(spec, arg, GMM8_MODES))

@@ -184,12 +184,13 @@ function samplersOf(m) {
 }
 
 // The built-in rewards the server computes for a model of this shape (server/common/steer.py): a digit's
-// log-probability and ink for 8x8 digits, ink for other images, a mode's log-density for 2-D points.
+// class log-probability and ink for digits (8x8) and mnist (28x28), ink for other images, a mode's
+// log-density for 2-D points.
 // Steering runs the consistency sampler, so a model that does not serve it gets no choice.
 function rewardsOf(m) {
   const sel = $("steer-reward");
   const opts = [new Option("none", "")];
-  const digits = m.shape.length === 3 && m.shape.join("x") === "1x8x8";
+  const digits = m.shape.length === 3 && ["1x8x8", "1x28x28"].includes(m.shape.join("x"));
   if (digits) for (let c = 0; c < 10; c++) opts.push(new Option(`class:${c} (look like a ${c})`, `class:${c}`));
   if (m.shape.length === 3) opts.push(new Option("ink (brighter strokes)", "ink"));
   if (m.shape.length === 1 && m.shape[0] === 2) {
@@ -350,11 +351,20 @@ function gridColumns(json) {
   return Math.max(1, cycling && classes > 1 ? Math.min(classes, labels.length) : Math.min(json.num_samples, 8));
 }
 
+// a sample's size on screen: a whole number of screen pixels per image pixel, about 75 px across
+// (8x8 digits: 9x, 72 px; 28x28 mnist: 3x, 84 px), so pixelated rendering keeps every pixel the same size
+function cellSize(modelName) {
+  const shape = (state.models.get(modelName) || {}).shape || [];
+  const side = shape.length === 3 ? shape[2] : 8;
+  return `${side * Math.max(1, Math.round(75 / side))}px`;
+}
+
 function showSamples(r) {
   const grid = $("grid");
   if (r.json.images) {
     grid.className = "grid";
     grid.style.setProperty("--cols", String(gridColumns(r.json)));
+    grid.style.setProperty("--cell", cellSize(r.json.model));
     grid.replaceChildren(...pngImages(r.json, "grid"));
   } else {
     const arr = parseNpy(r.json.array);

@@ -62,3 +62,13 @@ def test_user_reward_by_import_path(tmp_path, monkeypatch):
     assert torch.equal(evaluate_reward(r, x), x[:, 0])
     with pytest.raises(RewardError, match=r"shape \(4,\)"):
         evaluate_reward(make_reward("myrewards:bad", [2]), x)
+
+
+def test_class_reward_on_mnist_uses_the_mnist_classifier():
+    from flowmap.data import load_data
+    from flowmap.reward import make_reward
+
+    d = load_data("mnist")
+    sevens, others = d.x_test[d.y_test == 7][:20], d.x_test[d.y_test != 7][:20]
+    reward = make_reward("class:7", [1, 28, 28])
+    assert reward(sevens).mean() > -0.5 > reward(others).mean()
