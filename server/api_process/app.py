@@ -1,5 +1,5 @@
 """FastAPI app, routes only: v1 JSON API, health, readiness, metrics; v2 routes live in
-server.api_process.v2."""
+server.api_process.v2, OpenAI's images route in server.api_process.images."""
 
 # no `from __future__ import annotations`: the request model is built at runtime from the settings
 import dataclasses
@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.api_process import http
 from server.api_process.encode import npy_base64, png_images
-from server.api_process.protocol import V1_STATUSES, V2, VERSION, protocol, steps_for
+from server.api_process.protocol import OPENAI, V1, V1_STATUSES, V2, VERSION, error_body, protocol, steps_for
 from server.api_process.schemas import (
     GenerateResponse,
     Health,
@@ -63,6 +63,9 @@ def create_app(service: Service, metrics=None, lifespan_hooks=None) -> FastAPI:
     from server.api_process.v2 import router
 
     app.include_router(router(service, auth))
+    from server.api_process import images
+
+    app.include_router(images.router(service, auth))  # OpenAI's POST /v1/images/generations
     from server.api_process import playground
 
     playground.include(app, service, metrics, auth)  # the page at / and GET /v1/stats
@@ -79,20 +82,31 @@ def _handlers(app: FastAPI, service: Service) -> None:
     async def invalid(request: Request, e: RequestValidationError):
         service.reject("invalid")
         errors = safe_errors(e.errors())
-        if protocol(request.url.path) == V2:
-            first = errors[0] if errors else {}
-            loc = ".".join(str(v) for v in first.get("loc", ()))
-            return JSONResponse({"error": f"invalid request at {loc}: {first.get('msg', '')}"}, 400)
-        return await request_validation_exception_handler(request, RequestValidationError(errors))
+        proto = protocol(request.url.path)
+        if proto == V1:
+            return await request_validation_exception_handler(request, RequestValidationError(errors))
+        first = errors[0] if errors else {}
+        loc = [str(v) for v in first.get("loc", ())]
+        if proto == V2:
+            return JSONResponse({"error": f"invalid request at {'.'.join(loc)}: {first.get('msg', '')}"}, 400)
+        param = ".".join(loc[1:]) or None  # ["body", "n"] -> "n"
+        msg = f"{param or 'body'}: {first.get('msg', 'invalid request')}"
+        return JSONResponse(error_body(OPENAI, 400, msg, param, first.get("type")), 400)
 
     @app.exception_handler(StarletteHTTPException)
     async def unparsable(request: Request, e: StarletteHTTPException):
         # FastAPI's 400 for a body json.loads raised on other than JSONDecodeError: nested too deeply
         # (RecursionError), an integer over 4300 digits, not UTF-8 (ValueError); invalid input is a 422
+        openai = protocol(request.url.path) == OPENAI
         if e.status_code == 400 and isinstance(e.__cause__, (ValueError, RecursionError)):
             service.reject("invalid")
             msg = "body is not valid JSON: not UTF-8, nested too deeply, or a number too long"
+            if openai:
+                return JSONResponse(error_body(OPENAI, 400, msg, None, "json_invalid"), 400)
             return JSONResponse({"detail": [{"type": "json_invalid", "loc": ["body"], "msg": msg}]}, 422)
+        if openai:  # e.g. 404 or 405 under /v1/images/
+            body = error_body(OPENAI, e.status_code, str(e.detail), None, None)
+            return JSONResponse(body, e.status_code, headers=e.headers)
         return await http_exception_handler(request, e)
 
 

@@ -1,7 +1,8 @@
-"""What v1 and v2 routes share: the one generate call (disconnect wait, timing, recording), the API key,
-the body limit, and error formatting per protocol (v1: FastAPI's {"detail"}; v2: {"error"}, 400 for
-bad input). Routes live in server.api_process.app (v1, health) and server.api_process.v2 (Open Inference
-Protocol).
+"""What every route that generates shares: the one generate call (disconnect wait, timing, recording),
+the API key, the body limit, and error formatting per protocol (v1: FastAPI's {"detail"}; v2: {"error"},
+400 for bad input; OpenAI: {"error": {message, type, param, code}}, 400 for bad input). Routes live in
+server.api_process.app (v1, health), server.api_process.v2 (Open Inference Protocol) and
+server.api_process.images (OpenAI's images API).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from fastapi import Depends, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from server.api_process.protocol import V2, protocol, status_for
+from server.api_process.protocol import OPENAI, V2, error_body, protocol, status_for
 from server.api_process.service import GenParams, GenResult, Service, ServiceError, Unauthorized
 
 T = TypeVar("T")
@@ -28,22 +29,34 @@ async def wait_disconnect(request: Request) -> None:
         pass
 
 
-async def generate(service: Service, p: GenParams, request: Request, encode: Callable[[GenResult], T]) -> T:
+async def generate(
+    service: Service,
+    p: GenParams,
+    request: Request,
+    encode: Callable[[GenResult], T],
+    t0: float | None = None,
+) -> T:
     """service.generate with the client's disconnect watched, then `encode` (timings["total_ms"] is set
-    before it runs, so it may include it); recorded once, with the status sent."""
-    t0 = time.monotonic()
+    before it runs, so it may include it); recorded once, with the status sent. `t0`: when the request's
+    decoding began (default: now)."""
+    t0 = time.monotonic() if t0 is None else t0
     try:
         r = await service.generate(p, lambda: wait_disconnect(request))
     except ServiceError as e:
-        e.model = p.model
-        status = status_for(e.status, protocol(request.url.path))
-        service.record(p.model or service.default_model, p.steps, status, time.monotonic() - t0, None)
+        failed(service, request, e, p.model, p.steps, t0)
         raise
     r.timings["total_ms"] = 1e3 * (time.monotonic() - t0)
     out = encode(r)
     service.returned(r)
     service.record(r.model, r.steps, 200, time.monotonic() - t0, r.timings["queue_ms"] / 1e3)
     return out
+
+
+def failed(service: Service, request: Request, e: ServiceError, model: str | None, steps, t0: float) -> None:
+    """Record a request that failed with `e` (the status as its protocol sends it)."""
+    e.model = model
+    status = status_for(e.status, protocol(request.url.path))
+    service.record(model or service.default_model, steps, status, time.monotonic() - t0, None)
 
 
 def error_response(request: Request, e: ServiceError) -> Response:
@@ -55,8 +68,10 @@ def error_response(request: Request, e: ServiceError) -> Response:
     if e.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     proto = protocol(request.url.path)
-    if proto == V2:  # Open Inference Protocol error body
-        return JSONResponse({"error": str(e)}, status_for(e.status, proto), headers=headers)
+    if proto in (V2, OPENAI):
+        status = status_for(e.status, proto)
+        body = error_body(proto, status, str(e), e.field, e.reason)
+        return JSONResponse(body, status, headers=headers)
     if e.status == 422:
         loc = ["body", *(e.field or "body").split(".")]  # "steer.reward" -> ["body", "steer", "reward"]
         detail = [{"loc": loc, "msg": str(e), "type": "value_error"}]
@@ -124,8 +139,7 @@ class BodyLimit:
             if status == 413
             else f"request body not received within {self.timeout:g} s"
         )
-        # each protocol's error body: v2 {"error"}, v1 {"detail"}
-        body = {"error": detail} if protocol(scope["path"]) == V2 else {"detail": detail}
+        body = error_body(protocol(scope["path"]), status, detail, code=reason)
         await JSONResponse(body, status, headers={"Connection": "close"})(scope, receive, send)
 
 

@@ -48,6 +48,9 @@ class ModelInfo(BaseModel):
     method: str | None = None
     default_sampler: str = Field("flowmap", description="The sampler a request gets when it names none.")
     samplers: list[str] = Field(["flowmap"], description="The samplers this model serves.")
+    class_names: list[str] = Field(
+        [], description="One name per class (the images route's prompt may name one); empty: by index."
+    )
 
 
 class ModelList(BaseModel):
@@ -121,12 +124,12 @@ def _sampler_options(s: ServerSettings) -> dict:
     }
 
 
-def generate_request_model(s: ServerSettings) -> type[BaseModel]:
-    """The /v1/generate body, with this server's limits. Strict types: no "2" or true for an integer, no
-    2.0 for a count; floats take JSON integers (2 is 2.0) but never NaN or Infinity."""
+def generation_fields(s: ServerSettings) -> dict:
+    """The fields every generating JSON route takes (v1's /generate, the images route), with this server's
+    limits: each range is written here once. Strict types: no "2" or true for an integer, no 2.0 for a
+    count; floats take JSON integers (2 is 2.0) but never NaN or Infinity."""
     steps = Annotated[StrictInt, Field(ge=1, le=s.max_steps)]
-    label = Annotated[StrictInt, Field(ge=0, le=MAX_CLASS)]
-    fields = {
+    return {
         "model": (
             StrictStr | None,
             Field(
@@ -144,7 +147,7 @@ def generate_request_model(s: ServerSettings) -> type[BaseModel]:
                 f"Default {s.default_steps}.",
             ),
         ),
-        "num_samples": (StrictInt, Field(1, ge=1, le=s.max_samples)),
+        "num_samples": (StrictInt, Field(1, ge=1, le=s.max_samples, description=f"1..{s.max_samples}.")),
         "seed": (
             StrictInt | None,
             Field(
@@ -153,14 +156,6 @@ def generate_request_model(s: ServerSettings) -> type[BaseModel]:
                 le=SEED_MAX,
                 description="Noise seed; same seed and steps give the same samples as "
                 "`flowmap sample --seed`. Default: random.",
-            ),
-        ),
-        "class_label": (
-            label | list[label] | None,
-            Field(
-                None,
-                description="A class for all samples or one per sample; omitted on a conditional model: "
-                "classes cycle 0..C-1 (as `flowmap sample`).",
             ),
         ),
         "guidance_scale": (
@@ -174,14 +169,7 @@ def generate_request_model(s: ServerSettings) -> type[BaseModel]:
                 "call per step. Default 1 (a model trained with guidance has it baked in).",
             ),
         ),
-        **_sampler_options(s),
-        "output": (
-            Literal["png", "npy"],
-            Field(
-                "png",
-                description="png: base64 PNG per sample; npy: base64 .npy of float32 model-space samples.",
-            ),
-        ),
+        "sampler": _sampler_options(s)["sampler"],
         "deadline_ms": (
             StrictFloat | None,
             Field(
@@ -192,6 +180,33 @@ def generate_request_model(s: ServerSettings) -> type[BaseModel]:
                 description="Answer within this or get 504.",
             ),
         ),
+    }
+
+
+def generate_request_model(s: ServerSettings) -> type[BaseModel]:
+    """The /v1/generate body, with this server's limits (generation_fields, plus v1's own)."""
+    label = Annotated[StrictInt, Field(ge=0, le=MAX_CLASS)]
+    shared = generation_fields(s)
+    fields = {
+        **{k: shared[k] for k in ("model", "steps", "num_samples", "seed")},
+        "class_label": (
+            label | list[label] | None,
+            Field(
+                None,
+                description="A class for all samples or one per sample; omitted on a conditional model: "
+                "classes cycle 0..C-1 (as `flowmap sample`).",
+            ),
+        ),
+        "guidance_scale": shared["guidance_scale"],
+        **_sampler_options(s),
+        "output": (
+            Literal["png", "npy"],
+            Field(
+                "png",
+                description="png: base64 PNG per sample; npy: base64 .npy of float32 model-space samples.",
+            ),
+        ),
+        "deadline_ms": shared["deadline_ms"],
     }
     return create_model("GenerateRequest", __config__=ConfigDict(extra="forbid"), **fields)
 

@@ -34,6 +34,7 @@ class ModelSpec:
     method: str | None = None  # the training method of the checkpoint
     samplers: list[str] = field(default_factory=lambda: ["flowmap"])  # "consistency" too: linear only
     default_sampler: str = "flowmap"  # "consistency" for consistency models (ct, cd)
+    class_names: list[str] = field(default_factory=list)  # one per class, or none (known by index only)
 
     @property
     def conditional(self) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from flowmap.checkpoint import Model, load_model
+from flowmap.labels import class_names
 from flowmap.losses import CONSISTENCY_METHODS
 from flowmap.samplers import make_noise
 from server.common.estimator import CallTimer
@@ -74,6 +75,7 @@ def model_spec(model: Model, engine: str, device: str) -> ModelSpec:
         method=model.config.get("method"),
         samplers=samplers,
         default_sampler=default,
+        class_names=class_names(model.config.get("data") or {}),
     )
 
 
