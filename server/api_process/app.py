@@ -85,13 +85,11 @@ def _handlers(app: FastAPI, service: Service) -> None:
         proto = protocol(request.url.path)
         if proto == V1:
             return await request_validation_exception_handler(request, RequestValidationError(errors))
-        first = errors[0] if errors else {}
-        loc = [str(v) for v in first.get("loc", ())]
         if proto == V2:
-            return JSONResponse({"error": f"invalid request at {'.'.join(loc)}: {first.get('msg', '')}"}, 400)
-        param = ".".join(loc[1:]) or None  # ["body", "n"] -> "n"
-        msg = f"{param or 'body'}: {first.get('msg', 'invalid request')}"
-        return JSONResponse(error_body(OPENAI, 400, msg, param, first.get("type")), 400)
+            first = errors[0] if errors else {}
+            loc = ".".join(str(v) for v in first.get("loc", ()))
+            return JSONResponse({"error": f"invalid request at {loc}: {first.get('msg', '')}"}, 400)
+        return JSONResponse(openai_invalid(errors), 400)
 
     @app.exception_handler(StarletteHTTPException)
     async def unparsable(request: Request, e: StarletteHTTPException):
@@ -147,6 +145,19 @@ def _health_routes(app: FastAPI, service: Service, metrics) -> None:
         if metrics is None:
             return Response(b"", media_type="text/plain")
         return Response(metrics.render(), media_type=metrics.content_type)
+
+
+def openai_invalid(errors: list[dict]) -> dict:
+    """OpenAI's 400 body for validation errors: `param` is the top-level field of the first (None for a
+    body that is not JSON), the message every error's text about that field (a union: each member's)."""
+    first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
+    loc = first.get("loc", ())
+    param = str(loc[1]) if len(loc) > 1 and first.get("type") != "json_invalid" else None
+    msgs = [
+        e["msg"] for e in errors if param is None or (len(e.get("loc", ())) > 1 and str(e["loc"][1]) == param)
+    ]
+    text = "; or ".join(dict.fromkeys(msgs))[:1000]
+    return error_body(OPENAI, 400, f"{param or 'body'}: {text}", param, first.get("type"))
 
 
 def to_params(body, default_steps: int) -> GenParams:
