@@ -5,7 +5,8 @@
 2. Hostile JSON and framing from hypothesis that no schema-driven tool sends: bare NaN/Infinity tokens,
    5000-digit numbers, deep nesting, lone surrogates, wrong JSON types in every field, binary garbage,
    and binary-extension lengths that lie (binary_data_size, Inference-Header-Content-Length, extra
-   bytes), on /v1/generate and /v2/models/*/infer. Besides no 5xx: each error body is strict JSON, the
+   bytes), on /v1/generate, /v2/models/*/infer and /v1/images/generations (whose every error has
+   OpenAI's shape). Besides no 5xx: each error body is strict JSON, the
    server stays live and ready, /metrics labels take only server-known values and its size stays within
    a small factor, and the API processes' RSS stays bounded.
 
@@ -44,9 +45,17 @@ from tests.integration.conftest import AUTH  # noqa: E402
 EXAMPLES = 30  # per operation; the whole run stays well under a minute
 
 
+def deadline_passed(status: int, body: dict) -> bool:
+    """The documented 504 for a deadline the request set (v1's and the OpenAI images route's body)."""
+    error = body.get("error")
+    return status == 504 and (
+        body.get("detail") == "deadline passed" or isinstance(error, dict) and error.get("code") == "deadline"
+    )
+
+
 def no_server_error(ctx, response, case):
     """schemathesis' not_a_server_error, except the documented 504 for a deadline the request set."""
-    if response.status_code == 504 and response.json().get("detail") == "deadline passed":
+    if response.status_code == 504 and deadline_passed(504, response.json()):
         return True
     return not_a_server_error(ctx, response, case)
 
@@ -81,7 +90,7 @@ def strategies(ops):
 
 def test_no_server_errors(server):
     ops = operations(server.url)
-    assert {op.path for op in ops} >= {"/v1/generate", "/v2/models/{name}/infer", "/readyz"}
+    assert {op.path for op in ops} >= {"/v1/generate", "/v2/models/{name}/infer", "/v1/images/generations"}
     statuses = []
     for strategy in strategies(ops):
 
@@ -202,6 +211,33 @@ def v1_requests(draw):
     body = broken(draw, {k: draw(V1_GOOD[k]) for k in fields}, V1_BREAK)
     ctype = draw(st.sampled_from(CONTENT_TYPES))
     return "/v1/generate", whole_body(draw, body)[:8000], {"content-type": ctype} if ctype else {}
+
+
+# OpenAI images ---------------------------------------------------------------------------------
+IMAGES = "/v1/images/generations"
+IMAGES_GOOD = {
+    "model": st.sampled_from(["digits", "digits", "gmm8", "dall-e-3"]),
+    "prompt": st.sampled_from(["7", "seven", " Nine ", "a cat", "\u0667", "07", "10"]) | text,
+    "n": st.integers(1, 8),
+    "size": st.sampled_from(["8x8", "auto", "1024x1024", "8X8"]),
+    "response_format": st.sampled_from(["b64_json", "url"]),
+    "output_format": st.sampled_from(["png", "webp", "jpeg", "gif"]),
+    "quality": st.sampled_from(["standard", "hd", "auto"]),
+    "steps": st.sampled_from([1, 2, 4, "auto"]),
+    "seed": st.integers(0, 2**63 - 1),
+    "guidance_scale": st.floats(-3, 3) | st.integers(-3, 3),
+    "sampler": st.sampled_from(["flowmap", "consistency", "ddim"]),
+    "deadline_ms": st.floats(1, 30_000) | st.integers(1, 30_000),
+}
+IMAGES_BREAK = {**dict.fromkeys(IMAGES_GOOD, hostile), "stream": hostile}
+
+
+@st.composite
+def images_requests(draw):
+    fields = draw(st.lists(st.sampled_from(list(IMAGES_GOOD)), max_size=6, unique=True))
+    body = broken(draw, {"prompt": "1"} | {k: draw(IMAGES_GOOD[k]) for k in fields}, IMAGES_BREAK)
+    ctype = draw(st.sampled_from(CONTENT_TYPES))
+    return IMAGES, whole_body(draw, body)[:8000], {"content-type": ctype} if ctype else {}
 
 
 # v2 JSON -----------------------------------------------------------------------------------------
@@ -339,10 +375,16 @@ def fuzz(server, requests, seen: list[int]) -> None:
         def run(req):
             path, body, headers = req
             r = c.post(path, content=body, headers=headers)  # a dropped connection fails here
-            documented_504 = r.status_code == 504 and path == "/v1/generate"
+            documented_504 = (
+                r.status_code == 504
+                and path in ("/v1/generate", IMAGES)
+                and deadline_passed(r.status_code, r.json())
+            )
             assert r.status_code < 500 or documented_504, (path, body[:300], headers, r.status_code, r.text)
             if r.status_code != 200:
                 assert isinstance(strict_json(r.content), dict), r.text
+            if path == IMAGES and r.status_code != 200:  # OpenAI's error shape, whatever went wrong
+                assert set(r.json()["error"]) == {"message", "type", "param", "code"}, r.text
             seen.append(r.status_code)
 
         run()
@@ -370,8 +412,9 @@ def warm(server) -> None:
 def test_hostile_json_and_framing(server):
     warm(server)
     metrics0, rss0 = httpx.get(server.url + "/metrics").text, api_rss_mb(server)
-    seen: dict[str, list[int]] = {"v1": [], "v2": [], "v2 binary": []}
-    for kind, requests in zip(seen, (v1_requests(), v2_requests(), v2_binary_requests()), strict=True):
+    seen: dict[str, list[int]] = {"v1": [], "v2": [], "v2 binary": [], "images": []}
+    kinds = (v1_requests(), v2_requests(), v2_binary_requests(), images_requests())
+    for kind, requests in zip(seen, kinds, strict=True):
         fuzz(server, requests, seen[kind])
     assert httpx.get(server.url + "/healthz").status_code == 200
     assert httpx.get(server.url + "/readyz").status_code == 200
@@ -383,4 +426,5 @@ def test_hostile_json_and_framing(server):
     counts = {kind: sorted(Counter(statuses).items()) for kind, statuses in seen.items()}
     assert {200, 422} <= set(seen["v1"]) and {200, 400, 404} <= set(seen["v2"]), counts
     assert {200, 400} <= set(seen["v2 binary"]), counts
+    assert {200, 400, 404} <= set(seen["images"]), counts
     print(counts, f"/metrics {len(metrics0)} -> {len(metrics1)} bytes, API RSS {rss0:.0f} -> {rss1:.0f} MB")

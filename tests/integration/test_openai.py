@@ -1,0 +1,91 @@
+"""The real `openai` package as the client of POST /v1/images/generations on a real server process:
+only `base_url` and `api_key` change. Sync and async clients, n > 1, the extensions through
+`extra_body`, and errors raised as the SDK's own classes with our messages."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flowmap.data import to_uint8
+from tests.integration.conftest import KEY
+from tests.integration.test_routes import cli_samples
+
+openai = pytest.importorskip("openai")
+
+
+def sdk(server, cls=None, key: str = KEY):
+    """An OpenAI client of the test server (no retries: a refused request must fail at once)."""
+    return (cls or openai.OpenAI)(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=30)
+
+
+def pixels(item) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(item.b64_json))))
+
+
+def assert_close(imgs: list[np.ndarray], ref: np.ndarray) -> None:
+    diff = np.abs(np.stack(imgs).astype(int) - ref.astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99  # a rounding tie may flip in the last float bit
+
+
+def test_sync_client_gets_flowmap_samples_of_the_named_class(server, checkpoints):
+    with sdk(server) as client:
+        r = client.images.generate(
+            model="digits", prompt="Seven", n=3, size="8x8", extra_body={"seed": 5, "steps": 2}
+        )
+    assert len(r.data) == 3 and isinstance(r.created, int)
+    imgs = [pixels(d) for d in r.data]
+    assert all(i.shape == (8, 8) and i.dtype == np.uint8 for i in imgs)
+    assert_close(imgs, to_uint8(cli_samples(checkpoints["digits"], 2, 3, 5, 7))[:, 0])
+    extra = r.model_extra
+    assert extra["seed"] == 5 and extra["steps"] == 2 and extra["class_label"] == 7 and extra["timings"]
+    assert [(d.revised_prompt, d.model_extra["seed"], d.model_extra["index"]) for d in r.data] == [
+        ("seven", 5, i) for i in range(3)
+    ]
+
+
+def test_async_client_concurrent_requests(server, checkpoints):
+    async def go():
+        async with sdk(server, openai.AsyncOpenAI) as client:
+            calls = [
+                client.images.generate(model="digits", prompt=str(c), n=2, extra_body={"seed": c, "steps": 1})
+                for c in range(4)
+            ]
+            return await asyncio.gather(*calls)
+
+    for c, r in enumerate(asyncio.run(go())):
+        assert len(r.data) == 2 and r.model_extra["class_label"] == c
+        assert_close(
+            [pixels(d) for d in r.data], to_uint8(cli_samples(checkpoints["digits"], 1, 2, c, c))[:, 0]
+        )
+
+
+def test_errors_are_the_sdks_classes_with_our_messages(server):
+    with sdk(server) as client:
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.images.generate(model="digits", prompt="a cat wearing a hat")
+        with pytest.raises(openai.BadRequestError) as url:
+            client.images.generate(model="digits", prompt="1", response_format="url")
+        with pytest.raises(openai.BadRequestError) as steps:
+            client.images.generate(model="digits", prompt="1", extra_body={"steps": 99})
+        with pytest.raises(openai.NotFoundError) as unknown:
+            client.images.generate(model="dall-e-3", prompt="1")
+    assert bad.value.status_code == 400 and bad.value.param == "prompt"
+    assert "names no class of model 'digits'" in bad.value.message and "seven" in bad.value.message
+    assert url.value.param == "response_format" and "b64_json" in url.value.message
+    assert steps.value.param == "steps" and "less than or equal to 4" in steps.value.message
+    assert unknown.value.code == "not_found" and "dall-e-3" in unknown.value.message
+    with sdk(server, key="wrong") as client, pytest.raises(openai.AuthenticationError) as auth:
+        client.images.generate(model="digits", prompt="1")
+    assert "API key" in auth.value.message
+
+
+def test_a_model_that_makes_no_images_is_refused_naming_model(server):
+    with sdk(server) as client, pytest.raises(openai.BadRequestError) as e:
+        client.images.generate(model="gmm8", prompt="anything")
+    assert e.value.param == "model" and "not an image model" in e.value.message
