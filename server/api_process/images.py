@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, create_model
 
 from server.api_process import http
 from server.api_process.encode import png_images
-from server.api_process.protocol import OPENAI_TYPES, steps_for
+from server.api_process.protocol import OPENAI_TYPES, STATUSES, steps_for
 from server.api_process.schemas import Timings, generation_fields
 from server.api_process.service import GenParams, GenResult, InvalidInput, Service, ServiceError
 from server.common.settings import ServerSettings
@@ -182,7 +182,8 @@ def to_response(r: GenResult, spec: ModelSpec, fmt: str) -> ImagesResponse:
 
 def router(service: Service, auth: list) -> APIRouter:
     ImagesRequest = images_request_model(service.settings)
-    errors = {status: {"model": OpenAIError} for status in OPENAI_TYPES}
+    errors = {status: {"model": OpenAIError, "description": STATUSES[status]} for status in OPENAI_TYPES}
+    errors["4XX"] = {"model": OpenAIError, "description": "any other client error (never FastAPI's 422)"}
     api = APIRouter(tags=["OpenAI images"])
 
     @api.post(ROUTE, response_model=ImagesResponse, dependencies=auth, responses=errors)

@@ -228,6 +228,7 @@ def test_models_list_class_names_and_the_openapi_documents_the_route(stack):
     assert models["models"][0]["class_names"] == NAMES
     op = spec["paths"][ROUTE]["post"]
     assert {"400", "401", "404", "413", "429", "503", "504"} <= set(op["responses"])
+    assert "422" not in op["responses"]  # never sent: invalid input is OpenAI's 400
     body = spec["components"]["schemas"]["ImagesRequest"]["properties"]
     assert body["n"]["maximum"] == 16 and body["steps"]["anyOf"][0]["maximum"] == 4
 
