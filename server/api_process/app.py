@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.api_process import http
-from server.api_process.encode import npy_base64, png_images
+from server.api_process.encode import IMAGE_FORMATS, images, npy_base64, quality_problem
 from server.api_process.protocol import OPENAI, V1, V1_STATUSES, V2, VERSION, error_body, protocol, steps_for
 from server.api_process.schemas import (
     GenerateResponse,
@@ -23,7 +23,7 @@ from server.api_process.schemas import (
     generate_request_model,
     safe_errors,
 )
-from server.api_process.service import GenParams, GenResult, Service, ServiceError
+from server.api_process.service import GenParams, GenResult, InvalidInput, Service, ServiceError
 from server.common.spec import ModelSpec
 from server.common.steer import SteerParams
 
@@ -162,12 +162,14 @@ def openai_invalid(errors: list[dict]) -> dict:
 
 def to_params(body, default_steps: int) -> GenParams:
     """The v1 body as GenParams: the same fields, with the default-steps rule and steer as SteerParams."""
+    if problem := quality_problem(body.output, body.quality):
+        raise InvalidInput(problem, "quality")
     steer = SteerParams(**body.steer.model_dump()) if body.steer is not None else None
     return GenParams(**{**vars(body), "steps": steps_for(body.steps, default_steps), "steer": steer})
 
 
 def to_response(r: GenResult, p: GenParams) -> GenerateResponse:
-    png = p.output == "png"
+    image = p.output in IMAGE_FORMATS
     return GenerateResponse(
         model=r.model,
         steps=r.steps,
@@ -178,8 +180,8 @@ def to_response(r: GenResult, p: GenParams) -> GenerateResponse:
         sampler=r.sampler,
         output=p.output,
         shape=list(r.x.shape[1:]),
-        images=png_images(r.x) if png else None,
-        array=None if png else npy_base64(r.x),
+        images=images(r.x, p.output, p.quality) if image else None,
+        array=None if image else npy_base64(r.x),
         timings=r.timings,
         network_calls_per_sample=r.calls_per_sample,
     )

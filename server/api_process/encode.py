@@ -1,6 +1,9 @@
-"""Response payloads: one base64 PNG per sample, or one base64 .npy of float32 model-space samples.
+"""Response payloads: one base64 image per sample (PNG, WebP or JPEG), or one base64 .npy of float32
+model-space samples.
 
-numpy only (API processes never import torch); torch CPU tensors are accepted through np.asarray.
+numpy and Pillow only (API processes never import torch); torch CPU tensors are accepted through
+np.asarray. PNG stays the hand-written encoder: at the served sizes it is several times cheaper than
+Pillow's (`python -m loadtests.encode_cost`, docs/server.md); WebP and JPEG are Pillow's.
 """
 
 from __future__ import annotations
@@ -11,8 +14,13 @@ import struct
 import zlib
 
 import numpy as np
+from PIL import Image
 
 _COLOR = {1: 0, 3: 2, 4: 6}  # PNG colour types: grey, RGB, RGBA
+IMAGE_FORMATS = ("png", "webp", "jpeg")  # output formats of image models
+QUALITY_DEFAULT = 90  # WebP and JPEG quality when a request gives none
+_PIL = {"webp": "WEBP", "jpeg": "JPEG"}
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _IEND = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
 
@@ -42,10 +50,40 @@ def to_uint8_nhwc(x) -> np.ndarray:
     return np.ascontiguousarray(q.astype(np.uint8).transpose(0, 2, 3, 1))
 
 
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def pillow_bytes(img: np.ndarray, fmt: str, **options) -> bytes:
+    """uint8 [H, W, C] as a Pillow-encoded file (fmt: PNG, WEBP, JPEG); JPEG has no alpha: RGBA drops it."""
+    im = Image.fromarray(img[..., 0] if img.shape[2] == 1 else img, _MODES[img.shape[2]])
+    if fmt == "JPEG" and im.mode == "RGBA":
+        im = im.convert("RGB")
+    buf = io.BytesIO()
+    im.save(buf, fmt, **options)
+    return buf.getvalue()
+
+
+def quality_problem(fmt: str, quality: int | None) -> str | None:
+    """A quality only means something for the lossy formats."""
+    if quality is not None and fmt not in _PIL:
+        return f"a quality applies to webp and jpeg output, not {fmt}"
+    return None
+
+
 def png_images(x) -> list[str]:
     """x: [N, C, H, W] model space (numpy or CPU tensor) -> N base64 PNGs."""
     pixels = to_uint8_nhwc(x)  # [N, H, W, C] uint8
-    return [base64.b64encode(png_bytes(img)).decode("ascii") for img in pixels]
+    return [b64(png_bytes(img)) for img in pixels]
+
+
+def images(x, fmt: str = "png", quality: int | None = None) -> list[str]:
+    """x: [N, C, H, W] model space -> N base64 files in `fmt` (IMAGE_FORMATS); `quality` 1..100 for WebP
+    and JPEG (default QUALITY_DEFAULT), lossy both."""
+    if fmt == "png":
+        return png_images(x)
+    q = QUALITY_DEFAULT if quality is None else quality
+    return [b64(pillow_bytes(img, _PIL[fmt], quality=q)) for img in to_uint8_nhwc(x)]
 
 
 def npy_bytes(x) -> bytes:
@@ -56,4 +94,4 @@ def npy_bytes(x) -> bytes:
 
 def npy_base64(x) -> str:
     """x: [N, *shape] -> base64 of an .npy file holding float32 [N, *shape] (what `flowmap sample` writes)."""
-    return base64.b64encode(npy_bytes(x)).decode("ascii")
+    return b64(npy_bytes(x))

@@ -5,7 +5,8 @@
 - `prompt` names a class of a class-conditional model: its index ("7") or its name ("seven"), the whole
   prompt with surrounding whitespace and case ignored; anything else is a 400 that lists the classes.
   An unconditional model accepts any prompt and ignores it.
-- `size` is the model's own "WxH" (or "auto"); `response_format` is `b64_json` only.
+- `size` is the model's own "WxH" (or "auto"); `response_format` is `b64_json` only; `output_format` png,
+  webp or jpeg, with `output_compression` as the WebP/JPEG quality (v1's `quality`).
 - Extensions: `steps` (or "auto" with `deadline_ms`), `seed`, `guidance_scale`, `sampler`: v1's fields,
   through v1's schema pieces (server.api_process.schemas.generation_fields) and the same checks.
 - Image i is sample i of the request's seed: the same as v1's /generate with that seed, steps and
@@ -21,7 +22,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, create_model
 
 from server.api_process import http
-from server.api_process.encode import png_images
+from server.api_process.encode import IMAGE_FORMATS, images, quality_problem
 from server.api_process.protocol import OPENAI_TYPES, STATUSES, steps_for
 from server.api_process.schemas import Timings, generation_fields
 from server.api_process.service import GenParams, GenResult, InvalidInput, Service, ServiceError
@@ -29,7 +30,6 @@ from server.common.settings import ServerSettings
 from server.common.spec import ModelSpec
 
 ROUTE = "/v1/images/generations"
-FORMATS = ("png",)  # output_format values served
 MAX_PROMPT = 4000
 
 
@@ -92,9 +92,10 @@ def images_request_model(s: ServerSettings) -> type[BaseModel]:
         ),
         "output_format": (
             StrictStr | None,
-            Field(None, max_length=16, description=f"{' | '.join(FORMATS)}; default png."),
+            Field(None, max_length=16, description=f"{' | '.join(IMAGE_FORMATS)}; default png."),
         ),
-        "quality": word("Accepted and ignored (OpenAI's quality)."),
+        "output_compression": shared["quality"],  # v1's quality, under OpenAI's name
+        "quality": word("Accepted and ignored (OpenAI's quality; see output_compression)."),
         "style": word("Accepted and ignored (OpenAI's style)."),
         "user": (StrictStr | None, Field(None, max_length=256, description="Accepted and ignored.")),
         **{k: shared[k] for k in ("steps", "seed", "guidance_scale", "sampler", "deadline_ms")},
@@ -137,8 +138,12 @@ def check_output(body, spec: ModelSpec) -> str:
     if body.size not in (None, "auto", size_of(spec)):
         raise InvalidInput(f"size {body.size!r}: model {spec.name!r} makes {size_of(spec)} images", "size")
     fmt = body.output_format or "png"
-    if fmt not in FORMATS:
-        raise InvalidInput(f"output_format {fmt!r}: this server serves {', '.join(FORMATS)}", "output_format")
+    if fmt not in IMAGE_FORMATS:
+        raise InvalidInput(
+            f"output_format {fmt!r}: this server serves {', '.join(IMAGE_FORMATS)}", "output_format"
+        )
+    if problem := quality_problem(fmt, body.output_compression):
+        raise InvalidInput(problem, "output_compression")
     return fmt
 
 
@@ -154,23 +159,24 @@ def to_params(body, spec: ModelSpec, default_steps: int) -> GenParams:
         guidance_scale=body.guidance_scale,
         deadline_ms=body.deadline_ms,
         output=fmt,
+        quality=body.output_compression,
         sampler=body.sampler,
     )
 
 
-def to_response(r: GenResult, spec: ModelSpec, fmt: str) -> ImagesResponse:
+def to_response(r: GenResult, spec: ModelSpec, p: GenParams) -> ImagesResponse:
     label = r.labels[0] if r.labels else None
     named = None if label is None else (spec.class_names[label] if spec.class_names else str(label))
     data = [
         ImageData(b64_json=b64, revised_prompt=named, seed=r.seed, index=i)
-        for i, b64 in enumerate(png_images(r.x))
+        for i, b64 in enumerate(images(r.x, p.output, p.quality))
     ]
     return ImagesResponse(
         created=int(time.time()),
         data=data,
         model=r.model,
         size=size_of(spec),
-        output_format=fmt,
+        output_format=p.output,
         steps=r.steps,
         seed=r.seed,
         class_label=label,
@@ -197,7 +203,7 @@ def router(service: Service, auth: list) -> APIRouter:
         except ServiceError as e:
             http.failed(service, request, e, body.model, body.steps, t0)
             raise
-        encode = lambda r: to_response(r, spec, p.output).model_dump_json()
+        encode = lambda r: to_response(r, spec, p).model_dump_json()
         return Response(await http.generate(service, p, request, encode, t0), media_type="application/json")
 
     return api

@@ -27,9 +27,11 @@ class GenerateResponse(BaseModel):
     class_labels: list[int] | None = Field(description="Class of each sample (None: unconditional model).")
     guidance_scale: float
     sampler: str = Field("flowmap", description="The sampler used: flowmap or consistency.")
-    output: Literal["png", "npy"]
+    output: Literal["png", "webp", "jpeg", "npy"]
     shape: list[int] = Field(description="Shape of one sample in model space.")
-    images: list[str] | None = Field(default=None, description="One base64 PNG per sample (output='png').")
+    images: list[str] | None = Field(
+        default=None, description="One base64 image per sample in the output format (png, webp, jpeg)."
+    )
     array: str | None = Field(default=None, description="base64 .npy of float32 [N, *shape] (output='npy').")
     timings: Timings
     network_calls_per_sample: int = Field(
@@ -170,6 +172,10 @@ def generation_fields(s: ServerSettings) -> dict:
             ),
         ),
         "sampler": _sampler_options(s)["sampler"],
+        "quality": (
+            StrictInt | None,
+            Field(None, ge=1, le=100, description="WebP and JPEG quality 1..100 (lossy both); default 90."),
+        ),
         "deadline_ms": (
             StrictFloat | None,
             Field(
@@ -200,12 +206,14 @@ def generate_request_model(s: ServerSettings) -> type[BaseModel]:
         "guidance_scale": shared["guidance_scale"],
         **_sampler_options(s),
         "output": (
-            Literal["png", "npy"],
+            Literal["png", "webp", "jpeg", "npy"],
             Field(
                 "png",
-                description="png: base64 PNG per sample; npy: base64 .npy of float32 model-space samples.",
+                description="png, webp, jpeg: one base64 image per sample (image models); npy: base64 .npy "
+                "of float32 model-space samples.",
             ),
         ),
+        "quality": shared["quality"],
         "deadline_ms": shared["deadline_ms"],
     }
     return create_model("GenerateRequest", __config__=ConfigDict(extra="forbid"), **fields)

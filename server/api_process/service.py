@@ -21,6 +21,7 @@ import numpy as np
 
 from flowmap.labels import cycled
 from server.api_process.client import CoreClient, CoreDown
+from server.api_process.encode import IMAGE_FORMATS
 from server.common import messages as m
 from server.common import ranges
 from server.common import steer as steering
@@ -92,7 +93,8 @@ class GenParams:
     class_label: int | list[int] | None = None
     guidance_scale: float | None = None
     deadline_ms: float | None = None
-    output: str = "png"  # png | npy | tensor (raw array for v2)
+    output: str = "png"  # png | webp | jpeg | npy | tensor (raw array for v2)
+    quality: int | None = None  # webp, jpeg: 1..100
     sampler: str | None = None  # flowmap | consistency; None: the model's default
     steer: SteerParams | None = None  # reward steering over particles (server.common.steer)
 
@@ -344,7 +346,7 @@ class Service:
         if p.steer is not None:
             self.validate_steer(e, p, served)
         _refuse(p.sampler is not None and ranges.sampler(p.sampler, served, e.spec.name), "sampler")
-        if p.output == "png" and not e.spec.image:
+        if p.output in IMAGE_FORMATS and not e.spec.image:
             raise InvalidInput(f"model {e.spec.name!r} is not an image model; use output='npy'", "output")
 
     def validate_steer(self, e: ModelEntry, p: GenParams, served: list[str]) -> None:

@@ -198,7 +198,8 @@ V1_GOOD = {
     "seed": st.integers(0, 2**63 - 1),
     "class_label": st.integers(0, 9) | st.lists(st.integers(0, 9), min_size=1, max_size=3),
     "guidance_scale": st.floats(-3, 3) | st.integers(-3, 3),
-    "output": st.sampled_from(["png", "npy"]),
+    "output": st.sampled_from(["png", "npy", "webp", "jpeg"]),
+    "quality": st.integers(0, 101),
     "deadline_ms": st.floats(1, 30_000) | st.integers(1, 30_000),
 }
 V1_BREAK = {**dict.fromkeys(V1_GOOD, hostile), "colour": hostile}
@@ -227,6 +228,7 @@ IMAGES_GOOD = {
     "seed": st.integers(0, 2**63 - 1),
     "guidance_scale": st.floats(-3, 3) | st.integers(-3, 3),
     "sampler": st.sampled_from(["flowmap", "consistency", "ddim"]),
+    "output_compression": st.integers(0, 101),
     "deadline_ms": st.floats(1, 30_000) | st.integers(1, 30_000),
 }
 IMAGES_BREAK = {**dict.fromkeys(IMAGES_GOOD, hostile), "stream": hostile}

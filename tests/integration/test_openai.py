@@ -89,3 +89,13 @@ def test_a_model_that_makes_no_images_is_refused_naming_model(server):
     with sdk(server) as client, pytest.raises(openai.BadRequestError) as e:
         client.images.generate(model="gmm8", prompt="anything")
     assert e.value.param == "model" and "not an image model" in e.value.message
+
+
+@pytest.mark.parametrize(("fmt", "pil"), [("webp", "WEBP"), ("jpeg", "JPEG")])
+def test_output_format_and_compression_as_the_sdk_sends_them(server, fmt, pil):
+    with sdk(server) as client:
+        r = client.images.generate(model="digits", prompt="3", n=2, output_format=fmt, output_compression=80)
+    assert r.output_format == fmt and len(r.data) == 2
+    for d in r.data:
+        im = Image.open(io.BytesIO(base64.b64decode(d.b64_json)))
+        assert im.format == pil and im.size == (8, 8)

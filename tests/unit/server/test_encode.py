@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from flowmap.data import to_uint8
-from server.api_process.encode import npy_base64, png_images
+from server.api_process.encode import QUALITY_DEFAULT, images, npy_base64, png_images, quality_problem
 from server.common.spec import is_image
 
 
@@ -44,3 +44,37 @@ def test_png_is_lossless_for_large_images_too():
     x = torch.rand(1, 3, 200, 120) * 2 - 1  # above the level-1 threshold: level 6
     got = np.asarray(Image.open(io.BytesIO(base64.b64decode(png_images(x)[0]))))
     np.testing.assert_array_equal(got, to_uint8(x)[0].transpose(1, 2, 0))
+
+
+@pytest.mark.parametrize(("fmt", "pil"), [("webp", "WEBP"), ("jpeg", "JPEG")])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_lossy_formats_decode_near_the_design_pixels(fmt, pil, channels):
+    n, c, h, w = torch.meshgrid(*map(torch.arange, (2, channels, 28, 28)), indexing="ij")
+    x = 0.8 * torch.sin(h / 5 + c + n) * torch.cos(w / 7)  # smooth: what lossy codecs keep
+    ref = to_uint8(x).transpose(0, 2, 3, 1).astype(int)  # [N, H, W, C]
+    mode = "L" if channels == 1 else "RGB"
+    got = []
+    for b64 in images(x, fmt, quality=100):
+        im = Image.open(io.BytesIO(base64.b64decode(b64)))
+        assert im.format == pil and im.size == (28, 28)
+        assert im.mode == (mode if fmt == "jpeg" else "RGB")  # WebP has no grey mode: it decodes as RGB
+        got.append(np.asarray(im.convert(mode)))
+    got = np.stack(got)
+    assert np.abs(got.reshape(ref.shape) - ref).mean() < 4
+
+
+@pytest.mark.parametrize("fmt", ["webp", "jpeg"])
+def test_quality_trades_bytes(fmt):
+    x = torch.rand(1, 1, 28, 28) * 2 - 1
+    sizes = [len(base64.b64decode(images(x, fmt, quality=q)[0])) for q in (10, 90)]
+    assert sizes[0] < sizes[1]
+    assert images(x, fmt) == images(x, fmt, quality=QUALITY_DEFAULT)
+
+
+def test_png_output_is_the_hand_written_encoder_and_jpeg_drops_alpha():
+    x = torch.rand(2, 4, 8, 8) * 2 - 1
+    assert images(x, "png") == png_images(x)
+    im = Image.open(io.BytesIO(base64.b64decode(images(x, "jpeg")[0])))
+    assert im.mode == "RGB"
+    assert quality_problem("png", 80) and quality_problem("npy", 1) and quality_problem("webp", 80) is None
+    assert quality_problem("png", None) is None

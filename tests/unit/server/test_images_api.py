@@ -133,6 +133,10 @@ BAD = [  # body, the field the 400 names, a word its message has
     ({"prompt": "1", "sampler": "consistency", "steps": 2}, "sampler", "serves flowmap"),
     ({"prompt": "1", "deadline_ms": 0}, "deadline_ms", "greater than"),
     ({"prompt": "1", "quality": "x" * 65}, "quality", "at most 64"),
+    ({"prompt": "1", "output_compression": 80}, "output_compression", "webp and jpeg"),
+    ({"prompt": "1", "output_format": "webp", "output_compression": 0}, "output_compression", "greater than"),
+    ({"prompt": "1", "output_format": "jpeg", "output_compression": 101}, "output_compression", "less than"),
+    ({"prompt": "1", "output_format": "jpeg", "output_compression": 9.5}, "output_compression", "integer"),
     ({"prompt": "1", "steer": {"reward": "ink"}}, "steer", "Extra inputs"),
     ({"prompt": "1", "model": ""}, "model", "at least 1"),
 ]
@@ -145,6 +149,36 @@ def test_bad_input_is_a_400_in_openais_shape_naming_the_field(stack, body, param
     err = r.json()["error"]
     assert err["param"] == param and err["type"] == "invalid_request_error", err
     assert word in err["message"] and err["message"], err
+
+
+@pytest.mark.parametrize(("fmt", "pil"), [("png", "PNG"), ("webp", "WEBP"), ("jpeg", "JPEG")])
+def test_output_formats_on_both_routes(stack, fmt, pil):
+    async def go():
+        img = await stack.client.post(ROUTE, json={"prompt": "3", "n": 2, "output_format": fmt})
+        v1 = await stack.client.post("/v1/generate", json={"num_samples": 2, "output": fmt})
+        return img.json(), v1.json()
+
+    img, v1 = run(go())
+    assert img["output_format"] == fmt and v1["output"] == fmt
+    for b64 in [d["b64_json"] for d in img["data"]] + v1["images"]:
+        im = Image.open(io.BytesIO(base64.b64decode(b64)))
+        assert im.format == pil and im.size == (2, 2)
+
+
+def test_v1_quality_is_checked_as_the_images_route_checks_it(stack):
+    async def go():
+        bodies = [
+            {"output": "png", "quality": 80},
+            {"output": "jpeg", "quality": 0},
+            {"output": "webp", "quality": 50},
+        ]
+        return [await stack.client.post("/v1/generate", json=b) for b in bodies]
+
+    png, zero, ok = run(go())
+    assert png.status_code == 422 and png.json()["detail"][0]["loc"] == ["body", "quality"]
+    assert "webp and jpeg" in png.json()["detail"][0]["msg"]
+    assert zero.status_code == 422 and zero.json()["detail"][0]["loc"] == ["body", "quality"]
+    assert ok.status_code == 200 and ok.json()["output"] == "webp"
 
 
 def test_openai_fields_it_does_not_use_are_accepted(stack):
