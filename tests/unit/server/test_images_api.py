@@ -224,6 +224,13 @@ def test_statuses_other_than_400_have_openais_shape(stack):
     )
 
 
+def test_draining_is_a_503_in_openais_shape(stack):
+    stack.service.begin_drain()
+    r = post(stack.client, {"prompt": "1"})
+    assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
+    assert r.json()["error"]["message"] == "server is draining" and r.json()["error"]["code"] == "draining"
+
+
 def test_bearer_key_as_the_sdk_sends_it():
     s = make_stack(api_key="k3y")
 
