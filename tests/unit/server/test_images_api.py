@@ -296,3 +296,9 @@ def test_class_names_of_a_checkpoint():
     assert class_names({"name": "cifar", "num_classes": 10}) == []
     assert class_names({"name": "digits", "num_classes": 3}) == []  # not the digit data
     assert class_names({"name": "x", "num_classes": 2, "class_names": ["a", 1]}) == []
+
+
+def test_a_lone_surrogate_prompt_is_a_400_in_strict_json(stack):
+    raw = b'{"prompt": "\\ud800 seven", "size": "\\udfff"}'
+    r = run(stack.client.post(ROUTE, content=raw, headers={"content-type": "application/json"}))
+    assert r.status_code == 400 and r.json()["error"]["param"] in ("prompt", "size"), r.text
