@@ -172,6 +172,17 @@ def server_line(srv: dict) -> str:
     )
 
 
+def latency_lines(lat) -> list[str]:
+    if not isinstance(lat, dict):
+        return []
+    lines = [f"{'engine':14} {'batch':>5} {'steps':>5} {'ms':>8} {'vs bare fwd':>11}"]
+    for row in lat["rows"]:
+        lines.append(
+            f"{row['engine']:14} {row['batch']:5d} {row['steps']:5d} {row['ms']:8.3f} {row['vs_bare']:10.2f}x"
+        )
+    return lines + [f"skipped {name}: {why}" for name, why in lat["skipped"].items()]
+
+
 def format_results(r: dict) -> str:
     lines = [f"device: {r['device']}  torch {r['torch']}"]
     k = r.get("kernels")
@@ -183,16 +194,11 @@ def format_results(r: dict) -> str:
     for row in r.get("bandwidth") or []:
         if isinstance(row, dict) and "op" in row:
             lines.append(f"  {row['op']:12} {row['gb_per_s']:8.1f} GB/s  {row['vs_copy']:5.2f}x copy")
-    lat = r.get("latency")
-    if isinstance(lat, dict):
-        lines.append(f"{'engine':14} {'batch':>5} {'steps':>5} {'ms':>8} {'vs bare fwd':>11}")
-        for row in lat["rows"]:
-            lines.append(
-                f"{row['engine']:14} {row['batch']:5d} {row['steps']:5d} {row['ms']:8.3f} "
-                f"{row['vs_bare']:10.2f}x"
-            )
-        for name, why in lat["skipped"].items():
-            lines.append(f"skipped {name}: {why}")
+    for name, sub in r.items():
+        if isinstance(sub, dict) and "latency" in sub:
+            lines.append(f"model {name}:")
+            lines.extend(format_results(sub).splitlines()[1:])
+    lines.extend(latency_lines(r.get("latency")))
     srv = r.get("server")
     if isinstance(srv, dict) and "p50_ms" in srv:
         lines.append(server_line(srv))
@@ -202,10 +208,33 @@ def format_results(r: dict) -> str:
     return "\n".join(lines)
 
 
+def per_model(name: str, engines: list[str], iters: int) -> dict:
+    """Engine latency and the server check for one model (mnist 28x28, digits 8x8)."""
+    model, out = load_model(name), {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+
+    def latency():
+        rows, skipped = engine_latency(model, engines, iters)
+        return {"rows": rows, "skipped": skipped}
+
+    section(out, "latency", latency)
+
+    def server():
+        from server_check import check
+
+        srv = check("cuda", name)
+        bare = [r for r in out.get("latency", {}).get("rows", []) if r["engine"] == "bare forward"]
+        if bare:
+            srv["p50_vs_bare_forward"] = srv["p50_ms"] / bare[0]["ms"]
+        return srv
+
+    section(out, "server", server)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("gpu_check.json"))
-    p.add_argument("--model", default="digits")
+    p.add_argument("--model", default="mnist,digits", help="comma-separated: each gets latency and server")
     p.add_argument("--iters", type=int, default=100)
     p.add_argument("--engines", default="eager,compile,onnxruntime,tensorrt")
     args = p.parse_args(argv)
@@ -221,24 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     section(results, "kernels", check_kernels)
     section(results, "bandwidth", bandwidth)
-    model = load_model(args.model)
-
-    def latency():
-        rows, skipped = engine_latency(model, args.engines.split(","), args.iters)
-        return {"rows": rows, "skipped": skipped}
-
-    section(results, "latency", latency)
-
-    def server():
-        from server_check import check
-
-        out = check("cuda", args.model)
-        bare = [r for r in results.get("latency", {}).get("rows", []) if r["engine"] == "bare forward"]
-        if bare:
-            out["p50_vs_bare_forward"] = out["p50_ms"] / bare[0]["ms"]
-        return out
-
-    section(results, "server", server)
+    for name in args.model.split(","):
+        results[name] = per_model(name, args.engines.split(","), args.iters)
     print(format_results(results))
     args.out.write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out}")
