@@ -1,4 +1,4 @@
-# flowmap: `make run` (install + serve the shipped digits model), `make test` (install + lint + tests).
+# flowmap: `make run` (install + serve the shipped mnist and digits models), `make test` (install + lint + tests).
 # Everything installs into .venv; the pinned CPU torch build goes in first so no CUDA build is pulled.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -25,9 +25,9 @@ run: $(STAMP)
 	$(BIN)/flowmap serve
 
 sample: $(STAMP)
-	$(BIN)/flowmap sample --model digits --steps 1 --n 100 --seed 0 --out samples/digits.png
+	$(BIN)/flowmap sample --model mnist --steps 1 --n 100 --seed 0 --out samples/mnist.png
 
-models: $(STAMP)   # re-make the shipped models (docs: README "Shipped models"); about an hour on one core
+models: $(STAMP)   # re-make the shipped models (docs: README "Shipped models"); about 2.5 hours on one core
 	bash scripts/ship_models.sh
 
 lint: $(STAMP)

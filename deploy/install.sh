@@ -87,7 +87,7 @@ if want == "no" and cuda:
     sys.exit(f"install.sh: error: a CUDA build of torch ({torch.__version__}) in a CPU install")
 if want == "yes" and not cuda:
     sys.exit(f"install.sh: error: torch {torch.__version__} is a CPU build; TORCH_CUDA=yes wants CUDA")
-for name in ("digits", "gmm8"):
+for name in ("mnist", "digits", "gmm8"):
     load_model(name)  # the shipped models are inside the package
 import server.supervisor, server.api_process.process, server.core_process.process  # noqa: E401,F401  (the serve extra)
 print(f"install.sh: ok: torch {torch.__version__} (cuda {cuda}), python {sys.version.split()[0]}", file=sys.stderr)

@@ -36,7 +36,7 @@ def _names(text: str) -> list[str]:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="write a deployable engine artifact (+ sidecar JSON)")
-    p.add_argument("--model", default="digits", help="shipped model name or checkpoint path")
+    p.add_argument("--model", default="mnist", help="shipped model name or checkpoint path")
     p.add_argument("--engine", required=True, choices=EXPORTABLE)
     p.add_argument("--out", required=True, help="artifact path (.pt, .onnx or .plan)")
     p.add_argument("--device", default="cpu", help="device to build on (tensorrt needs cuda)")

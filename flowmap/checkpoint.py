@@ -17,7 +17,7 @@ from flowmap.nets import build_net
 
 FORMAT = "flowmap/1"
 ASSETS = Path(__file__).parent / "assets"
-SHIPPED = ("digits", "gmm8", "digits_uncond")
+SHIPPED = ("mnist", "digits", "gmm8", "digits_uncond")
 
 
 class CheckpointError(UserError, ValueError):
@@ -134,7 +134,7 @@ def check_finite(path: Path, tensors: dict) -> None:
 
 
 def resolve_model(name_or_path: str) -> Path:
-    """A shipped model name (digits, gmm8) or a checkpoint path."""
+    """A shipped model name (mnist, digits, gmm8, digits_uncond) or a checkpoint path."""
     if name_or_path in SHIPPED:
         return ASSETS / f"{name_or_path}.safetensors"
     path = Path(name_or_path)

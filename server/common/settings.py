@@ -15,11 +15,11 @@ class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLOWMAP_", extra="forbid", validate_default=True)
 
     models: Annotated[list[str], NoDecode] = Field(
-        default=["digits"],
+        default=["mnist", "digits"],
         min_length=1,
         max_length=16,
-        description="Models to serve: shipped names (digits, gmm8) or .safetensors paths; the first is the "
-        "default for requests that name none.",
+        description="Models to serve: shipped names (mnist, digits, gmm8, digits_uncond) or .safetensors "
+        "paths; the first is the default for requests that name none.",
     )
     engine: str | None = Field(
         default=None,

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from flowmap.classifier import load_classifier
+from flowmap.classifier import classifier_path, load_classifier
 from flowmap.data import to_uint8
 from tests.integration.conftest import KEY, ServerProcess
 from tests.integration.test_routes import cli_samples
@@ -105,26 +105,34 @@ def test_output_format_and_compression_as_the_sdk_sends_them(server, fmt, pil):
 
 @pytest.fixture(scope="module")
 def shipped():
-    """The shipped image models (digits, digits_uncond) behind a server with no key: the SDK needs one
-    anyway, and any goes."""
-    s = ServerProcess(["--model", "digits", "--model", "digits_uncond", "--engine", "eager"]).wait_ready()
+    """The shipped image models (mnist, digits, digits_uncond) behind a server with no key: the SDK needs
+    one anyway, and any goes."""
+    models = ["--model", "mnist", "--model", "digits", "--model", "digits_uncond"]
+    s = ServerProcess([*models, "--engine", "eager"]).wait_ready()
     yield s
     assert s.stop() == 0
 
 
-def classes(data) -> list[int]:
-    """The shipped digits classifier's reading of base64 PNGs (model space: the PNG rule inverted)."""
+def classes(data, of: str = "digits") -> list[int]:
+    """The shipped classifier's reading of base64 PNGs (model space: the PNG rule inverted)."""
     x = torch.tensor(np.stack([pixels(d) for d in data]), dtype=torch.float32)[:, None] / 127.5 - 1
-    return load_classifier()(x).argmax(1).tolist()
+    return load_classifier(classifier_path(of))(x).argmax(1).tolist()
 
 
 def test_every_shipped_image_model_through_the_sdk(shipped):
     with sdk(shipped, key="anything") as client:
         models = client.models.with_raw_response.list().http_response.json()["models"]
-        assert {m["name"] for m in models if m["image"]} == {"digits", "digits_uncond"}
+        assert {m["name"] for m in models if m["image"]} == {"mnist", "digits", "digits_uncond"}
+        fours = client.images.generate(
+            model="mnist", prompt="four", n=16, size="28x28", extra_body={"seed": 3}
+        )
         sevens = client.images.generate(model="digits", prompt="seven", n=16, extra_body={"seed": 1})
         threes = client.images.generate(model="digits", prompt="3", n=16, size="8x8", extra_body={"seed": 2})
         free = client.images.generate(model="digits_uncond", prompt="a handwritten digit", n=4)
     assert sum(c == 7 for c in classes(sevens.data)) >= 14 and sum(c == 3 for c in classes(threes.data)) >= 14
     assert len(free.data) == 4 and free.model_extra["class_label"] is None
     assert all(pixels(d).shape == (8, 8) for d in free.data)
+    assert (
+        all(pixels(d).shape == (28, 28) for d in fours.data)
+        and sum(c == 4 for c in classes(fours.data, "mnist")) >= 11  # 1-step class accuracy 78% (README)
+    )

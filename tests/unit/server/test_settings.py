@@ -24,7 +24,7 @@ def test_every_setting_has_a_flag_and_a_description():
 
 def test_defaults():
     s = ServerSettings()
-    assert (s.models, s.host, s.port, s.api_key) == (["digits"], "127.0.0.1", 8000, None)
+    assert (s.models, s.host, s.port, s.api_key) == (["mnist", "digits"], "127.0.0.1", 8000, None)
 
 
 def test_flags_override_environment(monkeypatch):
