@@ -60,7 +60,8 @@ def test_shipped_models_load_by_name_under_that_name():
 
 def test_mnist_one_step_samples_are_mostly_the_requested_class_and_not_copies():
     """The shipped mnist (28x28) is short of issue 21's quality goals (README: 1-step class accuracy 78%,
-    FD 84-106 against a train-vs-test floor of 2.3); these bars hold it where it is, not where it should be."""
+    FD 83-89 against a train-vs-test floor of 2.3); these bars hold it where it is, not where it should
+    be."""
     from flowmap.quality import score_images
 
     model = load_model("mnist")
