@@ -1,4 +1,4 @@
-"""The README's playground screenshot: serve the shipped digits model, drive the page in Debian's headless
+"""The README's playground screenshot: serve the shipped mnist model, drive the page in Debian's headless
 chromium (Playwright, no browser download), and write docs/img/playground.png.
 
     .venv/bin/python scripts/playground_screenshot.py [--out docs/img/playground.png]
@@ -48,7 +48,7 @@ def shoot(url: str, out: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs/img/playground.png")
-    ap.add_argument("--model", default="digits", help="a model name or checkpoint (default: shipped digits)")
+    ap.add_argument("--model", default="mnist", help="a model name or checkpoint (default: shipped mnist)")
     a = ap.parse_args()
     server = ServerProcess(["--model", a.model, "--max-steps", "4"]).wait_ready()
     try:
