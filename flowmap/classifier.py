@@ -10,12 +10,13 @@ from torch import Tensor, nn
 
 from flowmap.checkpoint import ASSETS, CheckpointError, read_tensors, save_tensors
 
-CLASSIFIER = ASSETS / "digits_classifier.safetensors"
-
 
 def classifier_path(data: str = "digits") -> Path:
     """The shipped classifier of a built-in image data set (digits, mnist)."""
     return ASSETS / f"{data}_classifier.safetensors"
+
+
+CLASSIFIER = classifier_path("digits")
 
 
 class Classifier(nn.Module):
@@ -24,12 +25,12 @@ class Classifier(nn.Module):
 
     def __init__(self, channels: int = 1, num_classes: int = 10, feat: int = 128, side: int = 8):
         super().__init__()
-        first = [nn.Conv2d(channels, 32, 3, padding=1), nn.SiLU()]
         pool_first = side >= 16
         end = side // 8 if pool_first else side // 4
         self.side = side
         self.body = nn.Sequential(
-            *first,
+            nn.Conv2d(channels, 32, 3, padding=1),
+            nn.SiLU(),
             *([nn.AvgPool2d(2)] if pool_first else []),
             nn.Conv2d(32, 64, 3, padding=1),
             nn.SiLU(),

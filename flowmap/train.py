@@ -64,7 +64,7 @@ class TrainConfig:
     teacher: str | None = None  # teacher checkpoint for cd, distill, lmd, emd
     init: str | None = None  # start from this checkpoint's weights (a second stage, e.g. esd then esdt)
     threads: int = 1
-    precision: str = "fp32"  # fp32, or bf16 (autocast; JVP targets on a bf16 copy; not lsd)
+    precision: str = "fp32"  # fp32, or bf16 (autocast; esd JVP targets on a bf16 copy, lsd JVP in fp32)
     micro_batch: int = 0  # rows per forward/backward; 0: the whole batch if it fits memory, else split
 
     def __post_init__(self):
