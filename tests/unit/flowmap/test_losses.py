@@ -231,3 +231,27 @@ def test_make_loss_rejects_unknown_methods_and_registry_is_complete():
         "lmd",
         "emd",
     }
+
+
+def test_grid_times_are_served_segments():
+    """dist="grid": every pair is a segment of a uniform 1..grid_max step schedule (or diagonal)."""
+    torch.manual_seed(0)
+    s, t = TimeSampler("grid", diagonal=0.0, grid_max=4)(4000)
+    n = torch.round(1.0 / (s - t))
+    assert set(n.unique().tolist()) == {1.0, 2.0, 3.0, 4.0}
+    assert torch.allclose(s * n, torch.round(s * n), atol=1e-5) and (t >= -1e-6).all()
+    assert ((s == 1.0) & (t.abs() < 1e-6)).float().mean().item() > 0.2  # the one-step jump: 1/4 of pairs
+    s, t = TimeSampler("grid", diagonal=1.0)(100)
+    assert torch.equal(s, t)
+
+
+def test_distill_diagonal_rows_skip_the_teacher_solve():
+    """Diagonal rows regress the teacher velocity b(x_s, s) itself; jump rows the Heun solve."""
+    net, teacher = mlp(), mlp()
+    x0 = torch.randn(64, 2, dtype=torch.float64)
+    calls = []
+    fwd = teacher.forward
+    teacher.forward = lambda x, *a, **k: calls.append(x.shape[0]) or fwd(x, *a, **k)
+    loss = losses.Distill(time=TimeSampler("uniform", diagonal=1.0), label_dropout=0.0, ode_steps=8)
+    loss(net, x0, teacher=teacher)
+    assert calls == [64]
