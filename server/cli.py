@@ -22,6 +22,11 @@ FLAGS = {
     "--port": ("port", int, "TCP port (default 8000)"),
     "--max-batch-size": ("max_batch_size", int, "most network rows per engine call (default 128)"),
     "--max-queue": ("max_queue", int, "most waiting requests per model before 429 (default 256)"),
+    "--max-queue-ms": (
+        "max_queue_ms",
+        float,
+        "longest predicted queue wait before 429 with Retry-After (default 250)",
+    ),
     "--max-wait-ms": (
         "max_wait_ms",
         float,

@@ -77,6 +77,12 @@ class Metrics:
         self.batch = hist("flowmap_batch_samples", "Samples advanced per network call", model, BATCH_BUCKETS)
         self.in_flight = gauge("flowmap_samples_in_flight", "Samples being computed", model, "livesum")
         self.depth = gauge("flowmap_queue_depth", "Requests waiting for admission", model, "livesum")
+        self.depth_seconds = gauge(
+            "flowmap_queue_depth_seconds",
+            "Predicted queue wait of a request arriving now: the work queued ahead of it, in seconds",
+            model,
+            "livemax",
+        )
         self.nfe = count(
             "flowmap_network_evaluations_total", "Network rows evaluated (a guided sample: 2)", model
         )
@@ -110,6 +116,7 @@ class Metrics:
         self.nfe.labels(s.model).inc(s.rows)
         self.in_flight.labels(s.model).set(s.in_flight)
         self.depth.labels(s.model).set(s.queue_depth)
+        self.depth_seconds.labels(s.model).set(s.queue_seconds)
         if not s.ok:
             self.failed.labels(s.model).inc()
 

@@ -45,6 +45,15 @@ class ServerSettings(BaseSettings):
         le=100_000,
         description="Most requests waiting per model; beyond it requests get 429.",
     )
+    max_queue_ms: float = Field(
+        default=250.0,
+        gt=0,
+        le=600_000,
+        description="Longest predicted queue wait a new request may be given (ms); a request predicted to "
+        "wait longer, or to finish past its own deadline, gets 429 with Retry-After at once. 250 ms: "
+        "tens of full batches at this server's step costs, under a second of tail latency, far inside "
+        "client and probe timeouts; a longer queue only turns 429s now into 504s later.",
+    )
     max_wait_ms: float = Field(
         default=0.0,
         ge=0,

@@ -17,6 +17,7 @@ class IterationStats:
     queue_depth: int  # requests waiting after admission
     in_flight: int  # samples active after the update
     ok: bool = True
+    queue_seconds: float = 0.0  # predicted wait of a request arriving now (the work queued ahead of it)
 
 
 @dataclass(frozen=True)

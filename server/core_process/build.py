@@ -115,7 +115,7 @@ def build_core(
     executor = Executor(
         engine, null_label=model.num_classes, conditional=model.num_classes > 0, device=device
     )
-    core = EngineCore(model.name, sched, executor, on_iteration)
+    core = EngineCore(model.name, sched, executor, on_iteration, max_queue=settings.max_queue_ms / 1000)
     return core, model, model_spec(model, engine_name, device)
 
 

@@ -8,6 +8,7 @@ requests in that batch, never the core.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -18,7 +19,7 @@ from flowmap.guidance import cfg_mix
 from flowmap.reward import evaluate_reward
 from flowmap.steering import resample_keyed
 from server.common.stats import IterationStats
-from server.core_process import ops
+from server.core_process import admission, ops
 from server.core_process.scheduler import Batch, Job, Scheduler, SteerRun
 
 log = logging.getLogger("flowmap.server")
@@ -100,9 +101,11 @@ class EngineCore:
         executor: Callable[[Batch], Tensor],
         on_iteration: Callable[[IterationStats], None] | None = None,
         clock=time.monotonic,
+        max_queue: float = math.inf,
     ):
         self.name, self.scheduler, self.executor = name, scheduler, executor
         self.on_iteration, self.clock = on_iteration, clock
+        self.max_queue = max_queue  # seconds: the longest predicted queue wait a new request is given
         self._stats: list[IterationStats] = []
         self._last: tuple[int, float] | None = None  # (rows, start) of the iteration just run
 
@@ -117,11 +120,15 @@ class EngineCore:
         """Queue a job; raises scheduler.QueueFull. Completion arrives through job.on_done."""
         self.scheduler.submit(job, self.clock())
 
-    def admit(self, rows: int, make: Callable[[], Job]) -> Job:
-        """Queue the job `make()` builds if `rows` more network rows have room (else scheduler.QueueFull,
-        before `make` runs: a refusal draws no noise), and let waiting jobs join now when the core is
-        between iterations (a step boundary) and no batching window holds them back."""
+    def admit(
+        self, rows: int, make: Callable[[], Job], steps: int = 1, deadline: float = math.inf, margin=0.0
+    ) -> Job:
+        """Queue the job `make()` builds if `rows` more network rows have room and are predicted to finish
+        `steps` steps by `deadline` less `margin` within the queue bound (else scheduler.QueueFull, before
+        `make` runs: a refusal draws no noise), and let waiting jobs join now when the core is between
+        iterations (a step boundary) and no batching window holds them back."""
         self.scheduler.check_room(rows)
+        admission.check(self.scheduler, rows, steps, deadline - margin - self.clock(), self.max_queue)
         job = make()
         self.submit(job)
         if self.scheduler.max_wait == 0 or self.scheduler.in_flight():
@@ -185,6 +192,7 @@ class EngineCore:
             queue_depth=self.scheduler.queued(),
             in_flight=self.scheduler.in_flight(),
             ok=ok,
+            queue_seconds=admission.wait_seconds(self.scheduler),
         )
 
     def emit(self) -> None:

@@ -88,7 +88,13 @@ class CoreServer:
         sp = None if g.steer is None else steering.from_wire(g.steer)
         rows = g.n * (sp.particles if sp else 1)  # a steered sample is `particles` rows
         try:  # the room is checked before the job (and its noise) is made: a refusal must stay cheap
-            job = self.core.admit(rows * rows_per_sample(g.guidance), lambda: self.job_of(g, sp, rows))
+            job = self.core.admit(
+                rows * rows_per_sample(g.guidance),
+                lambda: self.job_of(g, sp, rows),
+                steps=g.steps or 1,  # "auto" may take one step (and early exit cuts to one)
+                deadline=g.deadline,
+                margin=g.margin,
+            )
         except QueueFull as q:
             self.send(ident, m.Failed(id=g.id, kind="queue_full", message=str(q), retry_after=q.retry_after))
             return
@@ -182,7 +188,9 @@ class CoreServer:
         if err is None:
             data = job.result.detach().float().cpu().contiguous().numpy().tobytes()
             q, c = job.first_admit - job.arrival, job.finished - job.first_admit
-            out = m.Done(id=rid, steps=job.steps, data=data, queue_s=q, compute_s=c, sent=time.monotonic())
+            out = m.Done(
+                id=rid, steps=job.steps_taken, data=data, queue_s=q, compute_s=c, sent=time.monotonic()
+            )
         elif isinstance(err, DeadlineExceeded):
             out = m.Failed(id=rid, kind="deadline", message="deadline passed")
         elif isinstance(err, Cancelled):

@@ -36,6 +36,7 @@ from torch import Tensor
 from flowmap.samplers import uniform_grid
 from server.common.estimator import CallTimer
 from server.common.spec import rows_per_sample
+from server.core_process import early_exit
 
 _ids = itertools.count(1)
 SIMULATE_MAX = 64  # waiting requests up to which start_delay simulates admission exactly
@@ -106,6 +107,7 @@ class Job:
     admitted: int = 0
     remaining: int = 0
     first_admit: float | None = None
+    exit_steps: int | None = None  # the fewest steps a row took when early exit finished it in one jump
     finished: float | None = None
     error: Exception | None = None
     done: bool = False
@@ -123,6 +125,11 @@ class Job:
     def group(self) -> int:
         """Rows admitted together: a steered sample's particles."""
         return self.steer.particles if self.steer is not None else 1
+
+    @property
+    def steps_taken(self) -> int | None:
+        """The steps the result took: `steps`, or fewer when early exit cut a row short."""
+        return self.exit_steps or self.steps
 
     @property
     def rows_in_flight(self) -> int:
@@ -188,6 +195,7 @@ class Scheduler:
         self.k = self.K = self.y = self.job = self.key = self.pk = np.zeros(0, np.int64)
         self.w = np.zeros(0, np.float32)
         self.pot = np.zeros(0, np.float64)  # steered rows: the potential at the last resampling
+        self.cut = np.zeros(0, bool)  # rows early exit finishes in this iteration (jump to t = 0)
         self.rows = 0
 
     # ---------------------------------------------------------------- intake
@@ -235,7 +243,10 @@ class Scheduler:
                 return wait
         if self.batching == "step" or not self.in_flight():
             self._admit(now)
+        early_exit.plan(self, now)
         s, t = self.grid[self.K, self.k], self.grid[self.K, self.k + 1]
+        if self.cut.any():
+            t = np.where(self.cut, np.float32(0), t)
         s, t, y, w = (torch.from_numpy(a) for a in (s, t, self.y, self.w))
         if not self.key.any():
             return Batch(x=self.x, s=s, t=t, y=y, w=w, rows=self.rows)
@@ -270,7 +281,7 @@ class Scheduler:
             elif run.pot is not None:
                 self.pot[run.start : run.stop] = run.pot.cpu().numpy()
         self.x, self.k = x_next, self.k + 1
-        done = self.k == self.K  # [R]
+        done = (self.k == self.K) | self.cut  # [R]
         live = done & self._alive() if self.dead else done
         idx = np.flatnonzero(live)
         if len(idx):
@@ -434,6 +445,7 @@ class Scheduler:
         self.key = np.concatenate([self.key, kjy[3]])
         self.pk = np.concatenate([self.pk, np.array(pk, np.int64)])
         self.pot = np.concatenate([self.pot, np.zeros(len(pk), np.float64)])
+        self.cut = np.concatenate([self.cut, np.zeros(len(pk), bool)])
         self.rows += sum(n * j.rows_per_sample for j, _, n in takes)
 
     def _alive(self) -> np.ndarray:
@@ -453,8 +465,8 @@ class Scheduler:
         if not len(idx):
             return self._clear()
         self.x = self.x[_index(idx, self.x)]
-        self.k, self.K, self.y, self.w, self.job, self.key, self.pk, self.pot = (
-            a[idx] for a in (self.k, self.K, self.y, self.w, self.job, self.key, self.pk, self.pot)
+        self.k, self.K, self.y, self.w, self.job, self.key, self.pk, self.pot, self.cut = (
+            a[idx] for a in (self.k, self.K, self.y, self.w, self.job, self.key, self.pk, self.pot, self.cut)
         )
         self.rows = len(idx) + int(np.count_nonzero(self.w != 1.0))  # rows_per_sample, summed
 

@@ -1,0 +1,68 @@
+"""Admission by predicted time: a request the core cannot finish in time is refused at once (429 with
+Retry-After), not queued to miss its deadline seconds later.
+
+The prediction uses only the scheduler's counters and its call timer (CallTimer: seconds per iteration
+by rows), so a refusal costs a few microseconds whatever the queue holds (O(max_steps), no simulation):
+
+    wait   = 0                                   if the new rows fit the next batch (they join at the
+                                                 next step boundary; step-level batching)
+           = ceil(work ahead / max_batch) * t(max_batch)   otherwise (the queue drains at full batches)
+    finish = wait + steps * ceil(rows / max_batch) * t(busy rows)
+
+Two bounds refuse: the request's own deadline (finish past it, less the result's way back), and the
+server-wide `max_queue_ms` on the wait (the latency an accepted request may pay for the queue ahead).
+"""
+
+from __future__ import annotations
+
+import math
+
+from server.core_process.scheduler import QueueFull, Scheduler, SchedulingError
+
+
+class Refused(QueueFull):
+    """A request refused by its predicted time; the API answers 429 with Retry-After."""
+
+    def __init__(self, message: str, retry_after: float):
+        SchedulingError.__init__(self, message)
+        self.retry_after = retry_after
+
+
+def wait_seconds(s: Scheduler, rows: int = 1) -> float:
+    """Predicted seconds until a job of `rows` network rows queued now is first admitted."""
+    b = s.max_batch
+    if s.batching == "step" and s.rows + s.waiting_rows() + min(rows, b) <= b:
+        return 0.0
+    return math.ceil(s.pending_work() / b) * s.timer.predict(b)
+
+
+def finish_seconds(s: Scheduler, rows: int, steps: int, wait: float | None = None) -> float:
+    """Predicted seconds from now until a job of `rows` rows and `steps` steps queued now is done."""
+    b = s.max_batch
+    wait = wait_seconds(s, rows) if wait is None else wait
+    busy = min(b, s.rows + s.waiting_rows() + rows)
+    return wait + steps * math.ceil(rows / b) * s.timer.predict(busy)
+
+
+def check(s: Scheduler, rows: int, steps: int, budget: float, max_queue: float) -> None:
+    """Refused unless a job of `rows` rows and `steps` steps (the fewest it may take: 1 for "auto") is
+    predicted to finish within `budget` seconds and to wait at most `max_queue` seconds."""
+    wait = wait_seconds(s, rows)
+    if wait > max_queue:
+        raise Refused(
+            f"overloaded: predicted queue wait {1e3 * wait:.0f} ms is over the server's bound of "
+            f"{1e3 * max_queue:.0f} ms",
+            retry_after(wait - max_queue),
+        )
+    finish = finish_seconds(s, rows, steps, wait)
+    if finish > budget:
+        raise Refused(
+            f"overloaded: predicted finish in {1e3 * finish:.0f} ms is past the request's deadline "
+            f"({1e3 * max(0.0, budget):.0f} ms)",
+            retry_after(finish - budget),
+        )
+
+
+def retry_after(excess: float) -> float:
+    """Whole seconds, at least 1: when the queue will likely have drained by the excess."""
+    return float(max(1, math.ceil(excess)))

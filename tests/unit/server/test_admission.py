@@ -1,0 +1,176 @@
+"""Admission by predicted time and early exit, driven by a fake engine and a fake clock with a known
+cost per iteration: the predictions are checked against what the scheduler then really does."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from flowmap.samplers import make_noise, sample_flowmap
+from server.common.estimator import CallTimer
+from server.core_process import admission, early_exit
+from server.core_process.engine_core import EngineCore, Executor
+from server.core_process.scheduler import DeadlineExceeded, Job, QueueFull, Scheduler
+
+SHAPE, C = [1, 2, 2], 10
+STEP = 0.010  # seconds per iteration, whatever the rows (the fake clock's cost)
+
+
+class FakeEngine:
+    """u(x, s, t, y) by elementwise ops only (exact whatever the batch)."""
+
+    def __call__(self, x, s, t, y):
+        e = lambda v: v.float().reshape(-1, 1, 1, 1)
+        return -0.5 * x + 0.1 * e(y) + e(s) * x - e(t)
+
+
+def timer(step: float = STEP) -> CallTimer:
+    t = CallTimer()
+    for rows in (1, 128):
+        t.observe(rows, step)
+    return t
+
+
+def setup(max_batch=8, max_steps=4):
+    sched = Scheduler(max_batch, 10_000, 0.0, max_steps, timer=timer())
+    return sched, Executor(FakeEngine(), C, conditional=True)
+
+
+def job(n=1, steps=1, seed=0, deadline=None) -> Job:
+    return Job(make_noise(n, SHAPE, seed), [seed % C] * n, steps, deadline=deadline)
+
+
+def run(sched: Scheduler, ex, now: float = 0.0, cost=lambda rows: STEP, limit: int = 1000) -> float:
+    """Run to idle on a fake clock: an iteration of r rows takes cost(r) seconds (the timer learns it)."""
+    for _ in range(limit):
+        plan = sched.next_batch(now)
+        if plan is None:
+            return now
+        now += cost(plan.rows)
+        sched.update(plan, ex(plan), now)
+        sched.observe(plan.rows, cost(plan.rows))
+    raise AssertionError("scheduler did not go idle")
+
+
+def test_an_idle_core_admits_at_once_and_predicts_its_own_steps():
+    sched, _ = setup()
+    assert admission.wait_seconds(sched, 3) == 0.0
+    assert admission.finish_seconds(sched, 3, 4) == pytest.approx(4 * STEP)
+    assert admission.finish_seconds(sched, 20, 2) == pytest.approx(2 * math.ceil(20 / 8) * STEP)
+
+
+@pytest.mark.parametrize("mix", [[(8, 4)] * 6, [(3, 2), (5, 4), (2, 1), (8, 3), (1, 4)] * 3])
+def test_predicted_finish_bounds_the_real_finish_from_above_within_a_few_steps(mix):
+    """Queue a mix, predict the finish of one more request, then run it: the prediction is never early
+    (a refusal is never needed to be wrong the other way) and late by at most max_steps iterations."""
+    sched, ex = setup()
+    for i, (n, k) in enumerate(mix):
+        sched.submit(job(n, k, seed=i), 0.0)
+    assert admission.wait_seconds(sched, 2) > 0
+    predicted = admission.finish_seconds(sched, 2, 3)
+    last = job(2, 3, seed=99)
+    sched.submit(last, 0.0)
+    run(sched, ex)
+    assert last.error is None
+    assert last.finished <= predicted + 1e-9
+    assert predicted - last.finished <= sched.max_steps * STEP + 1e-9
+
+
+def test_the_queue_bound_refuses_with_retry_after_and_draws_nothing():
+    sched, ex = setup()
+    for i in range(10):  # 10 x 8 rows x 4 steps: 40 full iterations (0.4 s) of work
+        sched.submit(job(8, 4, seed=i), 0.0)
+    wait = admission.wait_seconds(sched, 1)
+    assert wait == pytest.approx(40 * STEP)
+    core = EngineCore("m", sched, ex, clock=lambda: 0.0, max_queue=0.25)
+    made = []
+    with pytest.raises(QueueFull) as e:
+        core.admit(1, lambda: made.append(1) or job(), steps=1, deadline=100.0)
+    assert not made and "queue wait 400 ms" in str(e.value) and e.value.retry_after == 1
+    loose = EngineCore("m", sched, ex, clock=lambda: 0.0, max_queue=0.5)
+    accepted = loose.admit(1, job, steps=1, deadline=100.0)
+    assert accepted in sched.waiting
+
+
+def test_a_request_predicted_past_its_deadline_is_refused_one_that_fits_is_not():
+    sched, ex = setup()
+    for i in range(3):  # 12 full iterations queued: 0.12 s
+        sched.submit(job(8, 4, seed=i), 0.0)
+    core = EngineCore("m", sched, ex, clock=lambda: 0.0)
+    finish = admission.finish_seconds(sched, 1, 2)
+    with pytest.raises(QueueFull) as e:
+        core.admit(1, job, steps=2, deadline=finish - 0.001)
+    assert "past the request's deadline" in str(e.value) and e.value.retry_after >= 1
+    with pytest.raises(QueueFull):  # the margin (the way back) counts against the deadline
+        core.admit(1, job, steps=2, deadline=finish + 0.005, margin=0.01)
+    ok = core.admit(1, lambda: job(1, 2, seed=7, deadline=finish + 1e-6), steps=2, deadline=finish + 1e-6)
+    run(sched, ex)
+    assert ok.error is None and ok.finished <= ok.deadline  # the accepted one made it
+
+
+def test_at_risk_marks_rows_that_cannot_wait_for_the_next_boundary():
+    k, K = np.array([0, 0, 2, 2, 3, 1]), np.array([4, 4, 4, 4, 4, 2])
+    deadline = np.array([1.05, 1.015, 1.025, 1.01, 1.0, np.inf])
+    # at 10 ms a step, a jump at the next boundary ends at 1.02: the first row may go on; the second may
+    # not; the third's 2 steps end at 1.02 (no need); the fourth's do not; the fifth has one step left
+    # (nothing to gain); the sixth has no deadline
+    got = early_exit.at_risk(k, K, deadline, 1.0, 0.01).tolist()
+    assert got == [False, True, False, True, False, False]
+
+
+def test_early_exit_jumps_to_data_from_the_current_time_and_meets_the_deadline():
+    """4 steps asked, room for 3 iterations: 1 -> 0.75 -> 0.5, then one jump 0.5 -> 0; the result is the
+    flow-map sampler on exactly that grid, and the job reports 3 steps."""
+    sched, ex = setup()
+    j = job(2, 4, seed=3, deadline=0.035)
+    sched.submit(j, 0.0)
+    run(sched, ex)
+    assert j.error is None and j.finished <= j.deadline
+    assert j.steps == 4 and j.steps_taken == 3
+    grid = torch.tensor([1.0, 0.75, 0.5, 0.0])
+    ref = sample_flowmap(FakeEngine(), j.noise, grid, torch.tensor(j.labels))
+    torch.testing.assert_close(j.result, ref, rtol=0, atol=1e-6)
+
+
+def test_rows_with_time_to_spare_keep_every_step():
+    sched, ex = setup()
+    hopeless, loose = job(1, 4, seed=1, deadline=0.005), job(1, 4, seed=2, deadline=10.0)
+    sched.submit(hopeless, 0.0)
+    sched.submit(loose, 0.0)
+    run(sched, ex)
+    assert hopeless.steps_taken == 1 and hopeless.finished == pytest.approx(STEP)  # one jump, best effort
+    assert loose.error is None and loose.steps_taken == 4
+    ref = sample_flowmap(FakeEngine(), loose.noise, torch.linspace(1, 0, 5), torch.tensor(loose.labels))
+    torch.testing.assert_close(loose.result, ref, rtol=0, atol=1e-6)
+
+
+def test_a_row_past_its_deadline_before_it_starts_still_gets_504():
+    sched, ex = setup()
+    j = job(1, 4, deadline=0.005)
+    sched.submit(j, 0.0)
+    run(sched, ex, now=0.01)
+    assert isinstance(j.error, DeadlineExceeded)
+
+
+def test_later_arrivals_make_auto_cut_short_instead_of_missing():
+    """ "auto" chose 4 steps on an idle core; a flood then slows every step (an iteration's cost grows
+    with its rows): its rows exit early and the job still finishes within its deadline, where choosing
+    once alone would miss it."""
+    cost = lambda rows: 0.010 + 0.030 * (rows - 1) / 63  # 10 ms for one row, 40 ms for 64
+    sched = Scheduler(64, 10_000, 0.0, 4, timer=CallTimer())
+    for rows in (1, 64):
+        sched.observe(rows, cost(rows))
+    ex = Executor(FakeEngine(), C, conditional=True)
+    a = job(1, None, seed=5, deadline=0.045)
+    sched.submit(a, 0.0)
+    assert a.steps == 4
+    plan = sched.next_batch(0.0)
+    now = cost(plan.rows)
+    sched.update(plan, ex(plan), now)
+    for i in range(6):  # the flood: 48 more rows, each iteration now ~33 ms
+        sched.submit(job(8, 4, seed=10 + i), now)
+    run(sched, ex, now, cost=cost)
+    assert a.error is None and a.finished <= a.deadline and a.steps_taken == 2
