@@ -13,12 +13,7 @@ result's way back). Pure numpy on the rows in flight; the scheduler calls `plan`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
-
-if TYPE_CHECKING:
-    from server.core_process.scheduler import Scheduler
 
 
 def at_risk(k: np.ndarray, K: np.ndarray, deadline: np.ndarray, now: float, step: float) -> np.ndarray:
@@ -30,8 +25,9 @@ def at_risk(k: np.ndarray, K: np.ndarray, deadline: np.ndarray, now: float, step
     return (K - k > 1) & (now + 2 * step > deadline)
 
 
-def plan(s: Scheduler, now: float) -> None:
-    """Mark the rows in flight that must finish in this iteration (s.cut) and note it on their jobs."""
+def plan(s, now: float) -> None:
+    """Mark the rows in flight of scheduler `s` that must finish in this iteration (s.cut), and note it on
+    their jobs (s is not annotated: the scheduler imports this module)."""
     if not s.in_flight():
         return
     step = s.timer.predict(s.rows)
