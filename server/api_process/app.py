@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.api_process import http
 from server.api_process.encode import IMAGE_FORMATS, images, npy_base64, quality_problem
+from server.api_process.health import probe
 from server.api_process.protocol import OPENAI, V1, V1_STATUSES, V2, VERSION, error_body, protocol, steps_for
 from server.api_process.schemas import (
     GenerateResponse,
@@ -129,15 +130,15 @@ def _v1_routes(app: FastAPI, service: Service, auth) -> None:
 def _health_routes(app: FastAPI, service: Service, metrics) -> None:
     @app.get("/healthz", response_model=Health)
     async def healthz():
-        """Liveness: the process answers."""
-        return Health(status="ok")
+        """Liveness: the process answers (a lone probe is answered before routing: api_process.health)."""
+        status, body = probe(service, "/healthz")
+        return JSONResponse(body, status)
 
     @app.get("/readyz", response_model=Health, responses={503: {"model": Health}})
     async def readyz():
         """Readiness: every model loaded and warmed in its engine core, not draining."""
-        if service.ready:
-            return Health(status="ready")
-        return JSONResponse({"status": service.state}, 503)
+        status, body = probe(service, "/readyz")
+        return JSONResponse(body, status)
 
     @app.get("/metrics", response_class=Response)
     async def prometheus():

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import zmq
 
 from server.common import messages as m
+from server.common.estimator import ReportedWait
 
 log = logging.getLogger("flowmap.server")
 POLLIN = int(zmq.POLLIN)
@@ -75,6 +76,7 @@ class CoreClient:
         self.io = LoopSocket(self._socket(), self._on_frame)
         self.ids = itertools.count(1)
         self.pending: dict[int, asyncio.Future] = {}
+        self.reported = ReportedWait()  # the core's queue wait, from its last result (Done/Failed.wait_s)
 
     def _socket(self) -> zmq.Socket:
         sock = self.ctx.socket(zmq.DEALER)
@@ -109,6 +111,7 @@ class CoreClient:
         """The core went away: fail what it held and start a fresh socket, dropping the frames still
         queued for it (a restarted core must not compute requests already answered 503)."""
         self.fail_all(reason)
+        self.reported = ReportedWait()
         started = self.io.loop is not None
         self.io.close()
         self.io = LoopSocket(self._socket(), self._on_frame)
@@ -128,6 +131,8 @@ class CoreClient:
         except m.WireError as e:
             log.warning("dropped a frame from %s: %s", self.address, e)
             return
+        if isinstance(msg, m.Done | m.Failed) and msg.sent:  # even a result nobody waits for any more
+            self.reported.observe(msg.wait_s, msg.sent)
         fut = self.pending.pop(getattr(msg, "id", -1), None)
         if fut is not None and not fut.done():
             fut.set_result(msg)

@@ -22,6 +22,7 @@ import uvicorn
 import zmq
 
 from server.api_process.client import CoreClient, watch_states
+from server.api_process.health import responder
 from server.api_process.limits import guarded_http
 from server.common.settings import ServerSettings
 
@@ -113,7 +114,7 @@ def run(settings: ServerSettings, run_dir: str, fd: int, parent: int | None = No
         lifespan="on",
         timeout_graceful_shutdown=5,
         timeout_keep_alive=settings.keep_alive_s,
-        http=guarded_http(settings.max_connections, settings.header_timeout_s),
+        http=guarded_http(settings.max_connections, settings.header_timeout_s, responder(service)),
     )
     server = DrainingServer(config, service, settings.drain_timeout_s)
     sock = socket.socket(fileno=fd)

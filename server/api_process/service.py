@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -258,6 +259,7 @@ class Service:
         if e.outstanding >= self.settings.max_queue + self.settings.max_batch_size:
             # more outstanding than the core could hold: refuse here, so a flood never reaches the core
             raise Overloaded("queue full", retry_after=1)
+        self.shed(e, t0, deadline_ms / 1000 - g.margin)
         try:
             rid, fut = e.client.submit(lambda rid: dataclasses.replace(g, id=rid))
         except CoreDown as err:
@@ -270,6 +272,15 @@ class Service:
         if isinstance(out, m.Failed):
             raise _failure(out)
         return self._result(e, p, g, out)
+
+    def shed(self, e: ModelEntry, now: float, budget: float) -> None:
+        """429 at once when the core's last reported queue wait, aged to `now`, is already past the
+        server's bound or the request's `budget` (seconds): the core would refuse it (admission.py)."""
+        wait, bound = e.client.reported.now(now), self.settings.max_queue_ms / 1000
+        if wait > min(bound, budget):
+            what = "the server's bound" if wait > bound else "the request's deadline"
+            msg = f"overloaded: predicted queue wait {1e3 * wait:.0f} ms is past {what}"
+            raise Overloaded(msg, retry_after=max(1.0, math.ceil(wait - min(bound, budget))))
 
     def _result(self, e: ModelEntry, p: GenParams, g: m.Generate, out: m.Done) -> GenResult:
         calls = steering.calls_per_sample(out.steps, p.steer.particles if p.steer else 1, g.guidance)

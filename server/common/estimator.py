@@ -65,3 +65,22 @@ class ReturnPath:
         if self.mean is None:
             return 0.0
         return min(self.mean + self.k * self.dev, self.cap * max(0.0, budget))
+
+
+class ReportedWait:
+    """The queue wait an engine core last reported (with every result it sends: messages.Done.wait_s),
+    aged by the time since: the API process's view of the core's queue, so a request the core would
+    refuse is refused before it is sent, at once, whatever the core is computing. The core checks again
+    (server.core_process.admission), so a stale view can only let a request through, never wrongly keep
+    one out: the queue never drains faster than real time."""
+
+    def __init__(self):
+        self.wait, self.at = 0.0, 0.0
+
+    def observe(self, wait: float, at: float) -> None:
+        if at >= self.at:
+            self.wait, self.at = wait, at
+
+    def now(self, now: float) -> float:
+        """Predicted seconds a request sent at `now` waits in the core's queue."""
+        return max(0.0, self.wait - (now - self.at))

@@ -57,6 +57,7 @@ class Done:
     queue_s: float
     compute_s: float
     sent: float = 0.0  # time.monotonic() when the core sent it (one clock for all processes)
+    wait_s: float = 0.0  # the core's predicted queue wait for a new request, when it sent this
     TAG = 3
 
 
@@ -68,6 +69,8 @@ class Failed:
     kind: str
     message: str
     retry_after: float | None = None
+    wait_s: float = 0.0  # as Done.wait_s
+    sent: float = 0.0  # as Done.sent
     TAG = 4
 
 

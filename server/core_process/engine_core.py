@@ -138,6 +138,10 @@ class EngineCore:
     def cancel(self, job: Job) -> None:
         self.scheduler.cancel(job, self.clock())
 
+    def wait_seconds(self) -> float:
+        """Predicted queue wait of a request arriving now (server.core_process.admission)."""
+        return admission.wait_seconds(self.scheduler)
+
     def step(self, emit: bool = True) -> float | None:
         """One iteration if there is work: then 0.0; else seconds to wait (batching window) or None (idle).
 

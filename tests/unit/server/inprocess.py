@@ -10,6 +10,7 @@ import httpx
 from server.api_process.app import create_app
 from server.api_process.service import Service
 from server.common import messages as m
+from server.common.estimator import ReportedWait
 from server.common.settings import ServerSettings
 from server.core_process.build import build_core
 from server.core_process.process import CoreServer
@@ -20,6 +21,7 @@ class InProcess:
 
     def __init__(self, server: CoreServer):
         self.server, self.pending, self.ids, self.paused = server, {}, 0, False
+        self.reported = ReportedWait()
 
     def submit(self, make):
         self.ids += 1
@@ -37,6 +39,7 @@ class InProcess:
             pass
         for _, frame in self.server.outbox:
             out = m.decode(frame)
+            self.reported.observe(out.wait_s, out.sent)
             fut = self.pending.pop(out.id, None)
             if fut is not None and not fut.done():
                 fut.set_result(out)

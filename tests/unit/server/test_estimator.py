@@ -33,3 +33,16 @@ def test_the_call_timer_interpolates_and_extrapolates():
     timer.observe(9, 0.009)
     assert timer.predict(5) == pytest.approx(0.005)
     assert timer.predict(18) == pytest.approx(0.018)  # beyond the largest: proportional
+
+
+def test_reported_wait_ages_in_real_time_and_keeps_the_newest_report():
+    from server.common.estimator import ReportedWait
+
+    w = ReportedWait()
+    assert w.now(100.0) == 0.0  # nothing reported: nothing to shed by
+    w.observe(0.3, at=10.0)
+    assert w.now(10.1) == pytest.approx(0.2) and w.now(11.0) == 0.0  # the queue drains as time passes
+    w.observe(0.9, at=9.0)  # an older report arriving late changes nothing
+    assert w.now(10.0) == pytest.approx(0.3)
+    w.observe(0.05, at=10.5)
+    assert w.now(10.5) == pytest.approx(0.05)
