@@ -121,11 +121,13 @@ def recorded(expr: str) -> str:
     return " ".join(r["expr"] for r in rules() if "record" in r and r["record"] in expr)
 
 
-def test_queue_threshold_matches_the_configured_max_queue():
-    """The saturation rule divides by FLOWMAP_MAX_QUEUE; the two must agree."""
+def test_queue_threshold_matches_the_configured_max_queue_ms():
+    """The saturation rule divides the predicted queue wait (seconds) by FLOWMAP_MAX_QUEUE_MS; they agree."""
     (fill,) = [r for r in rules() if r.get("record") == "flowmap:queue_depth:fill_ratio"]
     env = dict(line.split("=", 1) for line in (DEPLOY / "k8s/base/flowmap.env").read_text().split())
-    assert re.search(r"/ (\d+)$", fill["expr"].strip()).group(1) == env["FLOWMAP_MAX_QUEUE"]
+    assert "flowmap_queue_depth_seconds" in fill["expr"]
+    bound = float(re.search(r"/ ([\d.]+)$", fill["expr"].strip()).group(1))
+    assert bound == float(env["FLOWMAP_MAX_QUEUE_MS"]) / 1000
 
 
 def test_hpa_metric_is_per_pod():

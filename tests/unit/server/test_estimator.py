@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.common.estimator import CallTimer, ReturnPath
+from server.common.estimator import CallTimer, ReportedWait, ReturnPath
 
 
 def test_the_way_back_learns_a_high_quantile_and_is_capped():
@@ -36,8 +36,6 @@ def test_the_call_timer_interpolates_and_extrapolates():
 
 
 def test_reported_wait_ages_in_real_time_and_keeps_the_newest_report():
-    from server.common.estimator import ReportedWait
-
     w = ReportedWait()
     assert w.now(100.0) == 0.0  # nothing reported: nothing to shed by
     w.observe(0.3, at=10.0)
