@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from loadtests import openloop, wrkload
+from loadtests.bench_server import batch_stats
 from loadtests.procs import start_module
 
 PROBE_EVERY = 0.05  # seconds between /healthz probes
@@ -59,7 +60,9 @@ def plan(url: str, body: dict, rate: float, seconds: float, seed: int) -> openlo
 
 def phase(url: str, body: dict, rate: float, seconds: float, seed: int) -> dict:
     """One open-loop run: accepted and refused latencies, statuses."""
+    b0 = batch_stats(url)
     out = openloop.drive(url, plan(url, body, rate, seconds, seed), cap=1024, drain_s=30.0)
+    (s1, n1), (s0, n0) = batch_stats(url), b0
     lat, status = out.latency_ms, out.status
     ok, refused = lat[status == 200], lat[status == 429]
     pct = lambda a, q: round(float(np.percentile(a, q)), 1) if len(a) else None
@@ -74,6 +77,9 @@ def phase(url: str, body: dict, rate: float, seconds: float, seed: int) -> dict:
         "refused_p99_ms": pct(refused, 99),
         "refused_max_ms": round(float(refused.max()), 1) if len(refused) else None,
         "ok_share": round(float((status == 200).mean()), 4) if len(status) else None,
+        "ok_per_s": round(float((status == 200).sum()) / seconds, 1),
+        "mean_batch": round((s1 - s0) / (n1 - n0), 1) if n1 > n0 else None,  # samples per network call
+        "lag_p99_ms": pct((out.sent - out.plan.at)[np.isfinite(out.sent)] * 1e3, 99),  # generator behind
         "ended": time.monotonic(),
     }
 
@@ -87,7 +93,7 @@ def run(a) -> dict:
         cap = wrkload.run(server.port, "/v1/generate", [body], a.connections, a.seconds, warmup=1.0)
         rate = cap.req_s
         prober = subprocess.Popen(
-            [sys.executable, "-m", "loadtests.overload", "--probe", server.url, "--seconds", "1e9"],
+            [sys.executable, "-m", __spec__.name, "--probe", server.url, "--seconds", "1e9"],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -121,7 +127,7 @@ def report(r: dict) -> str:
     row = lambda name, p: (
         f"| {name} | {p['rate']} | {p['sent']} | {p['ok_p50_ms']} | {p['ok_p99_ms']} | "
         f"{p['statuses'].get('429', 0)} | {p['refused_p50_ms']} / {p['refused_p99_ms']} / "
-        f"{p['refused_max_ms']} | {p['statuses']} |"
+        f"{p['refused_max_ms']} | {p['ok_per_s']} | {p['mean_batch']} | {p['lag_p99_ms']} | {p['statuses']} |"
     )
     return "\n".join(
         [
@@ -130,8 +136,8 @@ def report(r: dict) -> str:
             f"p99 {c['p99_ms']:.1f} ms ({c['not_2xx']} not 2xx)",
             "",
             "| phase (open loop) | req/s offered | sent | 200 p50 ms | 200 p99 ms | 429s "
-            "| 429 p50 / p99 / max ms | statuses |",
-            "|---|---:|---:|---:|---:|---:|---|---|",
+            "| 429 p50 / p99 / max ms | 200/s | samples per call | generator lag p99 ms | statuses |",
+            "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
             row("1x capacity", one),
             row(f"{r['factor']:g}x capacity", over),
             row("0.5x, 3 s after", after),
