@@ -1,0 +1,46 @@
+"""loadtests.overload: the open-loop plan it sends and the report it prints, from known inputs."""
+
+from __future__ import annotations
+
+import json
+
+from loadtests import overload
+
+
+def test_plan_sends_one_shape_with_a_distinct_seed_each_at_poisson_times():
+    p = overload.plan("http://127.0.0.1:9/", {"num_samples": 8, "steps": 4}, rate=200, seconds=2, seed=3)
+    assert 300 < len(p.at) < 500 and (p.at >= 0).all() and (p.at < 2).all()
+    seeds = [b["seed"] for b in p.bodies]
+    assert len(set(seeds)) == len(seeds) and all(b["steps"] == 4 for b in p.bodies)
+    head, _, body = p.requests[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /v1/generate HTTP/1.1") and json.loads(body) == p.bodies[0]
+
+
+def test_report_has_a_row_per_phase_and_the_probe_line():
+    phase = {
+        "rate": 10.0,
+        "sent": 80,
+        "statuses": {"200": 60, "429": 20},
+        "ok_p50_ms": 5.0,
+        "ok_p99_ms": 9.0,
+        "refused_p50_ms": 1.0,
+        "refused_p99_ms": 2.0,
+        "refused_max_ms": 3.0,
+        "ok_per_s": 7.5,
+        "mean_batch": 64.0,
+        "lag_p99_ms": 0.5,
+    }
+    r = {
+        "body": {"num_samples": 8},
+        "factor": 4.0,
+        "capacity": {"req_s": 10.0, "p50_ms": 4.0, "p99_ms": 8.0, "generator": "wrk"},
+        "at_capacity": phase,
+        "overload": phase | {"statuses": {"200": 10, "429": 70}},
+        "after": phase,
+        "healthz": {"probes": 100, "failed": 0, "p50_ms": 0.5, "p99_ms": 2.0, "max_ms": 3.0},
+    }
+    r["capacity"] |= {"connections": 8, "not_2xx": 0}
+    text = overload.report(r)
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "phase" not in ln]
+    assert len(rows) == 3 and "| 4x capacity | 10.0 | 80 | 5.0 | 9.0 | 70 |" in text
+    assert "failed 0" in text and "p99 2.0 ms" in text
