@@ -33,14 +33,17 @@ from loadtests.procs import start_module
 
 PROBE_EVERY = 0.05  # seconds between /healthz probes
 PROBE_TIMEOUT = 5.0  # the deployment's livenessProbe timeoutSeconds
+# the probe (answered on the connection) and, to see where the time goes, the same answer through the
+# whole ASGI stack (FastAPI's v2 liveness route) in the same process
+PROBED = ("/healthz", "/v2/health/live")
 
 
-def probe_once(host: str, port: int) -> float | None:
-    """Seconds for one GET /healthz on a fresh connection (None: failed or not 200 within the timeout)."""
+def probe_once(host: str, port: int, path: str = "/healthz") -> float | None:
+    """Seconds for one GET `path` on a fresh connection (None: failed or not 200 within the timeout)."""
     t0 = time.perf_counter()
     try:
         with socket.create_connection((host, port), timeout=PROBE_TIMEOUT) as s:
-            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+            s.sendall(b"GET %s HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n" % path.encode())
             ok = s.recv(64).startswith(b"HTTP/1.1 200 ")
     except OSError:
         return None
@@ -60,7 +63,7 @@ def plan(url: str, body: dict, rate: float, seconds: float, seed: int) -> openlo
 
 def phase(url: str, body: dict, rate: float, seconds: float, seed: int) -> dict:
     """One open-loop run: accepted and refused latencies, statuses."""
-    b0 = batch_stats(url)
+    b0, started = batch_stats(url), time.monotonic()
     out = openloop.drive(url, plan(url, body, rate, seconds, seed), cap=1024, drain_s=30.0)
     (s1, n1), (s0, n0) = batch_stats(url), b0
     lat, status = out.latency_ms, out.status
@@ -80,6 +83,7 @@ def phase(url: str, body: dict, rate: float, seconds: float, seed: int) -> dict:
         "ok_per_s": round(float((status == 200).sum()) / seconds, 1),
         "mean_batch": round((s1 - s0) / (n1 - n0), 1) if n1 > n0 else None,  # samples per network call
         "lag_p99_ms": pct((out.sent - out.plan.at)[np.isfinite(out.sent)] * 1e3, 99),  # generator behind
+        "started": started,
         "ended": time.monotonic(),
     }
 
@@ -98,37 +102,63 @@ def run(a) -> dict:
             text=True,
         )
         try:
-            at_cap = phase(server.url, body, rate, a.seconds, seed=1)
-            over = phase(server.url, body, a.factor * rate, a.seconds, seed=2)
-            time.sleep(max(0.0, over["ended"] + 3.0 - time.monotonic()))
-            after = phase(server.url, body, 0.5 * rate, 3.0, seed=3)
+            r = {"at_capacity": phase(server.url, body, rate, a.seconds, seed=1)}
+            r["overload"] = phase(server.url, body, a.factor * rate, a.seconds, seed=2)
+            time.sleep(max(0.0, r["overload"]["ended"] + 3.0 - time.monotonic()))
+            r["after"] = phase(server.url, body, 0.5 * rate, 3.0, seed=3)
+            r["api_flood"] = api_flood(server.port, a.seconds)
         finally:
             prober.terminate()  # SIGTERM: the prober prints what it has (_probe_main)
             text = prober.communicate(timeout=30)[0]
-        probes = json.loads(text)
     finally:
         server.stop()
-    h = np.array(probes["latencies_ms"]) if probes["latencies_ms"] else np.array([np.nan])
-    health = {
-        "probes": len(probes["latencies_ms"]),
-        "failed": probes["failed"],
-        "p50_ms": round(float(np.percentile(h, 50)), 2),
-        "p99_ms": round(float(np.percentile(h, 99)), 2),
-        "max_ms": round(float(h.max()), 2),
+    probes = json.loads(text)
+    r["healthz"] = {
+        name: {path: probe_stats(probes[path], r[name]["started"], r[name]["ended"]) for path in PROBED}
+        for name in ("at_capacity", "overload", "after", "api_flood")
     }
     closed = {"req_s": round(rate, 1), "p50_ms": cap.p50_ms, "p99_ms": cap.p99_ms, "generator": cap.generator}
-    closed |= {"connections": a.connections, "not_2xx": cap.requests - cap.ok}
-    phases = {"capacity": closed, "at_capacity": at_cap, "overload": over, "after": after}
-    return {"body": body, "max_queue_ms": a.max_queue_ms, "factor": a.factor, "healthz": health} | phases
+    r["capacity"] = closed | {"connections": a.connections, "not_2xx": cap.requests - cap.ok}
+    return {"body": body, "max_queue_ms": a.max_queue_ms, "factor": a.factor} | r
+
+
+def api_flood(port: int, seconds: float) -> dict:
+    """The API process's own overload (issue 19's /healthz starvation): 256 connections of 1-sample 1-step
+    PNG requests, closed loop, so decoding, encoding and the ASGI stack keep its event loop busy."""
+    started = time.monotonic()
+    load = wrkload.run(port, "/v1/generate", [{"num_samples": 1, "steps": 1}], 256, seconds)
+    return {"started": started, "ended": time.monotonic(), "req_s": round(load.req_s, 1)} | {
+        "p50_ms": load.p50_ms,
+        "p99_ms": load.p99_ms,
+        "errors": load.errors,
+    }
+
+
+def probe_stats(samples: list, start: float, end: float) -> dict:
+    """p50/p99/max ms and failures of the probes sent in [start, end]."""
+    got = [ms for when, ms in samples if start <= when <= end]
+    ok = np.array([ms for ms in got if ms is not None] or [np.nan])
+    pct = lambda q: round(float(np.percentile(ok, q)), 2)
+    return {
+        "probes": len(got),
+        "failed": sum(ms is None for ms in got),
+        "p50_ms": pct(50),
+        "p99_ms": pct(99),
+    } | {"max_ms": round(float(ok.max()), 2)}
 
 
 def report(r: dict) -> str:
-    c, one, over, after, h = r["capacity"], r["at_capacity"], r["overload"], r["after"], r["healthz"]
+    c, one, over, after, fl = r["capacity"], r["at_capacity"], r["overload"], r["after"], r["api_flood"]
     row = lambda name, p: (
         f"| {name} | {p['rate']} | {p['sent']} | {p['ok_p50_ms']} | {p['ok_p99_ms']} | "
         f"{p['statuses'].get('429', 0)} | {p['refused_p50_ms']} / {p['refused_p99_ms']} / "
         f"{p['refused_max_ms']} | {p['ok_per_s']} | {p['mean_batch']} | {p['lag_p99_ms']} | {p['statuses']} |"
     )
+    probe = lambda s: f"{s['p50_ms']} / {s['p99_ms']} / {s['max_ms']} ({s['failed']} of {s['probes']})"
+    health = [
+        f"| {name} | {probe(h['/healthz'])} | {probe(h['/v2/health/live'])} |"
+        for name, h in r["healthz"].items()
+    ]
     return "\n".join(
         [
             f"request {json.dumps(r['body'])}; capacity (closed loop, {c['connections']} connections, "
@@ -142,8 +172,14 @@ def report(r: dict) -> str:
             row(f"{r['factor']:g}x capacity", over),
             row("0.5x, 3 s after", after),
             "",
-            f"/healthz from another process ({h['probes']} probes, fresh connection each): "
-            f"p50 {h['p50_ms']} ms, p99 {h['p99_ms']} ms, max {h['max_ms']} ms, failed {h['failed']}",
+            f"API flood (256 connections, 1x1 PNG, closed loop): {fl['req_s']} req/s, "
+            f"p50 {fl['p50_ms']:.1f} ms, p99 {fl['p99_ms']:.1f} ms, errors {fl['errors']}",
+            "",
+            "Probes from another process, a fresh connection each, p50 / p99 / max ms (failed of sent):",
+            "",
+            "| phase | GET /healthz (answered on the connection) | GET /v2/health/live (through FastAPI) |",
+            "|---|---|---|",
+            *health,
         ]
     )
 
@@ -175,16 +211,14 @@ def _probe_main(url: str, seconds: float) -> int:
     """Probe until `seconds` pass or SIGTERM arrives; then print the results as JSON."""
     import signal
 
-    out = {"latencies_ms": [], "failed": 0}
+    out = {path: [] for path in PROBED}  # path -> [(when, ms or None: failed)]
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     u, end = urlsplit(url), time.monotonic() + seconds
     while not stop and time.monotonic() < end:
-        t = probe_once(u.hostname, u.port)
-        if t is None:
-            out["failed"] += 1
-        else:
-            out["latencies_ms"].append(1e3 * t)
+        for path in PROBED:
+            when, t = time.monotonic(), probe_once(u.hostname, u.port, path)
+            out[path].append((when, None if t is None else 1e3 * t))
         time.sleep(PROBE_EVERY)
     print(json.dumps(out))
     return 0

@@ -16,7 +16,7 @@ def test_plan_sends_one_shape_with_a_distinct_seed_each_at_poisson_times():
     assert head.startswith(b"POST /v1/generate HTTP/1.1") and json.loads(body) == p.bodies[0]
 
 
-def test_report_has_a_row_per_phase_and_the_probe_line():
+def test_report_has_a_row_per_phase_and_the_probes_per_phase():
     phase = {
         "rate": 10.0,
         "sent": 80,
@@ -37,10 +37,19 @@ def test_report_has_a_row_per_phase_and_the_probe_line():
         "at_capacity": phase,
         "overload": phase | {"statuses": {"200": 10, "429": 70}},
         "after": phase,
-        "healthz": {"probes": 100, "failed": 0, "p50_ms": 0.5, "p99_ms": 2.0, "max_ms": 3.0},
+        "api_flood": {"req_s": 100.0, "p50_ms": 50.0, "p99_ms": 90.0, "errors": {}},
     }
+    fast = {"probes": 100, "failed": 0, "p50_ms": 0.5, "p99_ms": 2.0, "max_ms": 3.0}
+    slow = {"probes": 100, "failed": 1, "p50_ms": 5.0, "p99_ms": 40.0, "max_ms": 60.0}
+    r["healthz"] = {"overload": {"/healthz": fast, "/v2/health/live": slow}}
     r["capacity"] |= {"connections": 8, "not_2xx": 0}
     text = overload.report(r)
     rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "phase" not in ln]
-    assert len(rows) == 3 and "| 4x capacity | 10.0 | 80 | 5.0 | 9.0 | 70 |" in text
-    assert "failed 0" in text and "p99 2.0 ms" in text
+    assert len(rows) == 4 and "| 4x capacity | 10.0 | 80 | 5.0 | 9.0 | 70 |" in text
+    assert "| overload | 0.5 / 2.0 / 3.0 (0 of 100) | 5.0 / 40.0 / 60.0 (1 of 100) |" in text
+
+
+def test_probe_stats_count_only_the_window_and_failures_apart():
+    samples = [(0.5, 1.0), (1.0, 2.0), (1.5, None), (2.0, 4.0), (3.0, 100.0)]
+    s = overload.probe_stats(samples, 1.0, 2.0)
+    assert s["probes"] == 3 and s["failed"] == 1 and s["max_ms"] == 4.0 and s["p50_ms"] == 3.0
