@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, create_model
 
-from server.api_process import http
+from server.api_process import http, stream
 from server.api_process.encode import IMAGE_FORMATS, images, quality_problem
 from server.api_process.protocol import OPENAI_TYPES, STATUSES, steps_for
 from server.api_process.schemas import Timings, generation_fields
@@ -98,7 +98,7 @@ def images_request_model(s: ServerSettings) -> type[BaseModel]:
         "quality": word("Accepted and ignored (OpenAI's quality; see output_compression)."),
         "style": word("Accepted and ignored (OpenAI's style)."),
         "user": (StrictStr | None, Field(None, max_length=256, description="Accepted and ignored.")),
-        **{k: shared[k] for k in ("steps", "seed", "guidance_scale", "sampler", "deadline_ms")},
+        **{k: shared[k] for k in ("steps", "seed", "guidance_scale", "sampler", "deadline_ms", "stream")},
     }
     return create_model("ImagesRequest", __config__=ConfigDict(extra="forbid"), **fields)
 
@@ -161,6 +161,7 @@ def to_params(body, spec: ModelSpec, default_steps: int) -> GenParams:
         output=fmt,
         quality=body.output_compression,
         sampler=body.sampler,
+        stream=body.stream,
     )
 
 
@@ -204,6 +205,8 @@ def router(service: Service, auth: list) -> APIRouter:
             http.failed(service, request, e, body.model, body.steps, t0)
             raise
         encode = lambda r: to_response(r, spec, p).model_dump_json()
+        if p.stream:
+            return await stream.respond(service, p, request, encode, t0)
         return Response(await http.generate(service, p, request, encode, t0), media_type="application/json")
 
     return api

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class IterationStats:
-    """One network call of one model's worker."""
+    """One network call of one model's worker (samples == 0: no call, only rows dropped)."""
 
     model: str
     rows: int  # network evaluations in this call (guided samples count twice)
@@ -17,6 +17,7 @@ class IterationStats:
     queue_depth: int  # requests waiting after admission
     in_flight: int  # samples active after the update
     ok: bool = True
+    dropped: int = 0  # rows of requests ended early (cancelled, expired) dropped before this call
 
 
 @dataclass(frozen=True)
