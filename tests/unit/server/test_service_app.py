@@ -72,6 +72,7 @@ class InProcessCore(InProcess):
         for fut in self.pending.values():
             fut.set_exception(CoreDown(reason))
         self.pending.clear()
+        self.previews.clear()
 
 
 def states(up: bool, generation: int = 1) -> m.CoreStates:
