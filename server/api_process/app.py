@@ -112,7 +112,12 @@ def _handlers(app: FastAPI, service: Service) -> None:
 def _v1_routes(app: FastAPI, service: Service, auth) -> None:
     GenerateRequest = generate_request_model(service.settings)
 
-    @app.post("/v1/generate", response_model=GenerateResponse, dependencies=auth, responses=V1_ERRORS)
+    @app.post(
+        "/v1/generate",
+        response_model=GenerateResponse,
+        dependencies=auth,
+        responses={**V1_ERRORS, **stream.OPENAPI},
+    )
     async def generate(body: GenerateRequest, request: Request):  # type: ignore[valid-type]
         """Generate samples; requests share network calls step by step."""
         p = to_params(body, service.settings.default_steps)

@@ -191,6 +191,7 @@ def router(service: Service, auth: list) -> APIRouter:
     ImagesRequest = images_request_model(service.settings)
     errors = {status: {"model": OpenAIError, "description": STATUSES[status]} for status in OPENAI_TYPES}
     errors["4XX"] = {"model": OpenAIError, "description": "any other client error (never FastAPI's 422)"}
+    errors |= stream.OPENAPI
     api = APIRouter(tags=["OpenAI images"])
 
     @api.post(ROUTE, response_model=ImagesResponse, dependencies=auth, responses=errors)

@@ -28,6 +28,12 @@ from server.api_process.encode import png_images
 from server.api_process.service import ClientGone, GenParams, GenResult, Preview, Service, ServiceError
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of the events
+OPENAPI = {  # the streamed 200, as /openapi.json declares it beside the JSON body
+    200: {
+        "description": "The result as JSON; with `stream`: preview events, then `result` (or `error`).",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
 
 
 def event(name: str, data: str) -> bytes:

@@ -201,6 +201,7 @@ V1_GOOD = {
     "output": st.sampled_from(["png", "npy", "webp", "jpeg"]),
     "quality": st.integers(0, 101),
     "deadline_ms": st.floats(1, 30_000) | st.integers(1, 30_000),
+    "stream": st.booleans(),
 }
 V1_BREAK = {**dict.fromkeys(V1_GOOD, hostile), "colour": hostile}
 CONTENT_TYPES = ["application/json"] * 6 + ["application/json; charset=utf-16", "text/plain", ""]
@@ -230,8 +231,9 @@ IMAGES_GOOD = {
     "sampler": st.sampled_from(["flowmap", "consistency", "ddim"]),
     "output_compression": st.integers(0, 101),
     "deadline_ms": st.floats(1, 30_000) | st.integers(1, 30_000),
+    "stream": st.booleans(),
 }
-IMAGES_BREAK = {**dict.fromkeys(IMAGES_GOOD, hostile), "stream": hostile}
+IMAGES_BREAK = {**dict.fromkeys(IMAGES_GOOD, hostile), "partial_images": hostile}
 
 
 @st.composite
@@ -369,6 +371,18 @@ def api_rss_mb(server) -> float:
     return total
 
 
+def assert_events(text: str) -> None:
+    """A streamed answer: previews numbered 1..K, then one result or error event, every data strict JSON."""
+    events = [block.split("\n", 1) for block in text.strip().split("\n\n")]
+    names = [head.removeprefix("event: ") for head, _ in events]
+    datas = [strict_json(data.removeprefix("data: ")) for _, data in events]
+    k = len(names) - 1
+    assert names == ["preview"] * k + [names[-1]] and names[-1] in ("result", "error"), names
+    assert [d["step"] for d in datas[:k]] == list(range(1, k + 1)), text[:300]
+    if names[-1] == "result":
+        assert k == datas[-1]["steps"], text[:300]
+
+
 def fuzz(server, requests, seen: list[int]) -> None:
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as c:
 
@@ -385,6 +399,8 @@ def fuzz(server, requests, seen: list[int]) -> None:
             assert r.status_code < 500 or documented_504, (path, body[:300], headers, r.status_code, r.text)
             if r.status_code != 200:
                 assert isinstance(strict_json(r.content), dict), r.text
+            elif r.headers["content-type"].startswith("text/event-stream"):
+                assert_events(r.text)
             if path == IMAGES and r.status_code != 200:  # OpenAI's error shape, whatever went wrong
                 assert set(r.json()["error"]) == {"message", "type", "param", "code"}, r.text
             seen.append(r.status_code)
