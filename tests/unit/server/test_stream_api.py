@@ -139,3 +139,14 @@ def test_giving_up_on_a_streamed_request_cancels_it_in_the_core():
     assert [v.step for v in got] == [1] and core.cancelled == [1]
     assert not core.server.jobs and not sched.jobs and stack.service.inflight == 0
     assert core.server.core.step() is None and sched.in_flight() == 0  # its rows dropped at the boundary
+
+
+@pytest.mark.parametrize("value", [True, "yes", 1, {}])
+def test_v2_says_it_does_not_stream(value):
+    stack = make_stack()
+    seed = {"name": "seed", "shape": [1], "datatype": "INT64", "data": [1]}
+    body = {"inputs": [seed], "parameters": {"stream": value}}
+    r = run(stack.client.post("/v2/models/toy/infer", json=body))
+    assert r.status_code == 400 and "stream" in r.json()["error"], r.text
+    ok = run(stack.client.post("/v2/models/toy/infer", json={**body, "parameters": {"stream": False}}))
+    assert ok.status_code == 200
