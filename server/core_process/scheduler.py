@@ -187,6 +187,7 @@ class Scheduler:
         self._waiting_rows = 0
         self.next_deadline = math.inf
         self.dropped = 0  # rows of jobs ended early dropped from the state, since the last take_dropped
+        self.previewing = 0  # jobs with on_preview not yet done: 0 keeps previews off the plain path
         self._clear()
 
     def _clear(self) -> None:
@@ -210,6 +211,7 @@ class Scheduler:
         self._waiting_rows += job.n * job.rows_per_sample
         self.waiting_work += job.n * job.rows_per_sample * job.steps
         self.jobs[job.id] = job
+        self.previewing += job.on_preview is not None
         if job.deadline is not None:
             self.next_deadline = min(self.next_deadline, job.deadline)
 
@@ -244,7 +246,7 @@ class Scheduler:
             self._admit(now)
         s, t = self.grid[self.K, self.k], self.grid[self.K, self.k + 1]
         s, t, y, w = (torch.from_numpy(a) for a in (s, t, self.y, self.w))
-        pv = torch.from_numpy(np.flatnonzero(self.pv)) if self.pv.any() else None
+        pv = torch.from_numpy(np.flatnonzero(self.pv)) if self.previewing and self.pv.any() else None
         if not self.key.any():
             return Batch(x=self.x, s=s, t=t, y=y, w=w, rows=self.rows, preview=pv)
         keys, k = torch.from_numpy(self.key), torch.from_numpy(self.k)
@@ -504,6 +506,7 @@ class Scheduler:
 
     def _finish(self, job: Job, now: float, error: Exception | None) -> None:
         job.done, job.error, job.finished = True, error, now
+        self.previewing -= job.on_preview is not None
         if job.rows_in_flight > 0 and error is not None:
             self.dead.add(job.id)
         if job.admitted < job.n:
