@@ -64,8 +64,9 @@ async def respond(
     except asyncio.CancelledError:
         task.cancel()
         raise
-    if first is task and isinstance(task.exception(), ServiceError):
-        http.failed(service, request, task.exception(), p.model, p.steps, t0)
+    if first is task and task.exception() is not None:  # failed before its first step: a plain error
+        if isinstance(task.exception(), ServiceError):
+            http.failed(service, request, task.exception(), p.model, p.steps, t0)
         raise task.exception()
     stream = _events(service, p, request, encode, t0, first, queue, task)
     return StreamingResponse(stream, media_type="text/event-stream", headers=HEADERS)

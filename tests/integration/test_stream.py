@@ -5,6 +5,7 @@ in-flight count, and the server goes on serving."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -103,3 +104,24 @@ def test_leaving_a_running_plain_request_frees_its_rows(slow):
     print(f"\ntime to free after a plain client left: {1e3 * freed:.0f} ms")
     assert metric(slow.url, "flowmap_dropped_rows_total", model="digits") - dropped0 == 4
     assert httpx.post(slow.url + "/v1/generate", json={"steps": 1}, timeout=30).status_code == 200
+
+
+def test_a_full_queue_refuses_streams_with_a_plain_429(slow):
+    async def one(c: httpx.AsyncClient, i: int):
+        body = {"steps": 2, "num_samples": 4, "seed": i, "stream": True}
+        async with c.stream("POST", "/v1/generate", json=body) as r:
+            return r.status_code, r.headers, (await r.aread()).decode()
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=slow.url, timeout=30) as c:
+            return await asyncio.gather(*(one(c, i) for i in range(12)))
+
+    got = asyncio.run(scenario())
+    assert {s for s, _, _ in got} == {200, 429}, [s for s, _, _ in got]
+    for status, headers, text in got:
+        if status == 429:  # refused before its first event: JSON, with Retry-After, as without stream
+            assert headers["content-type"] == "application/json" and int(headers["retry-after"]) >= 1
+            assert "queue full" in json.loads(text)["detail"]
+        else:
+            assert headers["content-type"].startswith("text/event-stream")
+            assert text.count("event: preview") == 2 and text.rstrip().split("\n")[-2] == "event: result"
