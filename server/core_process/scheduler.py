@@ -307,7 +307,7 @@ class Scheduler:
             step = int(ks[a]) + 1
             parts = job.previews.setdefault(step, [])
             parts.append(chunk[:: job.group])  # a steered group: its first particle
-            if sum(len(p) for p in parts) == job.n:
+            if sum(len(p) for p in parts) == job.n // job.group:  # every sample (steered: every group)
                 del job.previews[step]
                 job.on_preview(job, step, parts[0] if len(parts) == 1 else torch.cat(parts))
 

@@ -150,3 +150,16 @@ def test_v2_says_it_does_not_stream(value):
     assert r.status_code == 400 and "stream" in r.json()["error"], r.text
     ok = run(stack.client.post("/v2/models/toy/infer", json={**body, "parameters": {"stream": False}}))
     assert ok.status_code == 200
+
+
+def test_a_steered_request_streams_one_preview_per_sample(tmp_path):
+    from tests.unit.server.test_consistency_api import checkpoint
+
+    _, _, client = serve(str(checkpoint(tmp_path / "toy.safetensors", "esd")), max_particles=8)
+    steer = {"reward": "ink", "scale": 20.0, "particles": 4}
+    body = {"steps": 3, "num_samples": 2, "seed": 5, "class_label": 1, "output": "npy", "steer": steer}
+    status, _, got = run(events(client, "/v1/generate", {**body, "stream": True}))
+    assert status == 200 and [e for e, _ in got] == ["preview"] * 3 + ["result"]
+    assert all(len(d["images"]) == 2 for _, d in got[:3])
+    plain = run(client.post("/v1/generate", json=body))
+    assert npy(plain.json()["array"]).tolist() == npy(got[-1][1]["array"]).tolist()

@@ -70,3 +70,24 @@ def test_a_cancelled_requests_rows_are_dropped_at_the_next_step_and_counted():
     core.cancel(other)
     assert core.step() is None  # nothing left to run: the drop is still reported
     assert sum(s.dropped for s in stats) == 6 and sched.in_flight() == 0 and not sched.jobs
+
+
+def test_a_steered_request_previews_one_row_per_sample_ending_at_its_result():
+    from flowmap.samplers import sample_keys
+    from server.core_process.scheduler import Steer
+
+    got, n, p = {}, 2, 3
+    steer = Steer(particles=p, reward=lambda x0: x0.flatten(1).sum(1), scale=1.0)
+    job = Job(
+        make_noise(n * p, SHAPE, 4),
+        [1] * (n * p),
+        2,
+        keys=sample_keys(4, n * p).tolist(),
+        steer=steer,
+        on_preview=lambda j, k, x0: got.setdefault(k, x0),
+    )
+    sched = Scheduler(16, 16, 0.0, 4)
+    sched.submit(job, 0.0)
+    drain(sched, Executor(FakeEngine(), C, conditional=True))
+    assert sorted(got) == [1, 2] and all(x0.shape == (n, *SHAPE) for x0 in got.values())
+    torch.testing.assert_close(got[2], job.result, rtol=0, atol=1e-6)
