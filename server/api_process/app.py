@@ -123,7 +123,7 @@ def _v1_routes(app: FastAPI, service: Service, auth) -> None:
         p = to_params(body, service.settings.default_steps)
         encode = lambda r: to_response(r, p).model_dump_json()
         if p.stream:
-            return await stream.respond(service, p, request, encode, time.monotonic())
+            return await stream.respond(service, p, request, stream.v1_codec(encode), time.monotonic())
         # serialised here (pydantic-core) rather than re-validated by FastAPI: the schema is still documented
         body = await http.generate(service, p, request, encode)
         return Response(body, media_type="application/json")

@@ -1,5 +1,6 @@
-"""Server-sent events for the generating JSON routes (`"stream": true` on /v1/generate and on
-/v1/images/generations): `text/event-stream` with
+"""Server-sent events for the generating JSON routes (`"stream": true`): the one streaming path (start,
+previews as they come, the result or an error, a client gone), written by each route's `Codec`. v1's
+codec (`v1_codec`) answers `text/event-stream` with
 
 - `event: preview`, once per step: `{"step": k, "steps": K, "images": [base64 PNG, ...]}` (image models)
   or `{"step": k, "steps": K, "samples": [[...], ...]}` (others): every sample's jump to data X_{s,0}
@@ -8,6 +9,8 @@
   samples);
 - `event: error` instead of `result` when the request fails after its first event: `{"status": S, ...}`
   with the protocol's error body.
+
+OpenAI's images route writes OpenAI's image events instead (server.api_process.images_stream).
 
 Errors found before the first event (bad input, unknown model, queue full, a deadline passed while
 queued) are plain HTTP errors, as without `stream`. A client that goes away ends the request: the
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -28,17 +32,46 @@ from server.api_process.encode import png_images
 from server.api_process.service import ClientGone, GenParams, GenResult, Preview, Service, ServiceError
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of the events
-OPENAPI = {  # the streamed 200, as /openapi.json declares it beside the JSON body
-    200: {
-        "description": "The result as JSON; with `stream`: preview events, then `result` (or `error`).",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-    }
-}
+
+
+def openapi(events: str) -> dict:
+    """The streamed 200, as /openapi.json declares it beside the JSON body (`events`: what `stream` sends)."""
+    description = f"The result as JSON; with `stream`: {events}."
+    content = {"text/event-stream": {"schema": {"type": "string"}}}
+    return {200: {"description": description, "content": content}}
+
+
+OPENAPI = openapi("preview events, then `result` (or `error`)")
 
 
 def event(name: str, data: str) -> bytes:
     """One SSE event; `data` is one line of JSON."""
     return f"event: {name}\ndata: {data}\n\n".encode()
+
+
+def json_line(body: dict) -> str:
+    return json.dumps(body, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How a route writes its stream: `preview` (b"": nothing sent for that step), `result` (the finished
+    request), `error` (status as sent, the protocol's error body); `previews`: False asks the core for
+    none."""
+
+    preview: Callable[[Preview], bytes]
+    result: Callable[[GenResult], bytes]
+    error: Callable[[int, dict], bytes]
+    previews: bool = True
+
+
+def v1_codec(encode: Callable[[GenResult], str]) -> Codec:
+    """v1's events: `preview` per step, then `result` (the plain body, `encode`d) or `error`."""
+    return Codec(
+        preview=preview_event,
+        result=lambda r: event("result", encode(r)),
+        error=lambda status, body: event("error", json_line({"status": status, **body})),
+    )
 
 
 def preview_event(v: Preview) -> bytes:
@@ -48,16 +81,17 @@ def preview_event(v: Preview) -> bytes:
         body["images"] = png_images(v.x)
     else:
         body["samples"] = v.x.tolist()
-    return event("preview", json.dumps(body, separators=(",", ":")))
+    return event("preview", json_line(body))
 
 
 async def respond(
-    service: Service, p: GenParams, request: Request, encode: Callable[[GenResult], str], t0: float
+    service: Service, p: GenParams, request: Request, codec: Codec, t0: float
 ) -> StreamingResponse:
-    """Start the request; answer an event stream once its first preview is in (raise ServiceError, a plain
-    HTTP error, when it fails before that)."""
+    """Start the request; answer an event stream once its first preview (or, asking none, its result) is in
+    (raise ServiceError, a plain HTTP error, when it fails before that)."""
     queue: asyncio.Queue = asyncio.Queue()  # Preview, ..., then the finished task itself
-    task = asyncio.ensure_future(service.generate(p, lambda: http.wait_disconnect(request), queue.put_nowait))
+    on_preview = queue.put_nowait if codec.previews else None
+    task = asyncio.ensure_future(service.generate(p, lambda: http.wait_disconnect(request), on_preview))
     task.add_done_callback(queue.put_nowait)
     try:
         first = await queue.get()
@@ -68,27 +102,28 @@ async def respond(
         if isinstance(task.exception(), ServiceError):
             http.failed(service, request, task.exception(), p.model, p.steps, t0)
         raise task.exception()
-    stream = _events(service, p, request, encode, t0, first, queue, task)
+    stream = _events(service, p, request, codec, t0, first, queue, task)
     return StreamingResponse(stream, media_type="text/event-stream", headers=HEADERS)
 
 
-async def _events(service, p, request, encode, t0, item, queue, task) -> AsyncIterator[bytes]:
+async def _events(service, p, request, codec, t0, item, queue, task) -> AsyncIterator[bytes]:
     """The previews as they come, then the result (or error); a client gone cancels the request."""
     try:
         while item is not task:
-            yield preview_event(item)
+            if data := codec.preview(item):
+                yield data
             item = await queue.get()
-        yield _last(service, p, request, encode, t0, task)
+        yield _last(service, p, request, codec, t0, task)
     finally:
         if not task.done():  # the client went away mid-stream (Starlette cancelled this generator)
             task.cancel()
             _gone(service, p, request, t0)
 
 
-def _last(service, p, request, encode, t0, task) -> bytes:
+def _last(service, p, request, codec, t0, task) -> bytes:
     e = task.exception()
     if e is None:
-        return event("result", http.finish(service, task.result(), encode, t0))
+        return http.finish(service, task.result(), codec.result, t0)
     if not isinstance(e, ServiceError):
         e = ServiceError(f"internal error: {type(e).__name__}")
     if isinstance(e, ClientGone):
@@ -97,7 +132,7 @@ def _last(service, p, request, encode, t0, task) -> bytes:
     http.failed(service, request, e, p.model, p.steps, t0)
     service.reject(e.reason, p.model)
     status, body = http.error_payload(request, e)
-    return event("error", json.dumps({"status": status, **body}, separators=(",", ":")))
+    return codec.error(status, body)
 
 
 def _gone(service: Service, p: GenParams, request: Request, t0: float) -> None:
