@@ -1,7 +1,7 @@
 """Streamed generation over real HTTP (a server process, the slow test engine: 100 ms per step) read with
-httpx-sse: previews arrive step by step, not buffered; a client that leaves mid-stream, or mid-request
-without streaming, frees its rows at the next step boundary (flowmap_dropped_rows_total), leaks no
-in-flight count, and the server goes on serving."""
+httpx-sse: previews (v1's, and OpenAI's partial images) arrive step by step, not buffered; a client that
+leaves mid-stream, or mid-request without streaming, frees its rows at the next step boundary
+(flowmap_dropped_rows_total), leaks no in-flight count, and the server goes on serving."""
 
 from __future__ import annotations
 
@@ -41,22 +41,31 @@ def plain(body: dict) -> dict:
     return {k: v for k, v in body.items() if k not in ("timings", "created")}
 
 
-@pytest.mark.parametrize(
-    "route, body",
-    [
-        ("/v1/generate", {"steps": 4, "num_samples": 2, "seed": 3, "class_label": 1}),
-        ("/v1/images/generations", {"prompt": "1", "steps": 4, "n": 2, "seed": 3, "output_format": "webp"}),
-    ],
-)
-def test_previews_arrive_step_by_step_then_the_plain_result(slow, route, body):
-    got = stream(slow.url, route, {**body, "stream": True})
+def test_previews_arrive_step_by_step_then_the_plain_result(slow):
+    body = {"steps": 4, "num_samples": 2, "seed": 3, "class_label": 1}
+    got = stream(slow.url, "/v1/generate", {**body, "stream": True})
     assert [e for e, _, _ in got] == ["preview"] * 4 + ["result"]
     assert [d["step"] for _, d, _ in got[:4]] == [1, 2, 3, 4]
     assert all(len(d["images"]) == 2 for _, d, _ in got[:4])
     first, last = got[0][2], got[-1][2]
     assert last - first > 2 * STEP_S  # streamed as computed (three more steps), not buffered to the end
-    same = httpx.post(slow.url + route, json=body, timeout=30)
+    same = httpx.post(slow.url + "/v1/generate", json=body, timeout=30)
     assert same.status_code == 200 and plain(got[-1][1]) == plain(same.json())
+
+
+def test_openai_partial_images_arrive_step_by_step_then_the_plain_images(slow):
+    body = {"prompt": "1", "steps": 4, "n": 2, "seed": 3, "output_format": "webp"}
+    got = stream(slow.url, "/v1/images/generations", {**body, "stream": True, "partial_images": 3})
+    partial, completed = "image_generation.partial_image", "image_generation.completed"
+    assert [e for e, _, _ in got] == [partial] * 6 + [completed] * 2
+    assert [d["type"] for _, d, _ in got] == [e for e, _, _ in got]
+    assert [(d["partial_image_index"], d["step"], d["index"]) for _, d, _ in got[:6]] == [
+        (j, j + 1, i) for j in range(3) for i in range(2)
+    ]
+    assert got[-1][2] - got[0][2] > 2 * STEP_S  # streamed as computed (three more steps), not buffered
+    same = httpx.post(slow.url + "/v1/images/generations", json=body, timeout=30)
+    assert same.status_code == 200
+    assert [d["b64_json"] for _, d, _ in got[-2:]] == [d["b64_json"] for d in same.json()["data"]]
 
 
 def wait_for(url: str, name: str, above: float, timeout: float = 5.0, **labels) -> float:
