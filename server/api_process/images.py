@@ -21,7 +21,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, create_model
 
 from server.api_process import http, images_stream, stream
 from server.api_process.encode import IMAGE_FORMATS, images, quality_problem
@@ -100,11 +100,7 @@ def images_request_model(s: ServerSettings) -> type[BaseModel]:
         "quality": word("Accepted and ignored (OpenAI's quality; see output_compression)."),
         "style": word("Accepted and ignored (OpenAI's style)."),
         "user": (StrictStr | None, Field(None, max_length=256, description="Accepted and ignored.")),
-        **{k: shared[k] for k in ("steps", "seed", "guidance_scale", "sampler", "deadline_ms")},
-        "stream": (
-            StrictBool,
-            Field(False, description="true: answer OpenAI's image events (event-stream; docs/server.md)."),
-        ),
+        **{k: shared[k] for k in ("steps", "seed", "guidance_scale", "sampler", "deadline_ms", "stream")},
         "partial_images": (
             StrictInt | None,
             Field(

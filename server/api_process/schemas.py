@@ -190,8 +190,9 @@ def generation_fields(s: ServerSettings) -> dict:
             StrictBool,
             Field(
                 False,
-                description="true: answer text/event-stream, a `preview` event per step (every sample's jump "
-                "to data), then `result` with the body a non-streamed request gets (docs/server.md).",
+                description="true: answer text/event-stream: per-step previews (every sample's jump to "
+                "data), then the result; v1's `preview`/`result` events, OpenAI's image events on the images "
+                "route (docs/server.md).",
             ),
         ),
     }
