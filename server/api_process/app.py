@@ -4,6 +4,7 @@ server.api_process.v2, OpenAI's images route in server.api_process.images."""
 # no `from __future__ import annotations`: the request model is built at runtime from the settings
 import dataclasses
 import logging
+import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -12,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.api_process import http
+from server.api_process import http, stream
 from server.api_process.encode import IMAGE_FORMATS, images, npy_base64, quality_problem
 from server.api_process.health import probe
 from server.api_process.protocol import OPENAI, V1, V1_STATUSES, V2, VERSION, error_body, protocol, steps_for
@@ -112,12 +113,20 @@ def _handlers(app: FastAPI, service: Service) -> None:
 def _v1_routes(app: FastAPI, service: Service, auth) -> None:
     GenerateRequest = generate_request_model(service.settings)
 
-    @app.post("/v1/generate", response_model=GenerateResponse, dependencies=auth, responses=V1_ERRORS)
+    @app.post(
+        "/v1/generate",
+        response_model=GenerateResponse,
+        dependencies=auth,
+        responses={**V1_ERRORS, **stream.OPENAPI},
+    )
     async def generate(body: GenerateRequest, request: Request):  # type: ignore[valid-type]
         """Generate samples; requests share network calls step by step."""
         p = to_params(body, service.settings.default_steps)
+        encode = lambda r: to_response(r, p).model_dump_json()
+        if p.stream:
+            return await stream.respond(service, p, request, stream.v1_codec(encode), time.monotonic())
         # serialised here (pydantic-core) rather than re-validated by FastAPI: the schema is still documented
-        body = await http.generate(service, p, request, lambda r: to_response(r, p).model_dump_json())
+        body = await http.generate(service, p, request, encode)
         return Response(body, media_type="application/json")
 
     @app.get("/v1/models", response_model=ModelList, dependencies=auth)

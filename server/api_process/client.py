@@ -69,7 +69,8 @@ class LoopSocket:
 
 
 class CoreClient:
-    """Send Generate / Cancel to one core; `submit` returns a future settled with its Done or Failed."""
+    """Send Generate / Cancel to one core; `submit` returns a future settled with its Done or Failed, and
+    hands a streamed request's Preview messages to its `on_preview` as they come."""
 
     def __init__(self, ctx: zmq.Context, address: str):
         self.ctx, self.address = ctx, address
@@ -77,6 +78,7 @@ class CoreClient:
         self.ids = itertools.count(1)
         self.pending: dict[int, asyncio.Future] = {}
         self.reported = ReportedWait()  # the core's queue wait, from its last result (Done/Failed.wait_s)
+        self.previews: dict[int, Callable[[m.Preview], None]] = {}  # streamed requests still pending
 
     def _socket(self) -> zmq.Socket:
         sock = self.ctx.socket(zmq.DEALER)
@@ -94,16 +96,21 @@ class CoreClient:
     def start(self) -> None:
         self.io.start()
 
-    def submit(self, make: Callable[[int], m.Generate]) -> tuple[int, asyncio.Future]:
+    def submit(
+        self, make: Callable[[int], m.Generate], on_preview: Callable[[m.Preview], None] | None = None
+    ) -> tuple[int, asyncio.Future]:
         """(request id, future). Raises CoreDown when the core cannot take messages now."""
         rid = next(self.ids)
         if not self.io.send(m.encode(make(rid))):
             raise CoreDown(f"engine core {self.address}: send queue full ({len(self.pending)} pending)")
         fut = asyncio.get_running_loop().create_future()
         self.pending[rid] = fut
+        if on_preview is not None:
+            self.previews[rid] = on_preview
         return rid, fut
 
     def cancel(self, rid: int) -> None:
+        self.previews.pop(rid, None)
         if self.pending.pop(rid, None) is not None:
             self.io.send(m.encode(m.Cancel(rid)))  # when the core is gone, nothing runs for it any more
 
@@ -121,6 +128,7 @@ class CoreClient:
     def fail_all(self, reason: str) -> None:
         """The core went away: every request in it fails now (the API answers 503)."""
         pending, self.pending = self.pending, {}
+        self.previews = {}
         for fut in pending.values():
             if not fut.done():
                 fut.set_exception(CoreDown(reason))
@@ -131,9 +139,16 @@ class CoreClient:
         except m.WireError as e:
             log.warning("dropped a frame from %s: %s", self.address, e)
             return
+        rid = getattr(msg, "id", -1)
+        if isinstance(msg, m.Preview):
+            on_preview = self.previews.get(rid)
+            if on_preview is not None:
+                on_preview(msg)
+            return
         if isinstance(msg, m.Done | m.Failed) and msg.sent:  # even a result nobody waits for any more
             self.reported.observe(msg.wait_s, msg.sent)
-        fut = self.pending.pop(getattr(msg, "id", -1), None)
+        self.previews.pop(rid, None)
+        fut = self.pending.pop(rid, None)
         if fut is not None and not fut.done():
             fut.set_result(msg)
 

@@ -45,6 +45,11 @@ async def generate(
     except ServiceError as e:
         failed(service, request, e, p.model, p.steps, t0)
         raise
+    return finish(service, r, encode, t0)
+
+
+def finish(service: Service, r: GenResult, encode: Callable[[GenResult], T], t0: float) -> T:
+    """A generated result encoded (timings["total_ms"] set first) and recorded as answered 200."""
     r.timings["total_ms"] = 1e3 * (time.monotonic() - t0)
     out = encode(r)
     service.returned(r)
@@ -67,16 +72,20 @@ def error_response(request: Request, e: ServiceError) -> Response:
         headers["Retry-After"] = str(int(max(1, round(e.retry_after))))
     if e.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
+    status, body = error_payload(request, e)
+    return JSONResponse(body, status, headers=headers if status != 422 else None)
+
+
+def error_payload(request: Request, e: ServiceError) -> tuple[int, dict]:
+    """(status as sent, body) of `e` in the protocol of the request's path."""
     proto = protocol(request.url.path)
     if proto in (V2, OPENAI):
         status = status_for(e.status, proto)
-        body = error_body(proto, status, str(e), e.field, e.reason)
-        return JSONResponse(body, status, headers=headers)
+        return status, error_body(proto, status, str(e), e.field, e.reason)
     if e.status == 422:
         loc = ["body", *(e.field or "body").split(".")]  # "steer.reward" -> ["body", "steer", "reward"]
-        detail = [{"loc": loc, "msg": str(e), "type": "value_error"}]
-        return JSONResponse({"detail": detail}, 422)
-    return JSONResponse({"detail": str(e)}, e.status, headers=headers)
+        return 422, {"detail": [{"loc": loc, "msg": str(e), "type": "value_error"}]}
+    return e.status, {"detail": str(e)}
 
 
 def make_auth(service: Service) -> list:

@@ -11,6 +11,8 @@
   through v1's schema pieces (server.api_process.schemas.generation_fields) and the same checks.
 - Image i is sample i of the request's seed: the same as v1's /generate with that seed, steps and
   num_samples = n; every image reports the seed and its index.
+- `stream` (with `partial_images`, 0..3) answers OpenAI's image events (server.api_process.images_stream),
+  not v1's preview/result events; `partial_images` without `stream` is a 400 naming it.
 """
 
 # no `from __future__ import annotations`: the request model is built at runtime from the settings
@@ -19,9 +21,9 @@ from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, create_model
 
-from server.api_process import http
+from server.api_process import http, images_stream, stream
 from server.api_process.encode import IMAGE_FORMATS, images, quality_problem
 from server.api_process.protocol import OPENAI_TYPES, STATUSES, steps_for
 from server.api_process.schemas import Timings, generation_fields
@@ -98,7 +100,17 @@ def images_request_model(s: ServerSettings) -> type[BaseModel]:
         "quality": word("Accepted and ignored (OpenAI's quality; see output_compression)."),
         "style": word("Accepted and ignored (OpenAI's style)."),
         "user": (StrictStr | None, Field(None, max_length=256, description="Accepted and ignored.")),
-        **{k: shared[k] for k in ("steps", "seed", "guidance_scale", "sampler", "deadline_ms")},
+        **{k: shared[k] for k in ("steps", "seed", "guidance_scale", "sampler", "deadline_ms", "stream")},
+        "partial_images": (
+            StrictInt | None,
+            Field(
+                None,
+                ge=0,
+                le=images_stream.MAX_PARTIAL_IMAGES,
+                description="With stream: how many step previews to send as partial images (spread over the "
+                "steps, the last left out; default 0).",
+            ),
+        ),
     }
     return create_model("ImagesRequest", __config__=ConfigDict(extra="forbid"), **fields)
 
@@ -147,6 +159,13 @@ def check_output(body, spec: ModelSpec) -> str:
     return fmt
 
 
+def partials_of(body) -> int:
+    """The partial images a request asks; InvalidInput when it asks them without `stream`."""
+    if body.partial_images is not None and not body.stream:
+        raise InvalidInput("partial_images needs stream: true (they are streamed)", "partial_images")
+    return body.partial_images or 0
+
+
 def to_params(body, spec: ModelSpec, default_steps: int) -> GenParams:
     """The images body as GenParams for `spec`'s model."""
     fmt = check_output(body, spec)
@@ -161,6 +180,7 @@ def to_params(body, spec: ModelSpec, default_steps: int) -> GenParams:
         output=fmt,
         quality=body.output_compression,
         sampler=body.sampler,
+        stream=body.stream,
     )
 
 
@@ -190,6 +210,7 @@ def router(service: Service, auth: list) -> APIRouter:
     ImagesRequest = images_request_model(service.settings)
     errors = {status: {"model": OpenAIError, "description": STATUSES[status]} for status in OPENAI_TYPES}
     errors["4XX"] = {"model": OpenAIError, "description": "any other client error (never FastAPI's 422)"}
+    errors |= stream.openapi(f"`{images_stream.PARTIAL}` events, then `{images_stream.COMPLETED}` per image")
     api = APIRouter(tags=["OpenAI images"])
 
     @api.post(ROUTE, response_model=ImagesResponse, dependencies=auth, responses=errors)
@@ -200,10 +221,15 @@ def router(service: Service, auth: list) -> APIRouter:
         try:
             spec = service.entry(body.model).spec
             p = to_params(body, spec, service.settings.default_steps)
+            partials = partials_of(body)
         except ServiceError as e:
             http.failed(service, request, e, body.model, body.steps, t0)
             raise
-        encode = lambda r: to_response(r, spec, p).model_dump_json()
+        respond = lambda r: to_response(r, spec, p)
+        if p.stream:
+            codec = images_stream.codec(partials, respond, p.output, p.quality, size_of(spec))
+            return await stream.respond(service, p, request, codec, t0)
+        encode = lambda r: respond(r).model_dump_json()
         return Response(await http.generate(service, p, request, encode, t0), media_type="application/json")
 
     return api

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, create_model
 
 from server.api_process.protocol import SAMPLERS
 from server.common.ranges import SEED_MAX
@@ -186,6 +186,15 @@ def generation_fields(s: ServerSettings) -> dict:
                 description="Answer within this or get 504.",
             ),
         ),
+        "stream": (
+            StrictBool,
+            Field(
+                False,
+                description="true: answer text/event-stream: per-step previews (every sample's jump to "
+                "data), then the result; v1's `preview`/`result` events, OpenAI's image events on the images "
+                "route (docs/server.md).",
+            ),
+        ),
     }
 
 
@@ -215,6 +224,7 @@ def generate_request_model(s: ServerSettings) -> type[BaseModel]:
         ),
         "quality": shared["quality"],
         "deadline_ms": shared["deadline_ms"],
+        "stream": shared["stream"],
     }
     return create_model("GenerateRequest", __config__=ConfigDict(extra="forbid"), **fields)
 

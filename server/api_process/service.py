@@ -98,6 +98,17 @@ class GenParams:
     quality: int | None = None  # webp, jpeg: 1..100
     sampler: str | None = None  # flowmap | consistency; None: the model's default
     steer: SteerParams | None = None  # reward steering over particles (server.common.steer)
+    stream: bool = False  # the route streams previews (server.api_process.stream)
+
+
+@dataclass
+class Preview:
+    """A streamed request's jump to data X_{s,0} after step `step` of `steps`."""
+
+    step: int
+    steps: int
+    x: np.ndarray  # [N, *shape] float32 model space
+    image: bool  # the model's samples are images
 
 
 @dataclass
@@ -226,8 +237,15 @@ class Service:
             raise UnknownModel(f"unknown model {shown!r}; serving: {', '.join(self.entries)}", "model")
         return self.entries[name]
 
-    async def generate(self, p: GenParams, disconnected: Callable[[], Awaitable] | None = None) -> GenResult:
-        """Validate against the model, send to its core, wait (deadline, disconnect). Raises ServiceError."""
+    async def generate(
+        self,
+        p: GenParams,
+        disconnected: Callable[[], Awaitable] | None = None,
+        on_preview: Callable[[Preview], None] | None = None,
+    ) -> GenResult:
+        """Validate against the model, send to its core, wait (deadline, disconnect). Raises ServiceError.
+        `on_preview`: the core sends every step's jump to data, handed over as it comes. Cancelling the
+        call cancels the request in the core too."""
         self.check_open()
         e = self.entry(p.model)
         self.check_open(e)
@@ -235,13 +253,13 @@ class Service:
         self.inflight += 1
         self.idle.clear()
         try:
-            return await self._generate(e, p, disconnected)
+            return await self._generate(e, p, disconnected, on_preview)
         finally:
             self.inflight -= 1
             if self.inflight == 0 and self.draining:
                 self.idle.set()
 
-    async def _generate(self, e: ModelEntry, p: GenParams, disconnected) -> GenResult:
+    async def _generate(self, e: ModelEntry, p: GenParams, disconnected, on_preview) -> GenResult:
         t0 = time.monotonic()
         deadline_ms = p.deadline_ms if p.deadline_ms is not None else self.settings.request_timeout_ms
         g = m.Generate(
@@ -255,13 +273,18 @@ class Service:
             sampler="consistency" if p.steer else (p.sampler or e.spec.default_sampler),
             steer=p.steer.wire() if p.steer else None,
             margin=e.way_back.margin(deadline_ms / 1000) if p.steps is None else 0.0,
+            preview=on_preview is not None,
         )
         if e.outstanding >= self.settings.max_queue + self.settings.max_batch_size:
             # more outstanding than the core could hold: refuse here, so a flood never reaches the core
             raise Overloaded("queue full", retry_after=1)
         self.shed(e, t0, deadline_ms / 1000 - g.margin)
+        shape, image, got = (p.num_samples, *e.spec.shape), e.spec.image, None
+        if on_preview is not None:
+            x = lambda v: np.frombuffer(v.data, np.float32).reshape(shape)
+            got = lambda v: on_preview(Preview(v.step, v.steps, x(v), image))
         try:
-            rid, fut = e.client.submit(lambda rid: dataclasses.replace(g, id=rid))
+            rid, fut = e.client.submit(lambda rid: dataclasses.replace(g, id=rid), got)
         except CoreDown as err:
             raise CoreUnavailable(str(err), retry_after=1) from None
         e.outstanding += 1
@@ -317,6 +340,9 @@ class Service:
             done, _ = await asyncio.wait(
                 {fut} | ({watch} if watch else set()), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
+        except asyncio.CancelledError:  # the caller gave up (a stream whose client left): so does the core
+            e.client.cancel(rid)
+            raise
         finally:
             if watch is not None:
                 watch.cancel()

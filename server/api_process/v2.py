@@ -290,6 +290,9 @@ def to_params(model: str, body: dict, binary: bytes) -> GenParams:
         raise InvalidInput(
             f"parameter 'sampler' must be one of {', '.join(SAMPLERS)}, got {_show(sampler)}", "sampler"
         )
+    if parameters(body, "request").get("stream") not in (None, False):  # never a silent non-streamed answer
+        msg = "parameter 'stream': v2 does not stream; use /v1/generate or /v1/images/generations"
+        raise InvalidInput(msg, "stream")
     w = _float(arrays, "guidance_scale")
     steer = _steer(parameters(body, "request").get("steer"))
     return GenParams(

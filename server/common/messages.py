@@ -1,7 +1,7 @@
 """Named messages between the processes of a server, and their msgpack wire form (no torch here).
 
 API process -> engine core (ZeroMQ DEALER -> ROUTER):  Generate, Cancel
-engine core -> API process (ROUTER -> DEALER):         Done, Failed
+engine core -> API process (ROUTER -> DEALER):         Preview (streamed requests, one per step), Done, Failed
 engine core -> supervisor (PUSH -> PULL):               Ready, Fatal
 supervisor -> API processes (PUB -> SUB):               CoreStates
 
@@ -38,6 +38,7 @@ class Generate:
     sampler: str = "flowmap"  # or "consistency": jump to data, re-noise per sample from (seed, i)
     steer: dict | None = None  # server.common.steer.SteerParams as a dict: n samples of `particles` rows each
     margin: float = 0.0  # seconds "auto" reserves before the deadline for the result's way back
+    preview: bool = False  # send a Preview after every step (a streamed request)
     TAG = 1
 
 
@@ -72,6 +73,17 @@ class Failed:
     wait_s: float = 0.0  # as Done.wait_s
     sent: float = 0.0  # as Done.sent
     TAG = 4
+
+
+@dataclass
+class Preview:
+    """A streamed request's jump to data after step `step` of `steps`: float32 bytes, C-order [n, *shape]."""
+
+    id: int
+    step: int
+    steps: int
+    data: bytes
+    TAG = 8
 
 
 @dataclass
@@ -123,7 +135,7 @@ class CoreStates:
         self.cores = [c if isinstance(c, CoreState) else CoreState(**c) for c in self.cores]
 
 
-MESSAGES = {m.TAG: m for m in (Generate, Cancel, Done, Failed, Ready, Fatal, CoreStates)}
+MESSAGES = {m.TAG: m for m in (Generate, Cancel, Done, Failed, Ready, Fatal, CoreStates, Preview)}
 _FIELDS = {m: tuple(f.name for f in dataclasses.fields(m)) for m in MESSAGES.values()}
 
 

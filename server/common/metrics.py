@@ -91,6 +91,11 @@ class Metrics:
             "Network rows evaluated for steered requests (every particle, every step)",
             ["model", "reward"],
         )
+        self.dropped = count(
+            "flowmap_dropped_rows_total",
+            "Rows of requests ended early (client gone, deadline) dropped at a step boundary",
+            model,
+        )
         self.failed = count("flowmap_engine_failures_total", "Network calls that raised", model)
         self.rejections = count(
             "flowmap_rejections_total", "Requests turned away, by reason", ["reason", "model"]
@@ -111,12 +116,15 @@ class Metrics:
         self.info.labels(version, torch_version, platform.python_version(), engine, kernels).set(1)
 
     def iteration(self, s: IterationStats) -> None:
-        self.call.labels(s.model).observe(s.seconds)
-        self.batch.labels(s.model).observe(s.samples)
-        self.nfe.labels(s.model).inc(s.rows)
+        if s.samples:
+            self.call.labels(s.model).observe(s.seconds)
+            self.batch.labels(s.model).observe(s.samples)
+            self.nfe.labels(s.model).inc(s.rows)
         self.in_flight.labels(s.model).set(s.in_flight)
         self.depth.labels(s.model).set(s.queue_depth)
         self.depth_seconds.labels(s.model).set(s.queue_seconds)
+        if s.dropped:
+            self.dropped.labels(s.model).inc(s.dropped)
         if not s.ok:
             self.failed.labels(s.model).inc()
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class IterationStats:
-    """One network call of one model's worker."""
+    """One network call of one model's worker (samples == 0: no call, only rows dropped)."""
 
     model: str
     rows: int  # network evaluations in this call (guided samples count twice)
@@ -18,6 +18,7 @@ class IterationStats:
     in_flight: int  # samples active after the update
     ok: bool = True
     queue_seconds: float = 0.0  # predicted wait of a request arriving now (the work queued ahead of it)
+    dropped: int = 0  # rows of requests ended early (cancelled, expired) dropped before this call
 
 
 @dataclass(frozen=True)

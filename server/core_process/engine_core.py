@@ -44,15 +44,27 @@ class Executor:
         x, s, t, w = batch.x, batch.s.to(dev), batch.t.to(dev), batch.w
         y = (batch.y if self.conditional else torch.zeros_like(batch.y)).to(dev)
         if batch.keys is None:
-            return ops.step(x, self._velocity(batch, x, s, t, y, w), s, t)  # [N, *shape]
+            u = self._velocity(batch, x, s, t, y, w)
+            self._preview(batch, x, u, s)
+            return ops.step(x, u, s, t)  # [N, *shape]
         r = (batch.keys != 0).to(dev)  # re-noising rows: the network jumps them to data (t = 0)
         u = self._velocity(batch, x, s, torch.where(r, 0.0, t), y, w)
         if batch.steer:
             x, u = self._resample(batch.steer, x, u, s)
+        self._preview(batch, x, u, s)
         out = ops.step(x, u, s, t)
         ri = r.nonzero().flatten()
         out[ri] = ops.renoise(x[ri], u[ri], s[ri], t[ri], batch.keys.to(dev)[ri], batch.k.to(dev)[ri])
         return out
+
+    def _preview(self, batch: Batch, x: Tensor, u: Tensor, s: Tensor) -> None:
+        """The rows that asked for previews: their jump to data x - s u with the step's own u (no extra
+        network call). Exact X_{s,0} where u = u(x, s, 0): re-noising rows, and every row's last step;
+        on a flow-map row's earlier steps, the jump extrapolated with u(x, s, t) (the x0-prediction)."""
+        if batch.preview is None:
+            return
+        p = batch.preview.to(self.device)
+        batch.x0 = ops.step(x[p], u[p], s[p], torch.zeros_like(s[p]))  # [P, *shape]
 
     def _resample(self, runs: list[SteerRun], x: Tensor, u: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         """Steered rows: reward of the jump to data x0 = x - s u, resample each particle group by the
@@ -151,6 +163,10 @@ class EngineCore:
         self._observe(start)
         plan = self.scheduler.next_batch(start)
         if not isinstance(plan, Batch):
+            if self.scheduler.dropped:  # the last rows in flight were dropped: no call, but count them
+                self._stats.append(self._record(None, 0.0, ok=True))
+                if emit:
+                    self.emit()
             return plan
         t0 = self.clock()
         try:
@@ -187,16 +203,18 @@ class EngineCore:
             if plan > 0:
                 time.sleep(plan)
 
-    def _record(self, batch: Batch, seconds: float, ok: bool) -> IterationStats:
+    def _record(self, batch: Batch | None, seconds: float, ok: bool) -> IterationStats:
+        """The stats of one network call on `batch` (None: no call, only rows dropped)."""
         return IterationStats(
             model=self.name,
-            rows=batch.rows,
-            samples=batch.n,
+            rows=batch.rows if batch else 0,
+            samples=batch.n if batch else 0,
             seconds=seconds,
             queue_depth=self.scheduler.queued(),
             in_flight=self.scheduler.in_flight(),
             ok=ok,
             queue_seconds=admission.wait_seconds(self.scheduler),
+            dropped=self.scheduler.take_dropped(),
         )
 
     def emit(self) -> None:

@@ -120,6 +120,7 @@ class CoreServer:
             keys=sample_keys(g.seed, rows).tolist() if g.sampler == "consistency" else None,
             steer=steer,
             margin=g.margin,
+            on_preview=self._preview if g.preview else None,
         )
 
     def check(self, g: m.Generate) -> str | None:
@@ -133,6 +134,8 @@ class CoreServer:
             return "deadline must be a finite number"
         if not (number(g.margin) and 0 <= g.margin < 60):
             return "margin must be in 0..60 seconds"
+        if type(g.preview) is not bool:
+            return "preview must be a boolean"
         return (
             ranges.num_samples(g.n, st)
             or (g.steps != 0 and ranges.steps(g.steps, st))
@@ -177,6 +180,13 @@ class CoreServer:
             select=sp.method,
             name=steering.reward_label(sp.reward),
         )
+
+    def _preview(self, job: Job, step: int, x0) -> None:
+        """A streamed request's samples made `step`: their jump to data goes out at once."""
+        key = self.owner.get(job.id)
+        if key is not None:
+            data = x0.detach().float().cpu().contiguous().numpy().tobytes()
+            self.send(key[0], m.Preview(id=key[1], step=step, steps=job.steps, data=data))
 
     def _done(self, job: Job) -> None:
         key = self.owner.pop(job.id, None)

@@ -17,7 +17,9 @@ line until all are admitted, so no request starves); every active row advances o
 iteration; a classifier-free-guided sample takes two network rows (conditional and null label); a
 steered sample's particles (Job.steer) are admitted together and carry their last reward potential,
 which the executor uses to resample them at each step boundary
-(server.core_process.engine_core.Executor._resample).
+(server.core_process.engine_core.Executor._resample). A job with `on_preview` asks for its jump to data
+X_{s,0} at every step (the executor computes it from the step's own u, only for the rows that asked);
+its samples' previews of step k are handed over together once all of them made that step.
 `batching="request"` is the whole-request baseline: nothing joins until the running batch empties.
 """
 
@@ -100,6 +102,7 @@ class Job:
     keys: list[int] | None = None  # [n] re-noise keys (sample_keys): the consistency sampler; None: flow map
     steer: Steer | None = None  # particles: noise and keys hold n * particles rows; result n samples
     margin: float = 0.0  # seconds "auto" plans to finish before the deadline (the result's way back)
+    on_preview: Callable[[Job, int, Tensor], None] | None = None  # (job, step 1..K, x0 [n, *shape])
     id: int = field(default_factory=lambda: next(_ids))
     # set by the scheduler
     arrival: float = 0.0
@@ -112,6 +115,7 @@ class Job:
     error: Exception | None = None
     done: bool = False
     chunks: list[Tensor] = field(default_factory=list, repr=False)
+    previews: dict[int, list[Tensor]] = field(default_factory=dict, repr=False)  # step -> x0 chunks
 
     @property
     def n(self) -> int:
@@ -151,6 +155,8 @@ class Batch:
     # None: no row re-noises
     k: Tensor | None = None  # [N] int64 step index of each row (the re-noise draw's counter)
     steer: list[SteerRun] | None = None  # steered rows, per job and admission
+    preview: Tensor | None = None  # [P] int64 rows whose job wants previews; None: no row does
+    x0: Tensor | None = None  # [P, *shape] set by the executor: those rows' jump to data X_{s,0}
 
     @property
     def n(self) -> int:
@@ -187,12 +193,14 @@ class Scheduler:
         self.waiting_work = 0  # row-steps of the samples not yet admitted (kept, not recounted: O(1))
         self._waiting_rows = 0
         self.next_deadline = math.inf
+        self.dropped = 0  # rows of jobs ended early dropped from the state, since the last take_dropped
+        self.previewing = 0  # jobs with on_preview not yet done: 0 keeps previews off the plain path
         self._clear()
 
     def _clear(self) -> None:
         """The state of the rows in flight: x [R, *shape]; k, K, y, job, key [R] int64; w [R] float32."""
         self.x: Tensor | None = None
-        self.k = self.K = self.y = self.job = self.key = self.pk = np.zeros(0, np.int64)
+        self.k = self.K = self.y = self.job = self.key = self.pk = self.pv = np.zeros(0, np.int64)
         self.w = np.zeros(0, np.float32)
         self.pot = np.zeros(0, np.float64)  # steered rows: the potential at the last resampling
         self.cut = np.zeros(0, bool)  # rows early exit finishes in this iteration (jump to t = 0)
@@ -211,6 +219,7 @@ class Scheduler:
         self._waiting_rows += job.n * job.rows_per_sample
         self.waiting_work += job.n * job.rows_per_sample * job.steps
         self.jobs[job.id] = job
+        self.previewing += job.on_preview is not None
         if job.deadline is not None:
             self.next_deadline = min(self.next_deadline, job.deadline)
 
@@ -248,12 +257,12 @@ class Scheduler:
         if self.cut.any():
             t = np.where(self.cut, np.float32(0), t)
         s, t, y, w = (torch.from_numpy(a) for a in (s, t, self.y, self.w))
+        pv = torch.from_numpy(np.flatnonzero(self.pv)) if self.previewing and self.pv.any() else None
         if not self.key.any():
-            return Batch(x=self.x, s=s, t=t, y=y, w=w, rows=self.rows)
+            return Batch(x=self.x, s=s, t=t, y=y, w=w, rows=self.rows, preview=pv)
         keys, k = torch.from_numpy(self.key), torch.from_numpy(self.k)
-        return Batch(
-            x=self.x, s=s, t=t, y=y, w=w, rows=self.rows, keys=keys, k=k, steer=self._steer_runs(keys)
-        )
+        steer = self._steer_runs(keys)
+        return Batch(x=self.x, s=s, t=t, y=y, w=w, rows=self.rows, keys=keys, k=k, steer=steer, preview=pv)
 
     def _steer_runs(self, keys: Tensor) -> list[SteerRun] | None:
         """The steered rows as runs of one job at one step (contiguous: admitted together, kept in order)."""
@@ -280,6 +289,8 @@ class Scheduler:
                     self._finish(run.job, now, run.error)
             elif run.pot is not None:
                 self.pot[run.start : run.stop] = run.pot.cpu().numpy()
+        if batch.x0 is not None:
+            self._previews(batch.preview.numpy(), batch.x0)
         self.x, self.k = x_next, self.k + 1
         done = (self.k == self.K) | self.cut  # [R]
         live = done & self._alive() if self.dead else done
@@ -293,6 +304,28 @@ class Scheduler:
             for jid, chunk in zip(ids[starts].tolist(), rows.split(counts), strict=True):
                 self._collect(self.jobs[jid], chunk, now)
         self._compact(~done)
+
+    def _previews(self, idx: np.ndarray, x0: Tensor) -> None:
+        """Hand each previewing job its samples' x0 of the step just made, once all n made it (a job
+        admitted over several iterations makes step k in parts; its parts arrive in sample order)."""
+        ids, ks = self.job[idx], self.k[idx]
+        starts = np.flatnonzero(np.r_[True, (ids[1:] != ids[:-1]) | (ks[1:] != ks[:-1])])
+        counts = np.diff(np.r_[starts, len(ids)]).tolist()
+        for a, chunk in zip(starts.tolist(), x0.split(counts), strict=True):
+            job = self.jobs.get(int(ids[a]))
+            if job is None or job.on_preview is None:  # ended early: its rows go at the next compaction
+                continue
+            step = int(ks[a]) + 1
+            parts = job.previews.setdefault(step, [])
+            parts.append(chunk[:: job.group])  # a steered group: its first particle
+            if sum(len(p) for p in parts) == job.n // job.group:  # every sample (steered: every group)
+                del job.previews[step]
+                job.on_preview(job, step, parts[0] if len(parts) == 1 else torch.cat(parts))
+
+    def take_dropped(self) -> int:
+        """Rows of jobs ended early (cancelled, expired, failed) dropped since the last call."""
+        n, self.dropped = self.dropped, 0
+        return n
 
     def fail(self, batch: Batch, error: Exception, now: float) -> None:
         """A failed network call fails the requests in it, nothing else."""
@@ -426,9 +459,10 @@ class Scheduler:
 
     def _append(self, takes: list[tuple[Job, int, int]]) -> None:
         """Add the rows of `takes` [(job, first sample, count)]: one tensor op per state field."""
-        steps, ids, weights, labels, keys, pk = [], [], [], [], [], []
+        steps, ids, weights, labels, keys, pk, pv = [], [], [], [], [], [], []
         for j, a, n in takes:
             pk += [j.group if j.steer is not None else 0] * n
+            pv += [j.on_preview is not None] * n
             steps += [j.steps] * n
             ids += [j.id] * n
             weights += [j.guidance] * n
@@ -446,6 +480,7 @@ class Scheduler:
         self.pk = np.concatenate([self.pk, np.array(pk, np.int64)])
         self.pot = np.concatenate([self.pot, np.zeros(len(pk), np.float64)])
         self.cut = np.concatenate([self.cut, np.zeros(len(pk), bool)])
+        self.pv = np.concatenate([self.pv, np.array(pv, np.int64)])
         self.rows += sum(n * j.rows_per_sample for j, _, n in takes)
 
     def _alive(self) -> np.ndarray:
@@ -457,7 +492,9 @@ class Scheduler:
     def _compact(self, keep: np.ndarray) -> None:
         """Keep the rows where `keep` is True and whose job is alive."""
         if self.dead:
-            keep = keep & self._alive()
+            alive = self._alive()
+            self.dropped += int(np.count_nonzero(~alive))
+            keep = keep & alive
             self.dead.clear()
         if keep.all():
             return
@@ -465,8 +502,9 @@ class Scheduler:
         if not len(idx):
             return self._clear()
         self.x = self.x[_index(idx, self.x)]
-        self.k, self.K, self.y, self.w, self.job, self.key, self.pk, self.pot, self.cut = (
-            a[idx] for a in (self.k, self.K, self.y, self.w, self.job, self.key, self.pk, self.pot, self.cut)
+        state = (self.k, self.K, self.y, self.w, self.job, self.key, self.pk, self.pot, self.pv, self.cut)
+        self.k, self.K, self.y, self.w, self.job, self.key, self.pk, self.pot, self.pv, self.cut = (
+            a[idx] for a in state
         )
         self.rows = len(idx) + int(np.count_nonzero(self.w != 1.0))  # rows_per_sample, summed
 
@@ -480,6 +518,7 @@ class Scheduler:
 
     def _finish(self, job: Job, now: float, error: Exception | None) -> None:
         job.done, job.error, job.finished = True, error, now
+        self.previewing -= job.on_preview is not None
         if job.rows_in_flight > 0 and error is not None:
             self.dead.add(job.id)
         if job.admitted < job.n:

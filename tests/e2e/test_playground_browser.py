@@ -225,6 +225,28 @@ def test_a_point_model_is_plotted_not_drawn_as_images(page):
     assert page.errors == []
 
 
+def test_streaming_ends_with_the_images_a_plain_request_gives(page):
+    page.page.fill("#count", "4")
+    page.page.select_option("#steps", "3")
+    page.page.fill("#seed", "5")
+    page.page.check("#stream")
+    page.submit()
+    assert page.page.get_attribute("#grid", "data-previews").split() == ["1", "2", "3"]
+    assert page.images("#grid") == [8] * 4
+    assert "Previews streamed: steps 1 2 3." in page.page.inner_text("#summary")
+    streamed = page.page.locator("#grid img").evaluate_all("imgs => imgs.map(i => i.src)")
+    page.page.uncheck("#stream")
+    page.submit()
+    assert page.page.locator("#grid img").evaluate_all("imgs => imgs.map(i => i.src)") == streamed
+    bodies = [r.post_data for r in page.requests if r.url.endswith("/v1/generate")]
+    assert ['"stream":true' in b for b in bodies] == [True, False]
+    page.page.select_option("#model", "gmm8")  # points stream as floats, plotted
+    page.page.check("#stream")
+    page.submit()
+    assert page.page.get_attribute("#grid", "data-previews").split() == ["1", "2", "3"]
+    assert page.page.locator("#grid canvas.points").count() == 1 and page.errors == []
+
+
 def test_keyboard_focus_is_visible(page):
     page.page.focus("#model")
     page.page.keyboard.press("Tab")
@@ -325,6 +347,24 @@ def slow_server(checkpoints):
     s = ServerProcess([*args, "--max-batch-size", "1", "--max-queue", "1"], slow_ms=500).wait_ready()
     yield s
     s.stop()
+
+
+def test_streamed_previews_show_while_the_request_runs(browser, slow_server, artifacts):
+    p = Page(browser, slow_server.url)
+    p.page.fill("#count", "2")
+    p.page.select_option("#steps", "4")
+    p.page.check("#stream")
+    p.page.click("#gen-form button[value=generate]")
+    p.page.wait_for_selector(
+        '#grid[data-step="1"] img'
+    )  # step 1 of 4 (0.5 s a step): the result is 1.5 s away
+    assert p.page.get_attribute("#samples", "aria-busy") == "true"
+    assert p.page.inner_text("#summary").startswith("Step 1 of 4: the jump to data")
+    p.page.screenshot(path=str(artifacts / "playground-preview.png"), full_page=True)
+    p.page.wait_for_selector("#gen-form button[value=generate]:enabled")
+    assert p.page.get_attribute("#grid", "data-previews").split() == ["1", "2", "3", "4"]
+    assert p.images("#grid") == [8, 8] and p.errors == []
+    p.close()
 
 
 def test_a_full_queue_shows_429_with_its_retry_after(browser, slow_server):

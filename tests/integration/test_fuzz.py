@@ -6,9 +6,10 @@
    5000-digit numbers, deep nesting, lone surrogates, wrong JSON types in every field, binary garbage,
    and binary-extension lengths that lie (binary_data_size, Inference-Header-Content-Length, extra
    bytes), on /v1/generate, /v2/models/*/infer and /v1/images/generations (whose every error has
-   OpenAI's shape). Besides no 5xx: each error body is strict JSON, the
-   server stays live and ready, /metrics labels take only server-known values and its size stays within
-   a small factor, and the API processes' RSS stays bounded.
+   OpenAI's shape, and whose streams are OpenAI's image events, partial_images in range or not).
+   Besides no 5xx: each error body is strict JSON, the server stays live and ready, /metrics labels
+   take only server-known values and its size stays within a small factor, and the API processes' RSS
+   stays bounded.
 
 The one 5xx a well-formed request can earn is the documented 504 for a deadline_ms too short to meet
 (e.g. 1 ms for 31 samples); that is the contract, not a server error, and is accepted below.
@@ -201,6 +202,7 @@ V1_GOOD = {
     "output": st.sampled_from(["png", "npy", "webp", "jpeg"]),
     "quality": st.integers(0, 101),
     "deadline_ms": st.floats(1, 30_000) | st.integers(1, 30_000),
+    "stream": st.booleans(),
 }
 V1_BREAK = {**dict.fromkeys(V1_GOOD, hostile), "colour": hostile}
 CONTENT_TYPES = ["application/json"] * 6 + ["application/json; charset=utf-16", "text/plain", ""]
@@ -230,14 +232,19 @@ IMAGES_GOOD = {
     "sampler": st.sampled_from(["flowmap", "consistency", "ddim"]),
     "output_compression": st.integers(0, 101),
     "deadline_ms": st.floats(1, 30_000) | st.integers(1, 30_000),
+    "stream": st.booleans(),
+    "partial_images": st.integers(-1, 4) | st.none(),
 }
-IMAGES_BREAK = {**dict.fromkeys(IMAGES_GOOD, hostile), "stream": hostile}
+IMAGES_BREAK = dict.fromkeys(IMAGES_GOOD, hostile)
 
 
 @st.composite
 def images_requests(draw):
     fields = draw(st.lists(st.sampled_from(list(IMAGES_GOOD)), max_size=6, unique=True))
-    body = broken(draw, {"prompt": "1"} | {k: draw(IMAGES_GOOD[k]) for k in fields}, IMAGES_BREAK)
+    clean = {"prompt": "1"} | {k: draw(IMAGES_GOOD[k]) for k in fields}
+    if "partial_images" in clean and draw(st.booleans()):  # often as meant: streamed, over a few steps
+        clean |= {"stream": True, "steps": clean.get("steps", 4)}
+    body = broken(draw, clean, IMAGES_BREAK)
     ctype = draw(st.sampled_from(CONTENT_TYPES))
     return IMAGES, whole_body(draw, body)[:8000], {"content-type": ctype} if ctype else {}
 
@@ -369,6 +376,45 @@ def api_rss_mb(server) -> float:
     return total
 
 
+def parse_events(text: str) -> tuple[list[str], list]:
+    """(names, strict-JSON datas) of a streamed answer."""
+    events = [block.split("\n", 1) for block in text.strip().split("\n\n")]
+    names = [head.removeprefix("event: ") for head, _ in events]
+    return names, [strict_json(data.removeprefix("data: ")) for _, data in events]
+
+
+def assert_events(text: str) -> None:
+    """v1's stream: previews numbered 1..K, then one result or error event."""
+    names, datas = parse_events(text)
+    k = len(names) - 1
+    assert names == ["preview"] * k + [names[-1]] and names[-1] in ("result", "error"), names
+    assert [d["step"] for d in datas[:k]] == list(range(1, k + 1)), text[:300]
+    if names[-1] == "result":
+        assert k == datas[-1]["steps"], text[:300]
+
+
+OPENAI_EVENTS: Counter = Counter()  # the images route's streamed events, over the run
+
+
+def assert_openai_events(text: str) -> None:
+    """The images route's stream: partial images (their index rising 0.., at most 3), then one completed
+    event per image (the same steps), or an error; each data's type its event's name."""
+    names, datas = parse_events(text)
+    OPENAI_EVENTS.update(names)
+    partial = [d for d in datas if d.get("type") == "image_generation.partial_image"]
+    done = [d for d in datas if d.get("type") == "image_generation.completed"]
+    assert [d.get("type") for d in datas] == names, text[:300]
+    assert names[: len(partial)] == ["image_generation.partial_image"] * len(partial), names
+    assert len({d["partial_image_index"] for d in partial}) <= 3 and all(
+        d["step"] < d["steps"] for d in partial
+    )
+    if names[-1] == "error":
+        assert len(partial) + 1 == len(names) and "message" in datas[-1]["error"], text[:300]
+        return
+    assert done and len(partial) + len(done) == len(names), names
+    assert [d["index"] for d in done] == list(range(len(done))) and len({d["steps"] for d in done}) == 1
+
+
 def fuzz(server, requests, seen: list[int]) -> None:
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as c:
 
@@ -385,6 +431,8 @@ def fuzz(server, requests, seen: list[int]) -> None:
             assert r.status_code < 500 or documented_504, (path, body[:300], headers, r.status_code, r.text)
             if r.status_code != 200:
                 assert isinstance(strict_json(r.content), dict), r.text
+            elif r.headers["content-type"].startswith("text/event-stream"):
+                (assert_openai_events if path == IMAGES else assert_events)(r.text)
             if path == IMAGES and r.status_code != 200:  # OpenAI's error shape, whatever went wrong
                 assert set(r.json()["error"]) == {"message", "type", "param", "code"}, r.text
             seen.append(r.status_code)
@@ -429,4 +477,9 @@ def test_hostile_json_and_framing(server):
     assert {200, 422} <= set(seen["v1"]) and {200, 400, 404} <= set(seen["v2"]), counts
     assert {200, 400} <= set(seen["v2 binary"]), counts
     assert {200, 400, 404} <= set(seen["images"]), counts
-    print(counts, f"/metrics {len(metrics0)} -> {len(metrics1)} bytes, API RSS {rss0:.0f} -> {rss1:.0f} MB")
+    assert {"image_generation.partial_image", "image_generation.completed"} <= set(OPENAI_EVENTS)
+    print(
+        counts,
+        dict(OPENAI_EVENTS),
+        f"/metrics {len(metrics0)} -> {len(metrics1)} bytes, API RSS {rss0:.0f} -> {rss1:.0f} MB",
+    )

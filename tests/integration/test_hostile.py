@@ -134,6 +134,7 @@ NAN_TOKENS = [
     (b'{"class_label": [1, NaN]}', "class_label"),
     (b'{"model": NaN}', "model"),
     (b'{"colour": NaN}', "colour"),
+    (b'{"stream": NaN}', "stream"),
 ]
 
 
@@ -174,6 +175,12 @@ STRICT = [
     ({"model": 5}, "model"),
     ({"model": ["digits"]}, "model"),
     ({"output": 1}, "output"),
+    ({"stream": "true"}, "stream"),
+    ({"stream": 1}, "stream"),
+    ({"stream": 0}, "stream"),
+    ({"stream": None}, "stream"),
+    ({"stream": [True]}, "stream"),
+    ({"stream": {"on": True}}, "stream"),
 ]
 
 

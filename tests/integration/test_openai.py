@@ -1,6 +1,7 @@
 """The real `openai` package as the client of POST /v1/images/generations on a real server process:
 only `base_url` and `api_key` change. Sync and async clients, n > 1, the extensions through
-`extra_body`, and errors raised as the SDK's own classes with our messages."""
+`extra_body`, errors raised as the SDK's own classes with our messages, and `stream=True` with
+`partial_images` read as the SDK's own image stream events."""
 
 from __future__ import annotations
 
@@ -91,6 +92,69 @@ def test_a_model_that_makes_no_images_is_refused_naming_model(server):
     with sdk(server) as client, pytest.raises(openai.BadRequestError) as e:
         client.images.generate(model="gmm8", prompt="anything")
     assert e.value.param == "model" and "not an image model" in e.value.message
+
+
+PARTIAL, COMPLETED = "image_generation.partial_image", "image_generation.completed"
+
+
+def test_sync_client_streams_partial_images_then_the_plain_images(server, checkpoints):
+    extra = {"seed": 4, "steps": 4}
+    with sdk(server) as client:
+        events = list(
+            client.images.generate(
+                model="digits", prompt="seven", n=2, stream=True, partial_images=2, extra_body=extra
+            )
+        )
+        plain = client.images.generate(model="digits", prompt="seven", n=2, extra_body=extra)
+    assert [e.type for e in events] == [PARTIAL] * 4 + [COMPLETED] * 2
+    assert all(isinstance(e, openai.types.ImageGenPartialImageEvent) for e in events[:4])
+    assert [(e.partial_image_index, e.model_extra["step"], e.model_extra["index"]) for e in events[:4]] == [
+        (0, 2, 0),
+        (0, 2, 1),
+        (1, 3, 0),
+        (1, 3, 1),
+    ]  # partial_images=2 of 4 steps: after steps 2 and 3 (the 4th is the final image)
+    done = events[4:]
+    assert all(isinstance(e, openai.types.ImageGenCompletedEvent) for e in done)
+    assert [e.b64_json for e in done] == [d.b64_json for d in plain.data]  # same seed: the same images
+    assert_close([pixels(e) for e in done], to_uint8(cli_samples(checkpoints["digits"], 4, 2, 4, 7))[:, 0])
+    assert [(e.model_extra["index"], e.model_extra["seed"]) for e in done] == [(0, 4), (1, 4)]
+    assert all(e.size == "8x8" and e.output_format == "png" and e.model_extra["timings"] for e in done)
+    assert pixels(events[0]).shape == (8, 8)
+
+
+async def drain(stream) -> list:
+    return [e async for e in stream]
+
+
+def test_async_client_streams_and_errors_name_partial_images(server):
+    async def go():
+        async with sdk(server, openai.AsyncOpenAI) as client:
+            calls = [
+                client.images.generate(
+                    model="digits", prompt=str(c), stream=True, extra_body={"seed": c, "steps": 2}
+                )
+                for c in range(3)
+            ]
+            streams = await asyncio.gather(*calls)
+            got = await asyncio.gather(*(drain(s) for s in streams))
+            plain = await client.images.generate(
+                model="digits", prompt="2", extra_body={"seed": 2, "steps": 2}
+            )
+            with pytest.raises(openai.BadRequestError) as bad:
+                await client.images.generate(model="digits", prompt="1", stream=True, partial_images=4)
+            with pytest.raises(openai.BadRequestError) as alone:
+                await client.images.generate(model="digits", prompt="1", partial_images=1)
+            return got, plain, bad.value, alone.value
+
+    got, plain, bad, alone = asyncio.run(go())
+    assert [[e.type for e in events] for events in got] == [[COMPLETED]] * 3  # partial_images: 0 by default
+    assert [events[0].model_extra["class_label"] for events in got] == [0, 1, 2]
+    assert got[2][0].b64_json == plain.data[0].b64_json
+    assert (
+        bad.status_code == 400 and bad.param == "partial_images" and "less than or equal to 3" in bad.message
+    )
+    assert alone.status_code == 400 and alone.param == "partial_images" and "stream" in alone.message
 
 
 @pytest.mark.parametrize(("fmt", "pil"), [("webp", "WEBP"), ("jpeg", "JPEG")])

@@ -1,5 +1,5 @@
 // flowmap playground: plain browser JavaScript, no build step, no libraries; it talks only to this server
-// (GET /v1/models, POST /v1/generate, GET /v1/stats, GET /openapi.json for the request limits).
+// (GET /v1/models, POST /v1/generate, streamed or not, GET /v1/stats, GET /openapi.json for the limits).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -79,6 +79,52 @@ async function api(path, body) {
     throw new ApiError(res.status, msg);
   }
   return { text, json: JSON.parse(text), ms };
+}
+
+// One server-sent event block ("event: NAME\ndata: JSON") as {event, data}.
+function parseEvent(block) {
+  const ev = { event: "message", data: "" };
+  for (const line of block.split("\n")) {
+    if (line.startsWith("event:")) ev.event = line.slice(6).trim();
+    else if (line.startsWith("data:")) ev.data += line.slice(5).trim();
+  }
+  return ev;
+}
+
+// POST with "stream": true, read with fetch (EventSource is GET-only): each `preview` goes to onPreview
+// as it arrives; resolves with the `result` as api() does; an `error` event or an HTTP error throws.
+async function apiStream(path, body, onPreview) {
+  const headers = { Accept: "text/event-stream", "Content-Type": "application/json" };
+  if (state.key) headers["X-API-Key"] = state.key;
+  const t0 = performance.now();
+  let res;
+  try {
+    res = await fetch(path, { method: "POST", headers, body, cache: "no-store" });
+  } catch (e) {
+    throw new ApiError(0, `the server could not be reached (${e.message})`);
+  }
+  if (!res.ok) {
+    const text = await res.text();
+    throw new ApiError(res.status, errorMessage(res.status, res.statusText, text, res.headers.get("Retry-After")));
+  }
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) throw new ApiError(0, "the stream ended before its result");
+    buf += decoder.decode(value, { stream: true });
+    for (let cut = buf.indexOf("\n\n"); cut >= 0; cut = buf.indexOf("\n\n")) {
+      const ev = parseEvent(buf.slice(0, cut));
+      buf = buf.slice(cut + 2);
+      if (ev.event === "preview") onPreview(JSON.parse(ev.data), performance.now() - t0);
+      if (ev.event === "result") return { text: ev.data, json: JSON.parse(ev.data), ms: performance.now() - t0 };
+      if (ev.event === "error") {
+        const status = JSON.parse(ev.data).status;
+        throw new ApiError(status, errorMessage(status, "", ev.data, null));
+      }
+    }
+  }
 }
 
 // ------------------------------------------------------------------ setup: limits, models, key
@@ -219,9 +265,10 @@ function randomSeed() {
 
 // The JSON body. The seed goes in as its digits (seeds reach 2**63 - 1, past exact JavaScript numbers);
 // anything that is not digits goes as a string, so the server names what is wrong with it.
-function requestBody(steps, count, seed) {
+function requestBody(steps, count, seed, stream = false) {
   const m = state.models.get($("model").value);
   const body = { model: $("model").value, num_samples: count, output: m && !m.image ? "npy" : "png" };
+  if (stream) body.stream = true;
   if (steps === "auto") {
     body.steps = "auto";
     body.deadline_ms = Number($("deadline").value);
@@ -247,11 +294,13 @@ function requestBody(steps, count, seed) {
   return json;
 }
 
-async function generate(steps, count, seed) {
+// onPreview: stream the request, handing it each step's preview
+async function generate(steps, count, seed, onPreview) {
   const asked = steps === "auto" ? `auto ≤ ${$("deadline").value} ms` : `${steps}`;
   const row = { model: $("model").value, asked, count };
   try {
-    const r = await api("/v1/generate", requestBody(steps, count, seed));
+    const body = requestBody(steps, count, seed, Boolean(onPreview));
+    const r = onPreview ? await apiStream("/v1/generate", body, onPreview) : await api("/v1/generate", body);
     const seedUsed = (r.text.match(/"seed":\s*([0-9]+)/) || [])[1] || String(r.json.seed);
     logRow({ ...row, used: r.json.steps, server: r.json.timings.total_ms, rt: r.ms, status: 200 });
     return { ...r, seedUsed };
@@ -424,9 +473,33 @@ function formValues() {
 
 async function runGenerate() {
   const v = formValues();
-  const r = await generate(v.steps, v.count, v.seed);
+  const grid = $("grid");
+  grid.dataset.previews = "";
+  const onPreview = $("stream").checked ? showPreview : undefined;
+  const r = await generate(v.steps, v.count, v.seed, onPreview);
   state.lastSeed = r.seedUsed;
   showSamples(r);
+  if (onPreview) $("summary").textContent += ` Previews streamed: steps ${grid.dataset.previews.trim()}.`;
+}
+
+// A streamed step: every sample's jump to data so far, drawn where the result will go.
+function showPreview(p, ms) {
+  const grid = $("grid");
+  const model = $("model").value;
+  if (p.images) {
+    const json = { images: p.images, num_samples: p.images.length, class_labels: null };
+    grid.className = "grid preview";
+    grid.style.setProperty("--cols", String(Math.min(p.images.length, 8)));
+    grid.style.setProperty("--cell", cellSize(model));
+    grid.replaceChildren(...pngImages(json, `step ${p.step} preview`));
+  } else {
+    const arr = { shape: [p.samples.length, (p.samples[0] || []).length], data: p.samples.flat() };
+    grid.className = "grid points-grid preview";
+    grid.replaceChildren(pointsCanvas(arr, extent([arr]), `${model} step ${p.step} preview`));
+  }
+  grid.dataset.step = String(p.step);
+  grid.dataset.previews += ` ${p.step}`;
+  $("summary").textContent = `Step ${p.step} of ${p.steps}: the jump to data, ${fmt(ms)} ms after sending…`;
 }
 
 function stripCell(k) {

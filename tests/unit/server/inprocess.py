@@ -22,23 +22,34 @@ class InProcess:
     def __init__(self, server: CoreServer):
         self.server, self.pending, self.ids, self.paused = server, {}, 0, False
         self.reported = ReportedWait()
+        self.previews, self.cancelled = {}, []
 
-    def submit(self, make):
+    def submit(self, make, on_preview=None):
         self.ids += 1
         fut = asyncio.get_running_loop().create_future()
         self.pending[self.ids] = fut
+        if on_preview is not None:
+            self.previews[self.ids] = on_preview
         self.server.handle(b"api", m.encode(make(self.ids)))
         asyncio.get_running_loop().call_soon(self.pump)
         return self.ids, fut
 
     def cancel(self, rid: int) -> None:
-        self.pending.pop(rid, None)
+        """As CoreClient.cancel: the request is cancelled in the core too."""
+        self.cancelled.append(rid)
+        self.previews.pop(rid, None)
+        if self.pending.pop(rid, None) is not None:
+            self.server.handle(b"api", m.encode(m.Cancel(rid)))
 
     def pump(self) -> None:
         while not self.paused and self.server.core.step() is not None:
             pass
         for _, frame in self.server.outbox:
             out = m.decode(frame)
+            if isinstance(out, m.Preview):
+                if out.id in self.previews:
+                    self.previews[out.id](out)
+                continue
             self.reported.observe(out.wait_s, out.sent)
             fut = self.pending.pop(out.id, None)
             if fut is not None and not fut.done():

@@ -60,14 +60,10 @@ class InProcessCore(InProcess):
         super().__init__(CoreServer(core, model, settings, sock=None))
         self.down = False
 
-    def submit(self, make):
+    def submit(self, make, on_preview=None):
         if self.down:
             raise CoreDown("engine core not connected")
-        return super().submit(make)
-
-    def cancel(self, rid: int) -> None:
-        if self.pending.pop(rid, None) is not None:
-            self.server.handle(b"api", m.encode(m.Cancel(rid)))
+        return super().submit(make, on_preview)
 
     def reconnect(self, reason: str) -> None:
         self.fail_all(reason)
@@ -76,6 +72,7 @@ class InProcessCore(InProcess):
         for fut in self.pending.values():
             fut.set_exception(CoreDown(reason))
         self.pending.clear()
+        self.previews.clear()
 
 
 def states(up: bool, generation: int = 1) -> m.CoreStates:
@@ -279,6 +276,8 @@ def test_before_any_core_is_up_v2_says_503_not_404():
         {"margin": -1.0},
         {"margin": float("nan")},
         {"margin": "x"},
+        {"preview": "yes"},
+        {"preview": 1},
     ],
 )
 def test_a_malformed_generate_never_stops_the_core(fields):

@@ -1,0 +1,93 @@
+"""Previews in the engine core: the jump to data of every step, for the rows that asked only, against the
+flow map run by hand; rows of a request ended early are dropped at the next step boundary and counted."""
+
+from __future__ import annotations
+
+import torch
+
+from flowmap.samplers import make_noise, uniform_grid
+from server.core_process.engine_core import EngineCore, Executor
+from server.core_process.scheduler import Batch, Job, Scheduler
+from tests.unit.server.test_scheduler import SHAPE, C, FakeEngine, drain
+
+
+def by_hand(
+    eng, noise: torch.Tensor, labels: list[int], steps: int
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Each step's jump to data x - s u(x, s, t) and the final sample, one request alone."""
+    x, grid, y, jumps = noise, uniform_grid(steps), torch.tensor(labels), []
+    for k in range(steps):
+        s, t = grid[k].expand(len(x)), grid[k + 1].expand(len(x))
+        u = eng(x, s, t, y)
+        jumps.append(x - s.view(-1, 1, 1, 1) * u)
+        x = x + (t - s).view(-1, 1, 1, 1) * u
+    return jumps, x
+
+
+def test_previews_are_each_steps_jump_to_data_for_the_rows_that_asked():
+    eng, got = FakeEngine(), {}
+    sched, ex = Scheduler(2, 16, 0.0, 4), Executor(eng, C, conditional=True)
+    plain = Job(make_noise(1, SHAPE, 1), [3], 2)
+    streamed = Job(make_noise(3, SHAPE, 2), [1, 2, 3], 3, on_preview=lambda j, k, x0: got.setdefault(k, x0))
+    batches = []
+    sched.submit(plain, 0.0)
+    sched.submit(streamed, 0.0)
+
+    def execute(plan: Batch) -> torch.Tensor:
+        batches.append(None if plan.preview is None else plan.preview.tolist())
+        return ex(plan)
+
+    drain(sched, execute)  # 3 samples in a batch of 2: admitted in parts, previews handed over whole
+    jumps, final = by_hand(FakeEngine(), streamed.noise, streamed.labels, 3)
+    assert sorted(got) == [1, 2, 3]
+    for k in (1, 2, 3):
+        torch.testing.assert_close(got[k], jumps[k - 1], rtol=0, atol=1e-6)
+    assert torch.equal(got[3], streamed.result)  # the last step lands on t = 0: the result itself
+    torch.testing.assert_close(streamed.result, final, rtol=0, atol=1e-6)
+    assert batches[0] == [1]  # the plain request's row never previews
+
+
+def test_no_preview_is_computed_when_no_request_asked():
+    sched, ex = Scheduler(8, 16, 0.0, 4), Executor(FakeEngine(), C, conditional=True)
+    sched.submit(Job(make_noise(4, SHAPE, 0), [0] * 4, 3), 0.0)
+    seen = []
+    drain(sched, lambda plan: (seen.append((plan.preview, plan.x0)), ex(plan))[1])
+    assert seen and all(p is None and x0 is None for p, x0 in seen)
+
+
+def test_a_cancelled_requests_rows_are_dropped_at_the_next_step_and_counted():
+    stats, eng = [], FakeEngine()
+    sched = Scheduler(8, 16, 0.0, 4)
+    core = EngineCore("toy", sched, Executor(eng, C, conditional=True), on_iteration=stats.append)
+    long, other = Job(make_noise(4, SHAPE, 0), [0] * 4, 4), Job(make_noise(2, SHAPE, 1), [1] * 2, 4)
+    core.submit(long)
+    core.submit(other)
+    core.step()
+    core.cancel(long)
+    core.step()  # the next boundary: only the other request's 2 rows run
+    assert eng.calls[-1]["rows"] == 2 and sched.in_flight() == 2
+    assert sum(s.dropped for s in stats) == 4
+    core.cancel(other)
+    assert core.step() is None  # nothing left to run: the drop is still reported
+    assert sum(s.dropped for s in stats) == 6 and sched.in_flight() == 0 and not sched.jobs
+
+
+def test_a_steered_request_previews_one_row_per_sample_ending_at_its_result():
+    from flowmap.samplers import sample_keys
+    from server.core_process.scheduler import Steer
+
+    got, n, p = {}, 2, 3
+    steer = Steer(particles=p, reward=lambda x0: x0.flatten(1).sum(1), scale=1.0)
+    job = Job(
+        make_noise(n * p, SHAPE, 4),
+        [1] * (n * p),
+        2,
+        keys=sample_keys(4, n * p).tolist(),
+        steer=steer,
+        on_preview=lambda j, k, x0: got.setdefault(k, x0),
+    )
+    sched = Scheduler(16, 16, 0.0, 4)
+    sched.submit(job, 0.0)
+    drain(sched, Executor(FakeEngine(), C, conditional=True))
+    assert sorted(got) == [1, 2] and all(x0.shape == (n, *SHAPE) for x0 in got.values())
+    torch.testing.assert_close(got[2], job.result, rtol=0, atol=1e-6)
