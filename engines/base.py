@@ -193,8 +193,8 @@ def check_parity(engine: Engine, model: Model, seed: int | None = None) -> float
         err = relative_error(engine(*inputs), ref)
         if not err <= tol:  # also catches NaN
             raise EngineError(
-                f"engine {engine.name!r} fails parity with eager at batch {b}: relative error "
-                f"{err:.3g} > {tol:g} ({engine.dtype}, seed {seed + i}); refusing to serve"
+                f"model {model.name!r}: engine {engine.name!r} fails parity with eager at batch {b}: "
+                f"relative error {err:.3g} > {tol:g} ({engine.dtype}, seed {seed + i}); refusing to serve"
             )
         worst = max(worst, err)
     return worst

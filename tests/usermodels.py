@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -174,3 +175,15 @@ def raises():
 
 def not_a_pair():
     return GaussVelocity()
+
+
+class NumpyVelocity(nn.Module):
+    """Computes in NumPy: right in eager, row by row, but a trace records its output as a constant (engine
+    parity catches it)."""
+
+    def forward(self, x, t, y):
+        return torch.from_numpy(np.tanh(x.numpy()) * 0.5).to(x.dtype)
+
+
+def numpy_velocity():
+    return NumpyVelocity(), {"shape": [2], "parameterisation": "velocity", "name": "numpy-v"}

@@ -1,0 +1,84 @@
+"""Users' models (tests/usermodels.py) served through the API by a real engine core (eager engine): step-
+level batches of mixed step counts, guidance and samplers give what `flowmap sample` gives on each request
+alone; the consistency function's default sampler; exact answers of the analytic flow map through v2;
+"auto" steps."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+import usermodels as um
+
+from flowmap.generate import generate
+from flowmap.samplers import make_noise
+from tests.unit.server.inprocess import serve
+from tests.unit.server.test_consistency_api import npy, together
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def dit():
+    return serve("usermodels:tiny_dit")
+
+
+def test_dit_mixed_step_batches_equal_flowmap_sample(dit):
+    model, client, http = dit
+    bodies = [
+        {"steps": 1, "num_samples": 2, "seed": 1, "output": "npy"},
+        {"steps": 4, "num_samples": 3, "seed": 2, "class_label": 7, "guidance_scale": 2.0, "output": "npy"},
+        {"steps": 3, "num_samples": 1, "seed": 3, "class_label": 4, "output": "npy"},
+        {"steps": 2, "num_samples": 2, "seed": 4, "output": "npy"},
+    ]
+    mixed = together(client, http, bodies)
+    for b, r in zip(bodies, mixed, strict=True):
+        assert r.status_code == 200, r.text
+        (alone,) = together(client, http, [b])
+        noise = make_noise(b["num_samples"], [1, 8, 8], b["seed"])
+        with torch.inference_mode():
+            want = generate(model, b["steps"], noise, b.get("class_label"), b.get("guidance_scale", 1.0))
+        np.testing.assert_allclose(npy(r.json()["array"]), want.numpy(), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(npy(alone.json()["array"]), npy(r.json()["array"]), rtol=0, atol=1e-5)
+
+
+def test_dit_lists_and_serves_png_and_auto_steps(dit):
+    _, _, http = dit
+    info = asyncio.run(http.get("/v1/models")).json()["models"][0]
+    assert (info["name"], info["shape"], info["num_classes"], info["method"]) == (
+        "dit",
+        [1, 8, 8],
+        10,
+        "average_velocity",
+    )
+    r = asyncio.run(http.post("/v1/generate", json={"steps": "auto", "deadline_ms": 5000, "num_samples": 2}))
+    assert r.status_code == 200, r.text
+    assert 1 <= r.json()["steps"] <= 4 and len(r.json()["images"]) == 2
+
+
+def test_sigma_consistency_defaults_to_the_renoising_sampler():
+    model, client, http = serve("usermodels:gauss_sigma")
+    info = asyncio.run(http.get("/v1/models")).json()["models"][0]
+    assert info["default_sampler"] == "consistency"
+    bodies = [{"steps": k, "num_samples": 3, "seed": k, "output": "npy"} for k in (1, 2, 4)]
+    for b, r in zip(bodies, together(client, http, bodies), strict=True):
+        assert r.json()["sampler"] == "consistency"
+        noise = make_noise(3, [2], b["seed"])
+        want = generate(model, b["steps"], noise, sampler="stochastic", seed=b["seed"]).numpy()
+        np.testing.assert_allclose(npy(r.json()["array"]), want, rtol=0, atol=1e-5)
+
+
+def test_v2_infer_on_the_analytic_flow_map_is_exact():
+    _, _, http = serve("usermodels:gauss_meanflow")
+    inputs = [
+        {"name": "seed", "shape": [1], "datatype": "INT64", "data": [6]},
+        {"name": "steps", "shape": [1], "datatype": "INT32", "data": [3]},
+        {"name": "num_samples", "shape": [1], "datatype": "INT32", "data": [4]},
+    ]
+    r = asyncio.run(http.post("/v2/models/gauss-mf/infer", json={"inputs": inputs}))
+    assert r.status_code == 200, r.text
+    (samples,) = [o for o in r.json()["outputs"] if o["name"] == "samples"]
+    want = um.M + um.SD * make_noise(4, [2], 6)
+    np.testing.assert_allclose(np.array(samples["data"]).reshape(4, 2), want.numpy(), rtol=0, atol=1e-5)
