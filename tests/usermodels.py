@@ -187,3 +187,26 @@ class NumpyVelocity(nn.Module):
 
 def numpy_velocity():
     return NumpyVelocity(), {"shape": [2], "parameterisation": "velocity", "name": "numpy-v"}
+
+
+class Gmm8Velocity(nn.Module):
+    """The exact velocity of DESIGN.md's gmm8 (8 Gaussians, radius 2, std 0.2) on the linear path: each
+    component k is N((1 - t) mu_k, v_t I) at time t, weighted by its posterior given x."""
+
+    def __init__(self):
+        super().__init__()
+        angles = torch.arange(8) * 2 * math.pi / 8
+        self.register_buffer("mu", 2.0 * torch.stack([angles.cos(), angles.sin()], dim=1))  # [8, 2]
+
+    def forward(self, x, t, y):
+        t = t[:, None, None]
+        var = (1 - t) ** 2 * 0.04 + t**2  # [B, 1, 1]
+        d = x[:, None] - (1 - t) * self.mu  # [B, 8, 2]
+        w = torch.softmax(-(d**2).sum(-1, keepdim=True) / (2 * var), dim=1)
+        v = -self.mu + (t - (1 - t) * 0.04) / var * d
+        return (w * v).sum(1)
+
+
+def gmm8_velocity():
+    spec = {"shape": [2], "parameterisation": "velocity", "solver": "heun", "data": "gmm8", "name": "gmm8-v"}
+    return Gmm8Velocity(), spec

@@ -47,7 +47,7 @@ def load_user_model(name: str) -> Model:
 
 def config_of(spec: UserSpec, name: str, source: str) -> dict:
     """The flowmap config of a user's model (what samplers, the server and the CLI read)."""
-    data = {"shape": list(spec.shape), "num_classes": spec.num_classes}
+    data = {"name": spec.data, "shape": list(spec.shape), "num_classes": spec.num_classes}
     if spec.image is not None:
         data["image"] = spec.image
     return {

@@ -39,6 +39,7 @@ class UserSpec:
     sigma_max: float = 80.0  # sigma time only: the noise level served steps start from
     name: str | None = None  # the served name (default: the factory's or file's name)
     image: bool | None = None  # PNG output (default: shape [C, H, W] with C in 1, 3, 4)
+    data: str = "user"  # the data set it models: gmm8, digits or mnist lets `flowmap eval` score it
     extra: dict = field(default_factory=dict)  # the owner's own notes, kept as is
 
     @classmethod
@@ -75,6 +76,8 @@ class UserSpec:
             raise bad(f"num_classes must be an int >= 0, got {self.num_classes!r}")
         if not (_num(self.guidance) and self.guidance > 0):
             raise bad(f"guidance must be a number > 0, got {self.guidance!r}")
+        if not isinstance(self.data, str):
+            raise bad(f"data must be a data set name, got {self.data!r}")
         if not (_num(self.sigma_max) and self.sigma_max > 0):
             raise bad(f"sigma_max must be a number > 0, got {self.sigma_max!r}")
         return self

@@ -73,3 +73,33 @@ def test_sample_cli_on_a_user_model_is_exact(tmp_path):
     ]
     assert main([*args, "--out", str(out)]) == 0
     np.testing.assert_allclose(np.load(out), (um.M + um.SD * torch.from_numpy(z)).numpy(), atol=1e-5)
+
+
+def test_eval_scores_a_user_model_of_a_known_data_set(tmp_path):
+    """`flowmap eval` on a user's exact gmm8 velocity (Heun): the error to the exact flow falls with steps."""
+    import json
+
+    out = tmp_path / "e.json"
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                "usermodels:gmm8_velocity",
+                "--steps",
+                "1,4,16",
+                "--n",
+                "256",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[0]["rel_mse"] > rows[1]["rel_mse"] > rows[2]["rel_mse"] and rows[2]["rel_mse"] < 1e-2
+
+
+def test_eval_of_a_user_model_without_data_is_refused(capsys):
+    assert main(["eval", "--model", "usermodels:gauss_velocity", "--steps", "1"]) == 2
+    assert "data 'user'" in capsys.readouterr().err
