@@ -210,3 +210,17 @@ class Gmm8Velocity(nn.Module):
 def gmm8_velocity():
     spec = {"shape": [2], "parameterisation": "velocity", "solver": "heun", "data": "gmm8", "name": "gmm8-v"}
     return Gmm8Velocity(), spec
+
+
+def mnist_as_user():
+    """For the measurement in docs/models.md only: the shipped mnist network behind this protocol (as an
+    average-velocity model in our time), so that a user's model and a checkpoint of the same size compare."""
+    from flowmap.checkpoint import load_model
+
+    net = load_model("mnist").net
+    return net, {
+        "shape": [1, 28, 28],
+        "num_classes": 10,
+        "parameterisation": "average_velocity",
+        "name": "mnist-user",
+    }
