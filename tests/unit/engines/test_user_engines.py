@@ -41,3 +41,32 @@ def test_exported_artifact_of_a_user_model_serves_the_exact_answer(tmp_path):
     assert torch.allclose(
         generate(model.__class__(eng, model.config, model.path), 2, z), um.M + um.SD * z, atol=1e-5
     )
+
+
+def test_export_and_bench_commands_take_a_user_model(tmp_path, capsys):
+    from flowmap.cli import main
+
+    out = tmp_path / "g.onnx"
+    pytest.importorskip("onnxruntime")
+    assert (
+        main(["export", "--model", "usermodels:gauss_flow_map", "--engine", "onnxruntime", "--out", str(out)])
+        == 0
+    )
+    eng = load_engine(str(out), load_model("usermodels:gauss_flow_map"), buckets=(1, 8))
+    x, s, t = make_noise(3, [2], 0), torch.ones(3), torch.zeros(3)
+    assert torch.allclose(
+        x + (t - s)[:, None] * eng(x, s, t, torch.zeros(3).long()), um.M + um.SD * x, atol=1e-5
+    )
+    args = [
+        "bench",
+        "--model",
+        "usermodels:tiny_dit",
+        "--engines",
+        "eager",
+        "--batches",
+        "1,4",
+        "--iters",
+        "2",
+    ]
+    assert main([*args, "--no-step"]) == 0
+    assert "dit" in capsys.readouterr().out
