@@ -59,7 +59,8 @@ class UserNet(nn.Module):
 
     def raw(self, x: Tensor, s: Tensor, t: Tensor | None, y: Tensor) -> Tensor:
         """The module's own output for our (x, s[, t]), its inputs in its own convention."""
-        xm, tm = x * self.time.scale(s, x), self.time.tau(s).float()
+        xm = x * self.time.scale(s, x) if self.spec.time == "sigma" else x
+        tm = self.time.tau(s).float()
         if t is None:
             return self.module(xm, tm, y)
         return self.module(xm, tm, self.time.tau(t).float(), y)
