@@ -67,6 +67,29 @@ class GaussSigmaConsistency(nn.Module):
         return M + SD / (SD**2 + sigma[:, None] ** 2).sqrt() * (x - M)
 
 
+class GaussSigmaFlowMap(nn.Module):
+    """flow_map, sigma time: X(x, a, b) = M + sqrt(SD^2 + b^2) / sqrt(SD^2 + a^2) (x - M), EDM's exact ODE."""
+
+    def forward(self, x, a, b, y):
+        return M + ((SD**2 + b**2) / (SD**2 + a**2)).sqrt()[:, None] * (x - M)
+
+
+class GaussSigmaVelocity(nn.Module):
+    """velocity, sigma time: dx/dsigma = (x - D(x, sigma)) / sigma = (x - M) sigma / (SD^2 + sigma^2)."""
+
+    def forward(self, x, sigma, y):
+        return (x - M) * (sigma / (SD**2 + sigma**2))[:, None]
+
+
+def gauss_sigma_flow_map():
+    return GaussSigmaFlowMap(), {"shape": [2], "parameterisation": "flow_map", "time": "sigma"}
+
+
+def gauss_sigma_velocity():
+    spec = {"shape": [2], "parameterisation": "velocity", "time": "sigma", "solver": "heun"}
+    return GaussSigmaVelocity(), spec
+
+
 def gauss_flow_map():
     return GaussFlowMap(), {"shape": [2], "parameterisation": "flow_map", "time": "ours", "name": "gauss"}
 
