@@ -70,3 +70,11 @@ def test_v2_metrics_and_playground(users):
     assert 'model="gauss"' in httpx.get(users.url + "/metrics").text
     assert httpx.get(users.url + "/").status_code == 200
     assert httpx.get(users.url + "/v2/models/dit/ready").status_code == 200
+
+
+def test_a_lone_model_failing_its_checks_stops_the_server_with_exit_2():
+    env = {"PYTHONPATH": f"{ROOT / 'tests'}:{ROOT}"}
+    s = ServerProcess(["--model", "usermodels:rows_depend"], env=env)
+    code = s.proc.wait(120)
+    assert code == 2, s.output()
+    assert "usermodels:rows_depend" in s.output() and "rows are not independent" in s.output()
