@@ -82,3 +82,25 @@ def test_v2_infer_on_the_analytic_flow_map_is_exact():
     (samples,) = [o for o in r.json()["outputs"] if o["name"] == "samples"]
     want = um.M + um.SD * make_noise(4, [2], 6)
     np.testing.assert_allclose(np.array(samples["data"]).reshape(4, 2), want.numpy(), rtol=0, atol=1e-5)
+
+
+def test_stream_previews_of_the_exact_flow_map():
+    """Each preview is x - s u(x, s, t) with the step's own u (server.core_process.engine_core): computed
+    here from the exact map; the last one, a true jump to data, is the final sample M + SD z."""
+    from tests.unit.server.test_service_app import run
+    from tests.unit.server.test_stream_api import events
+
+    _, _, http = serve("usermodels:gauss_flow_map")
+    body = {"steps": 3, "num_samples": 4, "seed": 2, "output": "npy", "stream": True}
+    status, _, got = run(events(http, "/v1/generate", body))
+    assert status == 200 and [e for e, _ in got] == ["preview"] * 3 + ["result"]
+    x, grid = make_noise(4, [2], 2), torch.linspace(1, 0, 4)
+    for (_, d), s, t in zip(got[:3], grid[:-1], grid[1:], strict=True):
+        s_, t_ = torch.full((4,), float(s)), torch.full((4,), float(t))
+        after = um.exact_map(x, s_, t_)
+        preview = x - s * (after - x) / (t - s)
+        np.testing.assert_allclose(np.array(d["samples"], np.float32), preview.numpy(), atol=1e-5)
+        x = after
+    want = (um.M + um.SD * make_noise(4, [2], 2)).numpy()
+    np.testing.assert_allclose(np.array(got[2][1]["samples"], np.float32), want, atol=1e-5)
+    np.testing.assert_allclose(npy(got[-1][1]["array"]), want, atol=1e-5)
