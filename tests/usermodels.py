@@ -147,6 +147,7 @@ class TinyDiT(nn.Module):
 
 def tiny_dit():
     spec = {"shape": [1, 8, 8], "parameterisation": "average_velocity", "num_classes": 10, "name": "dit"}
+    spec["guidance"] = 1.5  # as if trained with guidance 1.5 baked in (shown in /v1/models)
     return TinyDiT().eval(), spec
 
 

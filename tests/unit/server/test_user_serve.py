@@ -53,6 +53,7 @@ def test_dit_lists_and_serves_png_and_auto_steps(dit):
         10,
         "average_velocity",
     )
+    assert info["baked_guidance_scale"] == 1.5
     r = asyncio.run(http.post("/v1/generate", json={"steps": "auto", "deadline_ms": 5000, "num_samples": 2}))
     assert r.status_code == 200, r.text
     assert 1 <= r.json()["steps"] <= 4 and len(r.json()["images"]) == 2
@@ -104,3 +105,11 @@ def test_stream_previews_of_the_exact_flow_map():
     want = (um.M + um.SD * make_noise(4, [2], 2)).numpy()
     np.testing.assert_allclose(np.array(got[2][1]["samples"], np.float32), want, atol=1e-5)
     np.testing.assert_allclose(npy(got[-1][1]["array"]), want, atol=1e-5)
+
+
+def test_a_client_cannot_name_a_factory(dit):
+    """Only the operator's --model imports code; a request's "model" is a served name or a 404."""
+    _, _, http = dit
+    for name in ("usermodels:gauss_sigma", "os:getcwd", "usermodels:tiny_dit"):
+        r = asyncio.run(http.post("/v1/generate", json={"model": name}))
+        assert r.status_code == 404 and "unknown model" in r.text
