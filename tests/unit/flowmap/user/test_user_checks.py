@@ -103,3 +103,16 @@ def test_eval_scores_a_user_model_of_a_known_data_set(tmp_path):
 def test_eval_of_a_user_model_without_data_is_refused(capsys):
     assert main(["eval", "--model", "usermodels:gauss_velocity", "--steps", "1"]) == 2
     assert "data 'user'" in capsys.readouterr().err
+
+
+def test_finetune_refuses_a_user_model(tmp_path, capsys):
+    args = [
+        "finetune",
+        "--model",
+        "usermodels:gauss_velocity",
+        "--reward",
+        "ink",
+        "--out",
+        str(tmp_path / "f.st"),
+    ]
+    assert main(args) == 2 and "served, not fine-tuned" in capsys.readouterr().err
