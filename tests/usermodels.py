@@ -248,3 +248,15 @@ def mnist_as_user():
         "parameterisation": "average_velocity",
         "name": "mnist-user",
     }
+
+
+class RowLoop(nn.Module):
+    """A Python loop over rows with a branch on each row's values: right in eager, but neither
+    torch.export nor a trace captures it (a user model that does not export)."""
+
+    def forward(self, x, t, y):
+        return torch.stack([r * 0.5 if float(r.sum()) > 0 else -r for r in x])
+
+
+def row_loop():
+    return RowLoop(), {"shape": [2], "parameterisation": "velocity", "name": "row-loop"}

@@ -70,3 +70,11 @@ def test_export_and_bench_commands_take_a_user_model(tmp_path, capsys):
     ]
     assert main([*args, "--no-step"]) == 0
     assert "dit" in capsys.readouterr().out
+
+
+def test_an_engine_that_fails_where_eager_runs_is_refused_naming_the_model():
+    """A Python loop over rows traces to a fixed batch size: the traced call raises at other batches."""
+    with pytest.raises(
+        EngineError, match="model 'row-loop': engine 'torchscript' fails at batch 1 where eager runs"
+    ):
+        load_engine("torchscript", load_model("usermodels:row_loop"), buckets=(1, 4))

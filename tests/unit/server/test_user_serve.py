@@ -113,3 +113,18 @@ def test_a_client_cannot_name_a_factory(dit):
     for name in ("usermodels:gauss_sigma", "os:getcwd", "usermodels:tiny_dit"):
         r = asyncio.run(http.post("/v1/generate", json={"model": name}))
         assert r.status_code == 404 and "unknown model" in r.text
+
+
+def test_a_user_model_that_does_not_export_is_served_on_eager_unless_an_engine_was_named():
+    from engines import EngineError, default_engine
+    from server.common.settings import ServerSettings
+    from server.core_process.build import build_core
+
+    if default_engine("cpu") == "eager":
+        pytest.skip("no compiled engine installed: eager is the default anyway")
+    _, _, info = build_core("usermodels:row_loop", ServerSettings(device="cpu", max_batch_size=8))
+    assert info.engine == "eager"
+    with pytest.raises(EngineError, match="row-loop"):
+        build_core(
+            "usermodels:row_loop", ServerSettings(device="cpu", engine="torchscript", max_batch_size=8)
+        )
