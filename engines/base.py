@@ -180,6 +180,19 @@ def relative_error(u: Tensor, ref: Tensor) -> float:
     return float((u - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
 
 
+def _run(engine: Engine, model: Model, inputs: tuple, batch: int) -> Tensor:
+    """The engine's output, or EngineError naming the model when the call itself fails (a trace that
+    captured a batch-size-dependent program, say)."""
+    try:
+        return engine(*inputs)
+    except RuntimeError as e:
+        first = (str(e).strip().splitlines() or [""])[-1]
+        raise EngineError(
+            f"model {model.name!r}: engine {engine.name!r} fails at batch {batch} where eager runs "
+            f"({type(e).__name__}: {first}); refusing to serve"
+        ) from None
+
+
 def check_parity(engine: Engine, model: Model, seed: int | None = None) -> float:
     """Compare engine with eager on fresh random inputs at every bucket; EngineError if too far."""
     seed = secrets.randbits(31) if seed is None else seed
@@ -190,11 +203,11 @@ def check_parity(engine: Engine, model: Model, seed: int | None = None) -> float
         inputs = example_inputs(model, b, engine.device, seed=seed + i)
         with torch.inference_mode():
             ref = net(*inputs)
-        err = relative_error(engine(*inputs), ref)
+        err = relative_error(_run(engine, model, inputs, b), ref)
         if not err <= tol:  # also catches NaN
             raise EngineError(
-                f"engine {engine.name!r} fails parity with eager at batch {b}: relative error "
-                f"{err:.3g} > {tol:g} ({engine.dtype}, seed {seed + i}); refusing to serve"
+                f"model {model.name!r}: engine {engine.name!r} fails parity with eager at batch {b}: "
+                f"relative error {err:.3g} > {tol:g} ({engine.dtype}, seed {seed + i}); refusing to serve"
             )
         worst = max(worst, err)
     return worst

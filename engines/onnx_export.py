@@ -50,7 +50,9 @@ def export_onnx(model: Model, exporter: str = "dynamo", metadata: dict | None = 
             with contextlib.redirect_stdout(io.StringIO()):  # the dynamo exporter prints progress
                 _export(net, inputs, path, exporter)
         except Exception as e:  # exporter failures come in many types
-            raise EngineError(f"ONNX export ({exporter}) failed: {type(e).__name__}: {e}") from e
+            raise EngineError(
+                f"model {model.name!r}: ONNX export ({exporter}) failed: {type(e).__name__}: {e}"
+            ) from e
         proto = onnx.load(str(path))  # folds external data (if any) back in
     for key, value in (metadata or {}).items():
         entry = proto.metadata_props.add()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,6 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from flowmap.errors import UserError
+from flowmap.model import Model
 from flowmap.nets import build_net
 
 FORMAT = "flowmap/1"
@@ -22,27 +22,6 @@ SHIPPED = ("mnist", "digits", "gmm8", "digits_uncond")
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, unreadable, or whose config does not match its tensors."""
-
-
-@dataclass
-class Model:
-    """A loaded flow map: the network u(x, s, t, y), its config and where it came from."""
-
-    net: torch.nn.Module
-    config: dict
-    path: Path
-
-    @property
-    def shape(self) -> list[int]:
-        return list(self.config["data"]["shape"])
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.config["data"].get("num_classes", 0))
-
-    @property
-    def name(self) -> str:
-        return self.config.get("name") or self.path.stem
 
 
 def atomic_write(path: Path, write) -> None:
@@ -147,7 +126,12 @@ def resolve_model(name_or_path: str) -> Path:
 
 
 def load_model(name_or_path: str) -> Model:
-    """A shipped model by name (then that is its name, whatever its file says) or a checkpoint path."""
+    """A shipped model by name (then that is its name, whatever its file says), a checkpoint path, or a
+    user's model: a factory `pkg.module:fn` or a .pt / .onnx file with its manifest (flowmap.user)."""
+    from flowmap.user.load import is_user_model, load_user_model
+
+    if name_or_path not in SHIPPED and is_user_model(name_or_path):
+        return load_user_model(name_or_path)
     model = load_checkpoint(resolve_model(name_or_path))
     if name_or_path in SHIPPED and model.config.get("name") != name_or_path:
         model.config = {**model.config, "name": name_or_path}

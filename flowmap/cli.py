@@ -97,7 +97,12 @@ def _sample_parser(sub) -> None:
     from flowmap.generate import SAMPLER_NAMES
 
     p = sub.add_parser("sample", help="generate samples to .npy or .png")
-    p.add_argument("--model", default="mnist", help="shipped name (mnist, digits, gmm8) or checkpoint path")
+    p.add_argument(
+        "--model",
+        default="mnist",
+        help="shipped name (mnist, digits, gmm8), checkpoint path, or a user's model pkg.module:fn or "
+        ".pt/.onnx with its manifest (docs/models.md)",
+    )
     p.add_argument("--steps", type=int, default=1)
     p.add_argument(
         "--n", type=int, default=None, help="number of samples (default 64, or the rows of --noise)"

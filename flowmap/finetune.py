@@ -114,6 +114,10 @@ def finetune(cfg: FinetuneConfig, resume: bool | None = None, progress: bool = T
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     base = load_model(cfg.model)
+    if "user" in base.config["arch"]:  # its checkpoint could not be rebuilt by flowmap.nets
+        raise ValueError(
+            f"--model {cfg.model}: a user's model (docs/models.md) is served, not fine-tuned here"
+        )
     reward = make_reward(cfg.reward, base.shape)
     net = copy.deepcopy(base.net).train().requires_grad_(True)
     ema = copy.deepcopy(base.net)

@@ -372,8 +372,9 @@ LOSSES = {
     "emd": EulerianDistill,
 }
 
-# Methods that learn only X_{t,0}: sample them with the re-noising sampler (samplers.sample_stochastic).
-CONSISTENCY_METHODS = ("ct", "cd")
+# Methods that learn only X_{t,0}: sample them with the re-noising sampler (samplers.sample_stochastic);
+# "consistency": a user's consistency function (flowmap.user).
+CONSISTENCY_METHODS = ("ct", "cd", "consistency")
 
 
 def uses(loss) -> tuple[str, ...]:

@@ -10,7 +10,8 @@ FLAGS = {
     "--model": (
         "models",
         str,
-        "model to serve: digits, gmm8 or a .safetensors path (repeat for several; the first is the default)",
+        "model to serve: mnist, digits, gmm8, a .safetensors path, or a user's model pkg.module:fn or "
+        ".pt/.onnx with its manifest (docs/models.md; repeat for several; the first is the default)",
     ),
     "--engine": (
         "engine",

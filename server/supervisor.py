@@ -4,8 +4,10 @@ whatever dies, and on SIGTERM/SIGINT drains: API processes first (they finish ac
 the cores. It imports neither torch nor FastAPI.
 
 A model that cannot load or warm up stops the whole server with its reason (exit 2 for a user error such
-as a bad checkpoint, 1 otherwise); after the server was ready, a dying core is restarted (the API answers
-503 for the requests it held, and readiness fails until it is back).
+as a bad checkpoint, 1 otherwise), unless it is one of several and its error is a user error (a bad file,
+a user model failing its load checks): then it is reported (log, GET /v1/models) and the others serve.
+After the server was ready, a dying core is restarted (the API answers 503 for the requests it held, and
+readiness fails until it is back).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Child:
     up: bool = False  # cores: Ready received from the current process
     generation: int = 0
     info: ModelSpec | None = None  # cores: the model, from its last Ready
+    failed: str = ""  # cores: why the model could not be loaded at start (never restarted then)
     restarts: int = 0
     next_start: float = 0.0
     started_at: float = 0.0
@@ -181,6 +184,8 @@ class Supervisor:
             return
         core = self.cores[msg.index]
         if isinstance(msg, m.Fatal):
+            if not self.ready_once and self._drop(core, msg):
+                return
             if not self.ready_once:
                 raise StartupFailed(f"model {self.settings.models[msg.index]}: {msg.message}", msg.code)
             log.error("model %s: engine core failed: %s", self.settings.models[msg.index], msg.message)
@@ -188,18 +193,40 @@ class Supervisor:
         if core.proc is None or msg.pid != core.proc.pid:
             return  # from a process that is already gone
         core.up, core.info = True, msg.info
-        if not self.ready_once and all(c.up for c in self.cores):
+        self._check_ready()
+        self._publish()
+
+    def _drop(self, core: Child, msg: m.Fatal) -> bool:
+        """At start, a model with a user error (code 2) among others that may still serve is reported and
+        dropped (never restarted); True when it was."""
+        others = [c for c in self.cores if c is not core and not c.failed]
+        if msg.code != 2 or not others:
+            return False
+        core.failed = msg.message
+        log.error(
+            "model %s failed to load and is not served: %s", self.settings.models[core.index], msg.message
+        )
+        self._check_ready()
+        self._publish()
+        return True
+
+    def _check_ready(self) -> None:
+        if not self.ready_once and all(c.up or c.failed for c in self.cores):
             self.ready_once = True
-            names = ", ".join(f"{c.info.name} ({c.info.engine} on {c.info.device})" for c in self.cores)
+            names = ", ".join(
+                f"{c.info.name} ({c.info.engine} on {c.info.device})" for c in self.cores if c.up
+            )
             log.info(
                 "ready: %s on %s:%d, %d API processes", names, self.settings.host, self.port, len(self.apis)
             )
-        self._publish()
 
     def _reap(self, children: list[Child]) -> bool:
         """Restart children that died (with backoff); True when a core's state changed."""
         changed, now = False, time.monotonic()
         for c in children:
+            if c.failed:  # dropped at start: its process exits, it is not restarted
+                c.proc = None if c.proc is not None and not c.alive else c.proc
+                continue
             if c.proc is None or c.alive:
                 if c.proc is None and now >= c.next_start:
                     c.start()
@@ -209,6 +236,8 @@ class Supervisor:
             self._process_dead(pid)
             if c.role == "core" and not self.ready_once:
                 self._receive(1000)  # its Fatal, with the reason, may still be on the way
+                if c.failed:  # reported and dropped: the others serve
+                    continue
                 raise StartupFailed(f"model {self.settings.models[c.index]}: engine core exited ({code})", 1)
             name = self._name(c)
             log.error("%s process %d (pid %d) exited with %s; restarting", name, c.index, pid, code)
@@ -233,7 +262,9 @@ class Supervisor:
         mark_process_dead(pid)
 
     def _publish(self) -> None:
-        cores = [m.CoreState(up=c.up, generation=c.generation, info=c.info) for c in self.cores]
+        cores = [
+            m.CoreState(up=c.up, generation=c.generation, info=c.info, failed=c.failed) for c in self.cores
+        ]
         self.states.send(m.encode(m.CoreStates(cores, self.stopping > 0)))
         self.metrics.set_cores_up(sum(c.up for c in self.cores))
         self.last_publish = time.monotonic()

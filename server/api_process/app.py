@@ -133,7 +133,7 @@ def _v1_routes(app: FastAPI, service: Service, auth) -> None:
     async def models():
         """The models served (the first is the default)."""
         infos = [model_info(e.spec) for e in service.entries.values()]
-        return ModelList(models=infos, default=service.default_model or "")
+        return ModelList(models=infos, default=service.default_model or "", failed=service.failed)
 
 
 def _health_routes(app: FastAPI, service: Service, metrics) -> None:

@@ -58,6 +58,10 @@ class ModelInfo(BaseModel):
 class ModelList(BaseModel):
     models: list[ModelInfo]
     default: str
+    failed: dict[str, str] = Field(
+        default_factory=dict,
+        description="Models the operator named that failed to load (its --model -> why); not served.",
+    )
 
 
 class Health(BaseModel):

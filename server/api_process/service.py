@@ -145,6 +145,7 @@ class Service:
         self.entries: dict[str, ModelEntry] = {}
         self.generations: list[int] = [-1] * len(clients)
         self.up: list[bool] = [False] * len(clients)  # per core, from the supervisor
+        self.failed: dict[str, str] = {}  # --model spec -> why it could not be loaded (not served)
         self.draining = False
         self.inflight = 0
         self.idle = asyncio.Event()
@@ -158,7 +159,7 @@ class Service:
 
     @property
     def cores_up(self) -> bool:
-        return all(self.up)
+        return all(up or self.settings.models[i] in self.failed for i, up in enumerate(self.up))
 
     @property
     def ready(self) -> bool:
@@ -177,6 +178,8 @@ class Service:
                 # drop what is queued for the dead core too, so its replacement does not compute it
                 self.clients[i].reconnect("the engine core stopped with this request in it")
             self.generations[i], self.up[i] = core.generation, up
+            if core.failed:
+                self.failed[self.settings.models[i]] = core.failed
             if core.info is not None and core.info.name not in self.entries:
                 self.entries[core.info.name] = ModelEntry(index=i, spec=core.info, client=self.clients[i])
                 # in the order of --model (the first is the default), whichever core was ready first

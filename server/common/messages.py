@@ -112,11 +112,13 @@ class Fatal:
 @dataclass
 class CoreState:
     """One core as the supervisor sees it: up (Ready from its current process), generation (counts its
-    starts), info (its model, once it was ever ready)."""
+    starts), info (its model, once it was ever ready), failed (why its model could not be loaded at
+    start: it is not served, the other models are)."""
 
     up: bool = False
     generation: int = 0
     info: ModelSpec | None = None
+    failed: str = ""
 
     def __post_init__(self):
         self.info = ModelSpec.of(self.info)

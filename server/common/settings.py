@@ -18,8 +18,9 @@ class ServerSettings(BaseSettings):
         default=["mnist", "digits"],
         min_length=1,
         max_length=16,
-        description="Models to serve: shipped names (mnist, digits, gmm8, digits_uncond) or .safetensors "
-        "paths; the first is the default for requests that name none.",
+        description="Models to serve: shipped names (mnist, digits, gmm8, digits_uncond), .safetensors "
+        "paths, or users' models (pkg.module:fn, or .pt/.onnx with a JSON manifest; docs/models.md); the "
+        "first is the default for requests that name none.",
     )
     engine: str | None = Field(
         default=None,

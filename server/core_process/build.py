@@ -4,6 +4,7 @@ Ready."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from server.common.spec import SAMPLERS, ModelSpec, is_image
 from server.core_process.engine_core import EngineCore, Executor
 from server.core_process.scheduler import Job, Scheduler
 
+log = logging.getLogger("flowmap.server")
+
 
 def buckets_for(max_batch: int) -> tuple[int, ...]:
     return tuple(sorted({b for b in (1, 8, 16, 32, 64, 128, 256, 512) if b < max_batch} | {max_batch}))
@@ -30,9 +33,16 @@ def resolve_device(device: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
-def pick_engine(settings: ServerSettings, device: str) -> str:
+def user_model(model: Model) -> str | None:
+    """The operator's name of a user's model (flowmap.user: a factory or .pt/.onnx file), else None."""
+    return (model.config.get("arch") or {}).get("user")
+
+
+def pick_engine(settings: ServerSettings, device: str, model: Model) -> str:
     if settings.engine:
         return settings.engine
+    if str(user_model(model)).endswith(".onnx"):
+        return "eager"  # a user's ONNX file already runs in ONNX Runtime
     from engines import default_engine
 
     return default_engine(device)
@@ -102,8 +112,15 @@ def build_core(
     """Load model `spec` and its engine; returns (core, model, its ModelSpec for the API)."""
     model = load_model(spec)
     device = resolve_device(settings.device)
-    engine_name = pick_engine(settings, device)
-    engine = load_served_engine(spec, model, engine_name, settings, device, workdir)
+    engine_name = pick_engine(settings, device, model)
+    try:
+        engine = load_served_engine(spec, model, engine_name, settings, device, workdir)
+    except (RuntimeError, ValueError) as e:  # EngineError, a failed export: a user model may not export
+        if settings.engine or not user_model(model) or engine_name == "eager":
+            raise
+        log.warning("model %s: engine %s refused (%s); serving it on eager", model.name, engine_name, e)
+        engine_name = "eager"
+        engine = load_served_engine(spec, model, engine_name, settings, device, workdir)
     sched = Scheduler(
         max_batch=settings.max_batch_size,
         max_queue=settings.max_queue,
