@@ -17,7 +17,9 @@ import pytest
 
 from tests.integration.conftest import ServerProcess
 
-SLOW = ["--max-batch-size", "4", "--max-steps", "4"]
+# no time bound on the queue: these tests hold requests in the core on purpose (a killed core, the drain);
+# admission by predicted time has tests/integration/test_shedding.py
+SLOW = ["--max-batch-size", "4", "--max-steps", "4", "--max-queue-ms", "600000"]
 
 
 def children(pid: int) -> dict[int, str]:
@@ -122,12 +124,7 @@ def test_a_model_that_cannot_warm_up_stops_the_server_with_the_reason(checkpoint
 
 def test_sigterm_under_load_with_two_api_processes_loses_nothing(checkpoints):
     s = ServerProcess(
-        # no time bound on the queue: this is the drain, every client keeps a request in flight (admission
-        # by predicted time has tests/integration/test_shedding.py)
-        [
-            *("--model", str(checkpoints["digits"]), "--api-workers", "2", *SLOW, "--drain-timeout", "30"),
-            *("--max-queue-ms", "600000"),
-        ],
+        ["--model", str(checkpoints["digits"]), "--api-workers", "2", *SLOW, "--drain-timeout", "30"],
         slow_ms=20,
     ).wait_ready()
 
