@@ -344,6 +344,7 @@ def test_a_forgotten_key_fails_clearly_on_generate(key_page):
 def slow_server(checkpoints):
     """One request at a time, 0.5 s a step, at most two outstanding: easy to fill."""
     args = ["--model", str(checkpoints["digits"]), "--api-workers", "1", "--max-steps", "4"]
+    args += ["--max-queue-ms", "600000"]  # the count bound's 429 (the time bound's: test_shedding.py)
     s = ServerProcess([*args, "--max-batch-size", "1", "--max-queue", "1"], slow_ms=500).wait_ready()
     yield s
     s.stop()
