@@ -27,7 +27,7 @@ run: $(STAMP)
 sample: $(STAMP)
 	$(BIN)/flowmap sample --model mnist --steps 1 --n 100 --seed 0 --out samples/mnist.png
 
-models: $(STAMP)   # re-make the shipped models (docs: README "Shipped models"); about 2.5 hours on one core
+models: $(STAMP)   # re-make the shipped models (docs: README "Shipped models"); about 4 hours on one core
 	bash scripts/ship_models.sh
 
 lint: $(STAMP)

@@ -58,16 +58,15 @@ def test_shipped_models_load_by_name_under_that_name():
         assert load_model(name).name == name
 
 
-def test_mnist_one_step_samples_are_mostly_the_requested_class_and_not_copies():
-    """The shipped mnist (28x28) is short of issue 21's quality goals (README: 1-step class accuracy 78%,
-    FD 83-89 against a train-vs-test floor of 2.3); these bars hold it where it is, not where it should
-    be."""
+def test_mnist_one_step_samples_are_the_requested_class_and_not_copies():
+    """The shipped mnist (28x28) at 1 step: README measures 98.4% class accuracy and classifier FD 18.7 (its
+    own 64-step ODE: 19.5) on 1000 samples of seed 0; these bars (seed 321) leave room for seed noise."""
     from flowmap.quality import score_images
 
     model = load_model("mnist")
     assert model.shape == [1, 28, 28] and model.num_classes == 10
     one = score_images(*_digits(model, 1), data="mnist")
-    assert one["class_acc"] >= 0.7 and one["fd"] <= 150 and one["fd_pixel"] <= 20, one
+    assert one["class_acc"] >= 0.95 and one["fd"] <= 40 and one["fd_pixel"] <= 8, one
     assert one["memorised"] == 0 and one["nn_ratio"] >= 0.9, one
 
 
