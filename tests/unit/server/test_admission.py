@@ -203,3 +203,13 @@ def test_retry_after_counts_only_the_queue_part():
     with pytest.raises(QueueFull) as e:  # 4 steps never fit 35 ms; one jump does once the 3 s queue drains
         core.admit(1, job, steps=4, deadline=0.035)
     assert e.value.retry_after == 3  # ceil(3.0 + 0.01 - 0.035), not ceil(3.0 + 0.04 - 0.035) = 4
+
+
+def test_early_exit_plans_against_the_deadline_less_the_margin():
+    """The deadline is far (100 ms) but the margin (the way back) leaves 30 ms: the rows are cut to meet
+    30 ms, where the raw deadline's quick check would let them take all 4 steps (40 ms)."""
+    sched, ex = setup()
+    j = Job(make_noise(1, SHAPE, 4), [4], 4, deadline=0.1, margin=0.07)
+    sched.submit(j, 0.0)
+    run(sched, ex)
+    assert j.error is None and j.finished <= j.deadline - j.margin + 1e-9 and j.steps_taken < 4
