@@ -376,3 +376,15 @@ def test_a_deadline_too_short_for_one_step_on_an_idle_core_is_504_not_a_retryabl
     r = run(go())
     assert r.status_code == 504 and "retry-after" not in r.headers
     assert "deadline_ms" in r.json()["detail"]
+
+
+def test_a_stale_reported_wait_does_not_keep_an_idle_core_from_serving(stack):
+    """A large wait reported half a second ago (the core drained since, reporting only to other API
+    processes): the request goes to the idle core and is served, not shed for seconds."""
+    stack.core.reported.observe(5.0, at=time.monotonic() - 0.5)
+
+    async def go():
+        return await stack.client.post("/v1/generate", json={"deadline_ms": 1000})
+
+    r = run(go())
+    assert r.status_code == 200
