@@ -102,22 +102,51 @@ async def respond(
         if isinstance(task.exception(), ServiceError):
             http.failed(service, request, task.exception(), p.model, p.steps, t0)
         raise task.exception()
-    stream = _events(service, p, request, codec, t0, first, queue, task)
-    return StreamingResponse(stream, media_type="text/event-stream", headers=HEADERS)
+    ended = [False]  # the request's outcome is answered or recorded (once, by whichever sees it first)
+
+    def gone() -> None:
+        """The response is over: unless its outcome went out, the client left: cancel and record (499)."""
+        if ended[0]:
+            return
+        ended[0] = True
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled():
+            task.exception()  # retrieved: the client never sees it
+        _gone(service, p, request, t0)
+
+    stream = _events(service, p, request, codec, t0, first, queue, task, ended, gone)
+    return _Stream(stream, gone, media_type="text/event-stream", headers=HEADERS)
 
 
-async def _events(service, p, request, codec, t0, item, queue, task) -> AsyncIterator[bytes]:
+class _Stream(StreamingResponse):
+    """A StreamingResponse that calls `on_close` however it ends. The generator's own `finally` is not
+    enough: a client that leaves before Starlette first iterates it (a disconnect while the response
+    starts) never runs it, and the request would run on, unrecorded."""
+
+    def __init__(self, content, on_close: Callable[[], None], **kw):
+        super().__init__(content, **kw)
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+
+
+async def _events(service, p, request, codec, t0, item, queue, task, ended, gone) -> AsyncIterator[bytes]:
     """The previews as they come, then the result (or error); a client gone cancels the request."""
     try:
         while item is not task:
             if data := codec.preview(item):
                 yield data
             item = await queue.get()
-        yield _last(service, p, request, codec, t0, task)
+        last = _last(service, p, request, codec, t0, task)
+        ended[0] = True
+        yield last
     finally:
-        if not task.done():  # the client went away mid-stream (Starlette cancelled this generator)
-            task.cancel()
-            _gone(service, p, request, t0)
+        gone()  # the client went away mid-stream (Starlette cancelled this generator); else a no-op
 
 
 def _last(service, p, request, codec, t0, task) -> bytes:

@@ -72,15 +72,26 @@ class ReportedWait:
     aged by the time since: the API process's view of the core's queue, so a request the core would
     refuse is refused before it is sent, at once, whatever the core is computing. The core checks again
     (server.core_process.admission), so a stale view can only let a request through, never wrongly keep
-    one out: the queue never drains faster than real time."""
+    one out: the queue never drains faster than real time.
 
-    def __init__(self):
-        self.wait, self.at = 0.0, 0.0
+    Only a fresh report counts (at most `fresh` seconds old; then 0). With several API processes a core
+    sends its wait only to the one whose request finished: another process's requests (cancelled, or
+    refused by the core) can empty the queue with no report reaching this one, and a process that kept
+    shedding by an old large value would send nothing and so never learn that the core went idle. Past
+    `fresh`, requests go through to the core's own check, whose answers (results and refusals both carry
+    `wait_s`) refresh the view."""
+
+    FRESH = 0.1  # seconds: a few steps at serving batch sizes; longer is the core's own check's job
+
+    def __init__(self, fresh: float = FRESH):
+        self.wait, self.at, self.fresh = 0.0, 0.0, fresh
 
     def observe(self, wait: float, at: float) -> None:
         if at >= self.at:
             self.wait, self.at = wait, at
 
     def now(self, now: float) -> float:
-        """Predicted seconds a request sent at `now` waits in the core's queue."""
+        """Predicted seconds a request sent at `now` waits in the core's queue; 0 from a stale report."""
+        if now - self.at > self.fresh:
+            return 0.0
         return max(0.0, self.wait - (now - self.at))

@@ -11,13 +11,19 @@ by rows), so a refusal costs a few microseconds whatever the queue holds (O(max_
 
 Two bounds refuse: the request's own deadline (finish past it, less the result's way back), and the
 server-wide `max_queue_ms` on the wait (the latency an accepted request may pay for the queue ahead).
+
+A 429 says "retry later", so it is sent only when the queue is what stands in the way, with Retry-After
+the time until the wait would fit. A deadline the request's own steps miss even with no wait (compute
+alone over budget) is not the queue's fault: early exit can cut any row to one jump (early_exit.py), so
+the request is admitted when one step fits (early exit finishes it in time, with fewer steps), and
+refused with Unmeetable (504, not retryable) when not even one step on an idle core fits.
 """
 
 from __future__ import annotations
 
 import math
 
-from server.core_process.scheduler import QueueFull, Scheduler, SchedulingError
+from server.core_process.scheduler import DeadlineExceeded, QueueFull, Scheduler, SchedulingError
 
 
 class Refused(QueueFull):
@@ -26,6 +32,10 @@ class Refused(QueueFull):
     def __init__(self, message: str, retry_after: float):
         SchedulingError.__init__(self, message)
         self.retry_after = retry_after
+
+
+class Unmeetable(DeadlineExceeded):
+    """A deadline not even one step on an idle core can meet: retrying cannot help (504, no Retry-After)."""
 
 
 def wait_seconds(s: Scheduler, rows: int = 1) -> float:
@@ -46,7 +56,9 @@ def finish_seconds(s: Scheduler, rows: int, steps: int, wait: float | None = Non
 
 def check(s: Scheduler, rows: int, steps: int, budget: float, max_queue: float) -> None:
     """Refused unless a job of `rows` rows and `steps` steps (the fewest it may take: 1 for "auto") is
-    predicted to finish within `budget` seconds and to wait at most `max_queue` seconds."""
+    predicted to finish within `budget` seconds and to wait at most `max_queue` seconds. A job whose own
+    `steps` miss `budget` even with no wait is planned at one step (early exit cuts it to fit); one whose
+    single step misses it with no wait is Unmeetable."""
     wait = wait_seconds(s, rows)
     if wait > max_queue:
         raise Refused(
@@ -54,15 +66,24 @@ def check(s: Scheduler, rows: int, steps: int, budget: float, max_queue: float) 
             f"{1e3 * max_queue:.0f} ms",
             retry_after(wait - max_queue),
         )
-    finish = finish_seconds(s, rows, steps, wait)
+    if steps > 1 and finish_seconds(s, rows, steps, 0.0) > budget:
+        steps = 1  # never fits as asked: early exit will cut it, so only its one jump must fit
+    compute = finish_seconds(s, rows, steps, 0.0)
+    if compute > budget:
+        raise Unmeetable(
+            f"deadline_ms too short: {steps} step(s) take about {1e3 * compute:.0f} ms even with no queue, "
+            f"the deadline leaves {1e3 * max(0.0, budget):.0f} ms"
+        )
+    finish = wait + compute
     if finish > budget:
         raise Refused(
             f"overloaded: predicted finish in {1e3 * finish:.0f} ms is past the request's deadline "
             f"({1e3 * max(0.0, budget):.0f} ms)",
-            retry_after(finish - budget),
+            retry_after(finish - budget),  # = wait - (budget - compute): the queue part only
         )
 
 
 def retry_after(excess: float) -> float:
-    """Whole seconds, at least 1: when the queue will likely have drained by the excess."""
+    """Whole seconds, at least 1: when the queue will likely have drained by the excess (a wait, never a
+    compute time: see `check`)."""
     return float(max(1, math.ceil(excess)))

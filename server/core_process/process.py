@@ -98,6 +98,9 @@ class CoreServer:
         except QueueFull as q:
             self.send(ident, m.Failed(id=g.id, kind="queue_full", message=str(q), retry_after=q.retry_after))
             return
+        except DeadlineExceeded as d:  # admission.Unmeetable: not even one step fits (504, not retried)
+            self.send(ident, m.Failed(id=g.id, kind="deadline", message=str(d)))
+            return
         except RewardUnavailable as e:
             self.send(ident, m.Failed(id=g.id, kind=e.kind, message=str(e)))
             return

@@ -100,6 +100,7 @@ class Scheduler(Rows, Forecast):
         self.previewing += job.on_preview is not None
         if job.deadline is not None:
             self.next_deadline = min(self.next_deadline, job.deadline)
+        early_exit.note(self, job)
 
     def check_room(self, rows: int) -> None:
         """QueueFull when `max_queue` requests already wait and `rows` more would not fit the next batch

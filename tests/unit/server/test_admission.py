@@ -174,3 +174,42 @@ def test_later_arrivals_make_auto_cut_short_instead_of_missing():
         sched.submit(job(8, 4, seed=10 + i), now)
     run(sched, ex, now, cost=cost)
     assert a.error is None and a.finished <= a.deadline and a.steps_taken == 2
+
+
+def test_a_deadline_no_idle_core_can_meet_is_not_a_retryable_429():
+    """Compute alone over budget: a 429 with Retry-After would make retrying clients retry forever."""
+    sched, ex = setup()
+    core = EngineCore("m", sched, ex, clock=lambda: 0.0)
+    made = []
+    with pytest.raises(admission.Unmeetable) as e:  # not even one step (10 ms) fits 5 ms
+        core.admit(1, lambda: made.append(1) or job(), steps=4, deadline=0.005)
+    assert not isinstance(e.value, QueueFull) and isinstance(e.value, DeadlineExceeded)
+    assert not made and "deadline_ms" in str(e.value)
+
+
+def test_fixed_steps_that_never_fit_are_admitted_when_one_jump_fits_and_early_exit_meets_it():
+    sched, ex = setup()
+    core = EngineCore("m", sched, ex, clock=lambda: 0.0)
+    j = core.admit(2, lambda: job(2, 4, seed=5, deadline=0.025), steps=4, deadline=0.025)  # 4 steps: 40 ms
+    run(sched, ex)
+    assert j.error is None and j.finished <= j.deadline and 1 <= j.steps_taken < 4
+
+
+def test_retry_after_counts_only_the_queue_part():
+    sched, ex = setup()
+    for i in range(75):  # 300 full iterations queued: 3 s
+        sched.submit(job(8, 4, seed=i), 0.0)
+    core = EngineCore("m", sched, ex, clock=lambda: 0.0, max_queue=10.0)
+    with pytest.raises(QueueFull) as e:  # 4 steps never fit 35 ms; one jump does once the 3 s queue drains
+        core.admit(1, job, steps=4, deadline=0.035)
+    assert e.value.retry_after == 3  # ceil(3.0 + 0.01 - 0.035), not ceil(3.0 + 0.04 - 0.035) = 4
+
+
+def test_early_exit_plans_against_the_deadline_less_the_margin():
+    """The deadline is far (100 ms) but the margin (the way back) leaves 30 ms: the rows are cut to meet
+    30 ms, where the raw deadline's quick check would let them take all 4 steps (40 ms)."""
+    sched, ex = setup()
+    j = Job(make_noise(1, SHAPE, 4), [4], 4, deadline=0.1, margin=0.07)
+    sched.submit(j, 0.0)
+    run(sched, ex)
+    assert j.error is None and j.finished <= j.deadline - j.margin + 1e-9 and j.steps_taken < 4

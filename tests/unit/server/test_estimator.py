@@ -44,3 +44,18 @@ def test_reported_wait_ages_in_real_time_and_keeps_the_newest_report():
     assert w.now(10.0) == pytest.approx(0.3)
     w.observe(0.05, at=10.5)
     assert w.now(10.5) == pytest.approx(0.05)
+
+
+def test_a_stale_reported_wait_sheds_nothing():
+    """Several API processes: a large wait reported to this one, then the core drained (another process's
+    requests ended) and reported only to others. Shedding by the old value for seconds would keep this
+    process from ever asking the idle core again: only a fresh report sheds."""
+    clock = 10.0  # a fake clock
+    w = ReportedWait(fresh=0.1)
+    w.observe(5.0, at=clock)
+    clock += 0.05
+    assert w.now(clock) == pytest.approx(4.95)  # fresh: aged by the time since
+    clock += 0.1
+    assert w.now(clock) == 0.0  # stale: the request goes to the core, whose answer refreshes the view
+    w.observe(0.0, at=clock)  # ... and the idle core says so
+    assert w.now(clock + 0.01) == 0.0

@@ -362,3 +362,29 @@ def test_auto_reserves_the_results_way_back_learned_from_earlier_results(monkeyp
     assert 0.025 < gens[-1].margin < 0.25, gens[-1].margin  # about 30 ms learned, capped at half of 500
     (entry,) = service.entries.values()
     assert entry.way_back.mean > 0.025
+
+
+def test_a_deadline_too_short_for_one_step_on_an_idle_core_is_504_not_a_retryable_429(stack):
+    timer = stack.core.server.core.scheduler.timer
+    for rows in (1, 128):
+        for _ in range(50):
+            timer.observe(rows, 1.0)  # one iteration: ~1 s, whatever the rows
+
+    async def go():
+        return await stack.client.post("/v1/generate", json={"steps": 2, "deadline_ms": 100})
+
+    r = run(go())
+    assert r.status_code == 504 and "retry-after" not in r.headers
+    assert "deadline_ms" in r.json()["detail"]
+
+
+def test_a_stale_reported_wait_does_not_keep_an_idle_core_from_serving(stack):
+    """A large wait reported half a second ago (the core drained since, reporting only to other API
+    processes): the request goes to the idle core and is served, not shed for seconds."""
+    stack.core.reported.observe(5.0, at=time.monotonic() - 0.5)
+
+    async def go():
+        return await stack.client.post("/v1/generate", json={"deadline_ms": 1000})
+
+    r = run(go())
+    assert r.status_code == 200

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from httpx_sse import aconnect_sse
 
+from server.api_process.app import create_app
 from server.api_process.service import GenParams
 from tests.unit.server.inprocess import serve
 from tests.unit.server.test_images_api import make_stack
@@ -158,3 +159,57 @@ def test_a_steered_request_streams_one_preview_per_sample(tmp_path):
     assert all(len(d["images"]) == 2 for _, d in got[:3])
     plain = run(client.post("/v1/generate", json=body))
     assert npy(plain.json()["array"]).tolist() == npy(got[-1][1]["array"]).tolist()
+
+
+def test_a_stream_closed_before_its_first_iteration_is_cancelled_and_recorded():
+    """The client is gone by the time Starlette starts the response (sending its start fails): the
+    generator never runs, yet the request must be cancelled in the core and recorded (499)."""
+    stack = make_stack()
+    core, rejected, reject = stack.core, [], stack.service.reject
+    stack.service.reject = lambda reason, model: rejected.append(reason) or reject(reason, model)
+    app = create_app(stack.service, stack.metrics)
+    body = json.dumps({"steps": 4, "stream": True}).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/generate",
+        "raw_path": b"/v1/generate",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"t"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("t", 80),
+    }
+
+    async def go():
+        core.paused = True
+        never = asyncio.Event()
+        sent = iter([{"type": "http.request", "body": body, "more_body": False}])
+
+        async def receive():
+            msg = next(sent, None)
+            if msg is None:
+                await never.wait()
+            return msg
+
+        async def send(msg):
+            raise OSError("connection reset")  # the client left: nothing of the stream goes out
+
+        app_task = asyncio.ensure_future(app(scope, receive, send))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        core.server.core.step()  # one step of four: the first preview, so a stream response starts
+        core.pump()
+        try:
+            await asyncio.wait_for(app_task, 2)
+        except Exception:
+            pass
+        for _ in range(20):
+            await asyncio.sleep(0)
+
+    run(go())
+    assert core.cancelled == [1] and stack.service.inflight == 0
+    assert rejected == ["cancelled"]  # recorded once, as a client gone (499)
