@@ -481,6 +481,12 @@ def test_hostile_json_and_framing(server):
     assert {200, 422} <= set(seen["v1"]) and {200, 400, 404} <= set(seen["v2"]), counts
     assert {200, 400} <= set(seen["v2 binary"]), counts
     assert {200, 400, 404} <= set(seen["images"]), counts
+    # the draws reach a partial image only now and then (stream, partial_images >= 1, steps >= 2, nothing
+    # broken): one well-formed stream makes sure both event kinds went through the same checks
+    body = {"prompt": "1", "stream": True, "partial_images": 2, "steps": 4}
+    r = httpx.post(server.url + IMAGES, json=body, headers=AUTH, timeout=30)
+    assert r.status_code == 200, r.text
+    assert_openai_events(r.text)
     assert {"image_generation.partial_image", "image_generation.completed"} <= set(OPENAI_EVENTS)
     print(
         counts,
