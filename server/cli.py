@@ -33,6 +33,11 @@ FLAGS = {
         float,
         "batching window of an idle engine core (default 0: start at once)",
     ),
+    "--early-exit": (
+        "early_exit",
+        str,
+        "on (default): rows whose deadline is at risk jump to data; off: steps chosen once (benchmarks)",
+    ),
     "--default-steps": ("default_steps", int, "steps when a request gives none (default 1)"),
     "--max-steps": ("max_steps", int, "largest steps a request may ask, and auto's cap (default 8)"),
     "--max-samples": ("max_samples", int, "largest num_samples per request (default 64)"),

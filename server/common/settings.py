@@ -62,6 +62,12 @@ class ServerSettings(BaseSettings):
         description="Batching window of an idle engine core, from the first queued request (0: an idle core "
         "starts a request at once; what arrives while it computes joins at the next step).",
     )
+    early_exit: bool = Field(
+        default=True,
+        description="Re-plan at every step boundary: a row whose deadline is at risk jumps straight to data "
+        "(fewer steps, reported) instead of missing it. off: steps are chosen once, at admission (the "
+        "choose-once baseline, for benchmarks); a request whose steps cannot fit its deadline gets 504.",
+    )
     default_steps: int = Field(default=1, ge=1, le=1000, description="Steps when a request gives none.")
     max_steps: int = Field(
         default=8, ge=1, le=1000, description="Largest steps a request may ask; auto's cap."

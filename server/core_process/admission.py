@@ -16,7 +16,8 @@ A 429 says "retry later", so it is sent only when the queue is what stands in th
 the time until the wait would fit. A deadline the request's own steps miss even with no wait (compute
 alone over budget) is not the queue's fault: early exit can cut any row to one jump (early_exit.py), so
 the request is admitted when one step fits (early exit finishes it in time, with fewer steps), and
-refused with Unmeetable (504, not retryable) when not even one step on an idle core fits.
+refused with Unmeetable (504, not retryable) when not even one step on an idle core fits. With early exit
+off (`--early-exit off`, the choose-once baseline) the request's own steps must fit.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def check(s: Scheduler, rows: int, steps: int, budget: float, max_queue: float) 
     """Refused unless a job of `rows` rows and `steps` steps (the fewest it may take: 1 for "auto") is
     predicted to finish within `budget` seconds and to wait at most `max_queue` seconds. A job whose own
     `steps` miss `budget` even with no wait is planned at one step (early exit cuts it to fit); one whose
-    single step misses it with no wait is Unmeetable."""
+    single step misses it with no wait is Unmeetable (its own steps, with early exit off)."""
     wait = wait_seconds(s, rows)
     if wait > max_queue:
         raise Refused(
@@ -66,7 +67,7 @@ def check(s: Scheduler, rows: int, steps: int, budget: float, max_queue: float) 
             f"{1e3 * max_queue:.0f} ms",
             retry_after(wait - max_queue),
         )
-    if steps > 1 and finish_seconds(s, rows, steps, 0.0) > budget:
+    if steps > 1 and s.exit_early and finish_seconds(s, rows, steps, 0.0) > budget:
         steps = 1  # never fits as asked: early exit will cut it, so only its one jump must fit
     compute = finish_seconds(s, rows, steps, 0.0)
     if compute > budget:

@@ -128,6 +128,7 @@ def build_core(
         max_steps=settings.max_steps,
         timer=CallTimer(),
         batching=settings.batching,
+        exit_early=settings.early_exit,
     )
     executor = Executor(
         engine, null_label=model.num_classes, conditional=model.num_classes > 0, device=device

@@ -69,11 +69,13 @@ class Scheduler(Rows, Forecast):
         max_steps: int,
         timer: CallTimer | None = None,
         batching: str = "step",
+        exit_early: bool = True,
     ):
         if batching not in ("step", "request"):
             raise ValueError(f"batching must be 'step' or 'request', got {batching!r}")
         self.max_batch, self.max_queue, self.max_wait = max_batch, max_queue, max_wait
         self.max_steps, self.batching = max_steps, batching
+        self.exit_early = exit_early  # False: steps are chosen once, at admission (the baseline)
         self.timer = timer or CallTimer()
         self.grid = grid_table(max_steps)
         self.waiting: deque[Job] = deque()
@@ -131,7 +133,8 @@ class Scheduler(Rows, Forecast):
                 return wait
         if self.batching == "step" or not self.in_flight():
             self._admit(now)
-        early_exit.plan(self, now)
+        if self.exit_early:
+            early_exit.plan(self, now)
         s, t = self.grid[self.K, self.k], self.grid[self.K, self.k + 1]
         if self.cut.any():
             t = np.where(self.cut, np.float32(0), t)

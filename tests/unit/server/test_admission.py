@@ -213,3 +213,17 @@ def test_early_exit_plans_against_the_deadline_less_the_margin():
     sched.submit(j, 0.0)
     run(sched, ex)
     assert j.error is None and j.finished <= j.deadline - j.margin + 1e-9 and j.steps_taken < 4
+
+
+def test_with_early_exit_off_steps_are_chosen_once_and_a_late_row_keeps_them():
+    """The choose-once baseline (--early-exit off): the request of the early-exit test above keeps its 4
+    steps and misses its deadline (504 at the next boundary past it), and admission judges its own steps."""
+    sched = Scheduler(8, 10_000, 0.0, 4, timer=timer(), exit_early=False)
+    ex = Executor(FakeEngine(), C, conditional=True)
+    j = job(2, 4, seed=3, deadline=0.045)
+    sched.submit(j, 0.0)
+    run(sched, ex, cost=lambda rows: 0.020)
+    assert isinstance(j.error, DeadlineExceeded) and j.exit_steps is None
+    core = EngineCore("m", sched, ex, clock=lambda: 0.0)
+    with pytest.raises(admission.Unmeetable):  # 4 steps (40 ms) never fit 25 ms; one jump would
+        core.admit(2, lambda: job(2, 4, seed=5, deadline=0.025), steps=4, deadline=0.025)
