@@ -22,6 +22,12 @@ FLAGS = {
     "--host": ("host", str, "address to bind (default 127.0.0.1)"),
     "--port": ("port", int, "TCP port (default 8000)"),
     "--max-batch-size": ("max_batch_size", int, "most network rows per engine call (default 128)"),
+    "--batch-knee": (
+        "batch_knee",
+        float,
+        "fill batches up to the smallest size reaching this share of the best rows/s measured at start "
+        "(default 0.9; 0: up to --max-batch-size)",
+    ),
     "--max-queue": ("max_queue", int, "most waiting requests per model before 429 (default 256)"),
     "--max-queue-ms": (
         "max_queue_ms",

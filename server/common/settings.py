@@ -40,6 +40,16 @@ class ServerSettings(BaseSettings):
         le=4096,
         description="Most network rows per engine call (a guided sample takes two).",
     )
+    batch_knee: float = Field(
+        default=0.9,
+        ge=0,
+        le=1,
+        description="Batches grow only while they pay: at start-up each engine core times a step at every "
+        "batch size up to max_batch_size and fills batches only up to the smallest size whose rows per "
+        "second reach this share of the best measured (more rows would slow every row for little "
+        "throughput; requests past it wait in the queue, bounded by max_queue_ms). 0: always fill up to "
+        "max_batch_size.",
+    )
     max_queue: int = Field(
         default=256,
         ge=1,

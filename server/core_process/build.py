@@ -19,6 +19,7 @@ from flowmap.samplers import make_noise
 from server.common.estimator import CallTimer
 from server.common.settings import ServerSettings
 from server.common.spec import SAMPLERS, ModelSpec, is_image
+from server.core_process import admission
 from server.core_process.engine_core import EngineCore, Executor
 from server.core_process.scheduler import Job, Scheduler
 
@@ -137,17 +138,39 @@ def build_core(
     return core, model, model_spec(model, engine_name, device)
 
 
-def warm_up(core: EngineCore, model: Model, settings: ServerSettings) -> None:
-    """The engine's own warm-up, then real 1-step batches (largest buckets) to seed the call-time estimate.
+def warm_up(core: EngineCore, model: Model, settings: ServerSettings) -> dict[int, float]:
+    """The engine's own warm-up, then real 1-step batches at every bucket: they seed the call-time estimate,
+    and their costs (best of a few) set the largest batch the scheduler fills (admission.batch_cap, unless
+    --batch-knee 0). Returns the costs, seconds by rows.
 
     Raises when a warm-up batch fails: a model that cannot run must not be reported ready."""
     core.warmup()
-    device = core.device
-    for n in buckets_for(settings.max_batch_size)[-3:]:
-        job = Job(noise=make_noise(n, model.shape, 0, device), labels=[0] * n, steps=1)
+    costs = {n: calibrate(core, model, n) for n in buckets_for(settings.max_batch_size)}
+    if settings.batch_knee > 0:
+        core.scheduler.max_batch = admission.batch_cap(costs, settings.batch_knee)
+    log.info(
+        "model %s: batches up to %d rows (ms per step by rows: %s)",
+        model.name,
+        core.scheduler.max_batch,
+        ", ".join(f"{n}: {1e3 * t:.1f}" for n, t in costs.items()),
+    )
+    return costs
+
+
+def calibrate(core: EngineCore, model: Model, n: int, reps: int = 3, long: float = 0.25) -> float:
+    """Seconds of one iteration of `n` rows through the core, the best of `reps` (one when a call takes
+    over `long` seconds: the noise is small against it, and the warm-up stays short)."""
+    best = float("inf")
+    for _ in range(reps):
+        job = Job(noise=make_noise(n, model.shape, 0, core.device), labels=[0] * n, steps=1)
+        t0 = core.clock()
         core.submit(job)
         core.run_until_idle()
+        best = min(best, core.clock() - t0)
         if job.error is not None:
             raise RuntimeError(f"warm-up batch of {n} failed: {job.error!r}") from job.error
         if not bool(torch.isfinite(job.result).all()):
             raise RuntimeError(f"warm-up batch of {n} gave non-finite samples")
+        if best > long:
+            break
+    return best

@@ -4,6 +4,7 @@ cost per iteration: the predictions are checked against what the scheduler then 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,7 +12,9 @@ import torch
 
 from flowmap.samplers import make_noise, sample_flowmap
 from server.common.estimator import CallTimer
+from server.common.settings import ServerSettings
 from server.core_process import admission, early_exit
+from server.core_process.build import warm_up
 from server.core_process.engine_core import EngineCore, Executor
 from server.core_process.scheduler import DeadlineExceeded, Job, QueueFull, Scheduler
 
@@ -227,3 +230,33 @@ def test_with_early_exit_off_steps_are_chosen_once_and_a_late_row_keeps_them():
     core = EngineCore("m", sched, ex, clock=lambda: 0.0)
     with pytest.raises(admission.Unmeetable):  # 4 steps (40 ms) never fit 25 ms; one jump would
         core.admit(2, lambda: job(2, 4, seed=5, deadline=0.025), steps=4, deadline=0.025)
+
+
+def test_batch_cap_is_the_smallest_batch_near_the_best_rows_per_second():
+    linear = {r: 0.004 + 0.001 * r for r in (1, 8, 16, 32, 64, 128)}  # 4 ms per call, 1 ms per row
+    assert admission.batch_cap(linear, 0.9) == 32  # 32/36 = 0.89 rows/ms of the best 0.97
+    assert admission.batch_cap(linear, 1.0) == 128
+    flat = {r: 0.004 for r in (1, 8, 64)}  # a GPU below saturation: bigger is always better
+    assert admission.batch_cap(flat, 0.9) == 64
+
+
+@pytest.mark.parametrize("knee, cap", [(0.9, 32), (0.0, 64)])
+def test_warm_up_times_every_batch_size_and_fills_batches_only_while_they_pay(knee, cap):
+    """A call of r rows costs 4 ms + 1 ms per row on a fake clock: the warm-up measures it at every bucket,
+    the scheduler then fills at most 32 rows (of 64 allowed) and a flood waits for its turn instead."""
+    clock = [0.0]
+
+    class Linear(FakeEngine):
+        def __call__(self, x, s, t, y):
+            clock[0] += 0.004 + 0.001 * len(x)
+            return super().__call__(x, s, t, y)
+
+    sched = Scheduler(64, 10_000, 0.0, 4)
+    core = EngineCore("m", sched, Executor(Linear(), C, conditional=True), clock=lambda: clock[0])
+    settings = ServerSettings(max_batch_size=64, batch_knee=knee)
+    costs = warm_up(core, SimpleNamespace(name="m", shape=SHAPE), settings)
+    assert sorted(costs) == [1, 8, 16, 32, 64] and costs[32] == pytest.approx(0.036)
+    assert sched.max_batch == cap and sched.timer.predict(16) == pytest.approx(0.020)
+    for i in range(8):
+        sched.submit(job(8, 2, seed=i), clock[0])
+    assert sched.next_batch(clock[0]).rows == cap
