@@ -131,7 +131,12 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool
 
 class Pool:
     """Keep-alive connections to one host: an idle one is reused, else a new one is opened (up to `cap`,
-    beyond which a request waits for the next idle connection)."""
+    beyond which a request waits for the next idle connection). A connection idle for longer than
+    `max_idle` is closed instead of reused: the server closes idle keep-alive connections after its
+    `--keep-alive` (5 s), and a request written into one it is closing fails with no response, which
+    would be counted against the server (status 0). Clients' pools do the same."""
+
+    MAX_IDLE = 4.0  # seconds, under the server's default keep-alive of 5 s
 
     def __init__(self, host: str, port: int, cap: int):
         self.host, self.port, self.cap = host, port, cap
@@ -141,8 +146,12 @@ class Pool:
 
     async def get(self):
         while True:
-            if self.idle:
-                return self.idle.pop()
+            while self.idle:
+                conn, since = self.idle.pop()
+                if time.monotonic() - since <= self.MAX_IDLE:
+                    return conn
+                self.open -= 1
+                conn[1].close()
             if self.open < self.cap:
                 self.open += 1
                 self.opened += 1
@@ -156,7 +165,7 @@ class Pool:
 
     async def put(self, conn, reuse: bool) -> None:
         if reuse:
-            self.idle.append(conn)
+            self.idle.append((conn, time.monotonic()))
         else:
             self.open -= 1
             conn[1].close()
@@ -201,7 +210,7 @@ async def _drive(url: str, plan: Plan, cap: int, keep: bool, drain_s: float) -> 
     for t in pending:
         t.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
-    for conn in pool.idle:
+    for conn, _ in pool.idle:
         conn[1].close()
     out.connections = pool.opened
     return out

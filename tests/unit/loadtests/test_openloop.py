@@ -122,3 +122,37 @@ def test_pool_takes_per_class_samples_spread_over_the_run():
     first = got["x"][got["labels"] == 0][:, 0, 0, 0]
     assert first[0] == 0 and first[-1] == 99  # from the first request to the last, not the first ten
     assert set(got["steps"].tolist()) == {1, 2, 3, 4}
+
+
+def test_the_connection_pool_never_reuses_a_connection_idle_past_the_server_keep_alive(monkeypatch):
+    """A server closing idle keep-alive connections (as uvicorn does after 5 s): a request written into a
+    connection it closed fails with no answer, which the load test would count against the server."""
+    import asyncio
+
+    monkeypatch.setattr(openloop.Pool, "MAX_IDLE", 0.05)
+
+    async def main():
+        async def serve(reader, writer):
+            while True:
+                try:
+                    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.1)  # keep-alive: 0.1 s
+                except (asyncio.TimeoutError, asyncio.IncompleteReadError):
+                    writer.close()
+                    return
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        pool = openloop.Pool("127.0.0.1", server.sockets[0].getsockname()[1], 4)
+        statuses = []
+        for _ in range(2):
+            conn = await pool.get()
+            conn[1].write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, reuse = await openloop._read_response(conn[0])
+            statuses.append(status)
+            await pool.put(conn, reuse)
+            await asyncio.sleep(0.3)  # past the server's keep-alive: it closed the connection
+        server.close()
+        return statuses, pool.opened
+
+    statuses, opened = asyncio.run(main())
+    assert statuses == [200, 200] and opened == 2
