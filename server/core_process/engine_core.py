@@ -133,12 +133,20 @@ class EngineCore:
         self.scheduler.submit(job, self.clock())
 
     def admit(
-        self, rows: int, make: Callable[[], Job], steps: int = 1, deadline: float = math.inf, margin=0.0
+        self,
+        rows: int,
+        make: Callable[[], Job],
+        steps: int = 1,
+        deadline: float = math.inf,
+        margin=0.0,
+        auto: bool = False,
     ) -> Job:
         """Queue the job `make()` builds if `rows` more network rows have room and are predicted to finish
         `steps` steps by `deadline` less `margin` within the queue bound (else scheduler.QueueFull, before
         `make` runs: a refusal draws no noise), and let waiting jobs join now when the core is between
-        iterations (a step boundary) and no batching window holds them back."""
+        iterations (a step boundary) and no batching window holds them back. Every call counts as an
+        arrival, admitted or not (`auto`: its steps are chosen at submission; scheduler.demand)."""
+        self.scheduler.demand.arrive(self.clock(), rows, None if auto else steps)
         self.scheduler.check_room(rows)
         admission.check(self.scheduler, rows, steps, deadline - margin - self.clock(), self.max_queue)
         job = make()

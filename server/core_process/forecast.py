@@ -75,12 +75,15 @@ class Forecast:
         return busy
 
     def choose_steps(self, job: Job, now: float) -> int:
-        """ "auto": the largest step count up to max_steps predicted to finish within the deadline."""
+        """ "auto": the largest step count up to max_steps predicted to finish within the deadline, and
+        no more than the arrivals can afford (server.core_process.demand)."""
         if job.deadline is None:
             return self.max_steps
+        capacity = self.max_batch / self.timer.predict(self.max_batch)  # row-steps per second
+        most = self.demand.affordable(now, capacity, self.max_steps)
         budget, rows = job.deadline - job.margin - now, job.n * job.rows_per_sample
         delay = self.start_delay(min(rows, self.max_batch))  # the same for every k: computed once
-        for k in range(self.max_steps, 1, -1):
+        for k in range(most, 1, -1):
             if self.predict_seconds(rows, k, delay) <= budget:
                 return k
         return 1

@@ -94,6 +94,7 @@ class CoreServer:
                 steps=g.steps or 1,  # "auto" may take one step (and early exit cuts to one)
                 deadline=g.deadline,
                 margin=g.margin,
+                auto=not g.steps,
             )
         except QueueFull as q:
             self.send(ident, m.Failed(id=g.id, kind="queue_full", message=str(q), retry_after=q.retry_after))

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from server.common.estimator import CallTimer
 from server.core_process import early_exit, preview
+from server.core_process.demand import Demand
 from server.core_process.forecast import Forecast
 from server.core_process.jobs import (
     Batch,
@@ -76,6 +77,7 @@ class Scheduler(Rows, Forecast):
         self.max_batch, self.max_queue, self.max_wait = max_batch, max_queue, max_wait
         self.max_steps, self.batching = max_steps, batching
         self.exit_early = exit_early  # False: steps are chosen once, at admission (the baseline)
+        self.demand = Demand()  # the arrivals' rates: what "auto" steps can afford (EngineCore.admit)
         self.timer = timer or CallTimer()
         self.grid = grid_table(max_steps)
         self.waiting: deque[Job] = deque()

@@ -15,6 +15,7 @@ from server.common.estimator import CallTimer
 from server.common.settings import ServerSettings
 from server.core_process import admission, early_exit
 from server.core_process.build import warm_up
+from server.core_process.demand import Demand
 from server.core_process.engine_core import EngineCore, Executor
 from server.core_process.scheduler import DeadlineExceeded, Job, QueueFull, Scheduler
 
@@ -260,3 +261,32 @@ def test_warm_up_times_every_batch_size_and_fills_batches_only_while_they_pay(kn
     for i in range(8):
         sched.submit(job(8, 2, seed=i), clock[0])
     assert sched.next_batch(clock[0]).rows == cap
+
+
+@pytest.mark.parametrize("rate, mean", [(5, 4.0), (25, 3.4), (50, 1.7), (200, 1.0)])
+def test_auto_takes_the_steps_the_arrivals_can_afford(rate, mean):
+    """8-row "auto" requests at `rate` per second on an engine making 800 row-steps per second (8 rows
+    in 10 ms): below the knee they keep every step; past it their mean steps are 0.85 x 800 / (8 x rate),
+    dithered between the two nearest counts; far past it, one step each. The deadline is no constraint."""
+    sched, _ = setup()
+    core = EngineCore("m", sched, Executor(FakeEngine(), C, conditional=True), clock=lambda: now)
+    chosen = []
+    for i in range(6 * rate):
+        now = i / rate
+        j = core.admit(8, lambda: job(8, None, deadline=1e6), steps=1, deadline=1e6, auto=True)
+        if now >= 3.0:  # the rates have settled (their memory is 1 s)
+            chosen.append(j.steps)
+    assert np.mean(chosen) == pytest.approx(mean, abs=0.1) and set(chosen) <= {1, 2, 3, 4}
+    assert max(chosen) - min(chosen) <= 1  # dithered between neighbours, never a spread
+
+
+def test_fixed_step_arrivals_leave_auto_only_the_rest():
+    d = Demand()
+    for i in range(300):  # 100/s for 3 s: 4-step requests of 1 row (400 row-steps/s) and 8-row auto ones
+        d.arrive(i / 100, 1, 4)
+        d.arrive(i / 100, 8, None)
+    fixed, auto = d.rates(2.99)
+    assert fixed == pytest.approx(400, rel=0.05) and auto == pytest.approx(800, rel=0.05)
+    assert d.affordable(2.99, 800, 4) == 1  # (0.85 x 800 - 400) / 800 = 0.35: one step
+    assert d.affordable(2.99, 4000, 4) == 3  # (3400 - 400) / 800 = 3.75: 3 now, owing 0.75
+    assert d.affordable(2.99, 4000, 4) == 4  # and the debt paid
