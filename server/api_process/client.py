@@ -109,6 +109,10 @@ class CoreClient:
             self.previews[rid] = on_preview
         return rid, fut
 
+    def notify(self, msg) -> None:
+        """A message that needs no answer (Shed); dropped when the core cannot take it now."""
+        self.io.send(m.encode(msg))
+
     def cancel(self, rid: int) -> None:
         self.previews.pop(rid, None)
         if self.pending.pop(rid, None) is not None:

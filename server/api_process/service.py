@@ -28,7 +28,7 @@ from server.common import ranges
 from server.common import steer as steering
 from server.common.estimator import ReturnPath
 from server.common.settings import ServerSettings
-from server.common.spec import ModelSpec
+from server.common.spec import ModelSpec, rows_per_sample
 from server.common.stats import Rejection, RequestStats, SteerStats
 from server.common.steer import SteerParams
 
@@ -278,10 +278,15 @@ class Service:
             margin=e.way_back.margin(deadline_ms / 1000) if p.steps is None else 0.0,
             preview=on_preview is not None,
         )
-        if e.outstanding >= self.settings.max_queue + self.settings.max_batch_size:
-            # more outstanding than the core could hold: refuse here, so a flood never reaches the core
-            raise Overloaded("queue full", retry_after=1)
-        self.shed(e, t0, deadline_ms / 1000 - g.margin)
+        try:
+            if e.outstanding >= self.settings.max_queue + self.settings.max_batch_size:
+                # more outstanding than the core could hold: refuse here, so a flood never reaches the core
+                raise Overloaded("queue full", retry_after=1)
+            self.shed(e, t0, deadline_ms / 1000 - g.margin)
+        except Overloaded:  # the core still counts it as an arrival ("auto" steps follow the demand)
+            rows = g.n * (p.steer.particles if p.steer else 1) * rows_per_sample(g.guidance)
+            e.client.notify(m.Shed(rows=rows, steps=g.steps))
+            raise
         shape, image, got = (p.num_samples, *e.spec.shape), e.spec.image, None
         if on_preview is not None:
             x = lambda v: np.frombuffer(v.data, np.float32).reshape(shape)

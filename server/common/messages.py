@@ -1,6 +1,6 @@
 """Named messages between the processes of a server, and their msgpack wire form (no torch here).
 
-API process -> engine core (ZeroMQ DEALER -> ROUTER):  Generate, Cancel
+API process -> engine core (ZeroMQ DEALER -> ROUTER):  Generate, Cancel, Shed
 engine core -> API process (ROUTER -> DEALER):         Preview (streamed requests, one per step), Done, Failed
 engine core -> supervisor (PUSH -> PULL):               Ready, Fatal
 supervisor -> API processes (PUB -> SUB):               CoreStates
@@ -46,6 +46,16 @@ class Generate:
 class Cancel:
     id: int
     TAG = 2
+
+
+@dataclass
+class Shed:
+    """A request the API process refused itself (the core's reported queue was past the bound): still an
+    arrival, which the core counts in the demand "auto" steps are chosen by (core_process.demand)."""
+
+    rows: int  # network rows
+    steps: int  # 0: "auto"
+    TAG = 9
 
 
 @dataclass
@@ -137,7 +147,7 @@ class CoreStates:
         self.cores = [c if isinstance(c, CoreState) else CoreState(**c) for c in self.cores]
 
 
-MESSAGES = {m.TAG: m for m in (Generate, Cancel, Done, Failed, Ready, Fatal, CoreStates, Preview)}
+MESSAGES = {m.TAG: m for m in (Generate, Cancel, Shed, Done, Failed, Ready, Fatal, CoreStates, Preview)}
 _FIELDS = {m: tuple(f.name for f in dataclasses.fields(m)) for m in MESSAGES.values()}
 
 

@@ -71,6 +71,9 @@ class CoreServer:
             msg = m.decode(frame)
             if isinstance(msg, m.Generate):
                 self.generate(ident, msg)
+            elif isinstance(msg, m.Shed) and type(msg.rows) is int and type(msg.steps) is int:
+                if 0 < msg.rows <= 1 << 20 and 0 <= msg.steps <= self.settings.max_steps:
+                    self.core.scheduler.demand.arrive(self.core.clock(), msg.rows, msg.steps or None)
             elif isinstance(msg, m.Cancel) and type(msg.id) is int:
                 job = self.jobs.get((ident, msg.id))
                 if job is not None:

@@ -34,6 +34,9 @@ class InProcess:
         asyncio.get_running_loop().call_soon(self.pump)
         return self.ids, fut
 
+    def notify(self, msg) -> None:
+        self.server.handle(b"api", m.encode(msg))
+
     def cancel(self, rid: int) -> None:
         """As CoreClient.cancel: the request is cancelled in the core too."""
         self.cancelled.append(rid)

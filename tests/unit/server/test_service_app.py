@@ -328,6 +328,9 @@ def test_the_api_sheds_load_before_it_reaches_the_core():
     assert shed.status_code == 429 and shed.headers["retry-after"] == "1"
     assert sum(isinstance(m.decode(f), m.Generate) for f in sent) == 2  # the third never reached the core
     assert [r.status_code for r in held] == [504, 504]
+    # ... except as an arrival, which "auto" steps follow: 3 one-row one-step requests in the demand
+    assert [m.decode(f) for f in sent if isinstance(m.decode(f), m.Shed)] == [m.Shed(rows=1, steps=1)]
+    assert core.server.core.scheduler.demand.fixed == pytest.approx(3, rel=0.2)
 
 
 def test_auto_reserves_the_results_way_back_learned_from_earlier_results(monkeypatch):
