@@ -51,13 +51,16 @@ class Demand:
         self._decay(now)
         return self.fixed / self.tau, self.auto / self.tau
 
-    def affordable(self, now: float, capacity: float, most: int) -> int:
+    def affordable(self, now: float, capacity: float, most: int, pressure: float = 0.0) -> int:
         """The steps an "auto" request may take at this load (1..most): `capacity` is the engine's
-        row-steps per second at full batches."""
+        row-steps per second at full batches; `pressure` the queue's predicted wait as a share of the
+        server's bound on it. The rates say what the load affords on average; a burst fills the queue
+        faster than they follow, and the bound would refuse the requests behind it, so the steps shrink
+        in proportion as the queue nears the bound (none left at it: one step)."""
         fixed, auto = self.rates(now)
         if auto <= 0:
             return most
-        x = (UTILIZATION * capacity - fixed) / auto
+        x = (UTILIZATION * capacity - fixed) / auto * max(0.0, 1.0 - pressure)
         if x >= most:
             return most
         k = max(1, math.floor(x))

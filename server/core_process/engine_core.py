@@ -118,6 +118,7 @@ class EngineCore:
         self.name, self.scheduler, self.executor = name, scheduler, executor
         self.on_iteration, self.clock = on_iteration, clock
         self.max_queue = max_queue  # seconds: the longest predicted queue wait a new request is given
+        scheduler.queue_bound = max_queue  # "auto" steps shrink as the queue nears it (demand.py)
         self._stats: list[IterationStats] = []
         self._last: tuple[int, float] | None = None  # (rows, start) of the iteration just run
 

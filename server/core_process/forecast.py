@@ -79,10 +79,10 @@ class Forecast:
         no more than the arrivals can afford (server.core_process.demand)."""
         if job.deadline is None:
             return self.max_steps
-        capacity = self.max_batch / self.timer.predict(self.max_batch)  # row-steps per second
-        most = self.demand.affordable(now, capacity, self.max_steps)
         budget, rows = job.deadline - job.margin - now, job.n * job.rows_per_sample
         delay = self.start_delay(min(rows, self.max_batch))  # the same for every k: computed once
+        capacity = self.max_batch / self.timer.predict(self.max_batch)  # row-steps per second
+        most = self.demand.affordable(now, capacity, self.max_steps, delay / self.queue_bound)
         for k in range(most, 1, -1):
             if self.predict_seconds(rows, k, delay) <= budget:
                 return k

@@ -78,6 +78,7 @@ class Scheduler(Rows, Forecast):
         self.max_steps, self.batching = max_steps, batching
         self.exit_early = exit_early  # False: steps are chosen once, at admission (the baseline)
         self.demand = Demand()  # the arrivals' rates: what "auto" steps can afford (EngineCore.admit)
+        self.queue_bound = math.inf  # seconds of queue wait past which requests are refused (EngineCore)
         self.timer = timer or CallTimer()
         self.grid = grid_table(max_steps)
         self.waiting: deque[Job] = deque()

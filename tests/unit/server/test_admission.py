@@ -290,3 +290,16 @@ def test_fixed_step_arrivals_leave_auto_only_the_rest():
     assert d.affordable(2.99, 800, 4) == 1  # (0.85 x 800 - 400) / 800 = 0.35: one step
     assert d.affordable(2.99, 4000, 4) == 3  # (3400 - 400) / 800 = 3.75: 3 now, owing 0.75
     assert d.affordable(2.99, 4000, 4) == 4  # and the debt paid
+
+
+def test_auto_steps_shrink_as_the_queue_nears_its_bound():
+    """At a rate that affords 3.4 steps (the test above), a queue half-way to the bound halves them, and
+    one at the bound leaves one step: a burst is served with fewer steps instead of refused."""
+    d = Demand()
+    for i in range(150):
+        d.arrive(i / 25, 8, None)
+    now = 149 / 25
+    mean = lambda pressure: np.mean([d.affordable(now, 800, 4, pressure) for _ in range(100)])
+    assert mean(0.0) == pytest.approx(3.4, abs=0.1)
+    assert mean(0.5) == pytest.approx(1.7, abs=0.05)
+    assert mean(1.0) == 1.0
