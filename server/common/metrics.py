@@ -103,6 +103,12 @@ class Metrics:
         self.restarts = count(
             "flowmap_engine_core_restarts_total", "Engine-core processes restarted after they died", model
         )
+        self.batch_cap = gauge(
+            "flowmap_batch_cap_rows",
+            "Most network rows the scheduler puts in one call (--batch-knee, measured at start-up)",
+            model,
+            "max",
+        )
         self.cores_up = gauge("flowmap_engine_cores_up", "Engine cores loaded and serving", [], "max")
         build = ["version", "torch", "python", "engine", "kernels"]
         self.info = gauge("flowmap_build_info", "Build information (value 1)", build, "max")
@@ -114,6 +120,9 @@ class Metrics:
         except metadata.PackageNotFoundError:
             torch_version = ""
         self.info.labels(version, torch_version, platform.python_version(), engine, kernels).set(1)
+
+    def batch_rows(self, model: str, rows: int) -> None:
+        self.batch_cap.labels(model).set(rows)
 
     def iteration(self, s: IterationStats) -> None:
         if s.samples:

@@ -268,6 +268,7 @@ def serve(index: int, spec: str, run_dir: str, settings: ServerSettings, parent:
         core, model, served = build_core(spec, settings, metrics.iteration, run_dir)
         metrics.build_info(__version__, served.engine, ops.BACKEND)
         warm_up(core, model, settings)
+        metrics.batch_rows(model.name, core.scheduler.max_batch)
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.LINGER, 0)

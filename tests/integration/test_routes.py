@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 
 import httpx
 import numpy as np
@@ -159,4 +160,6 @@ def test_metrics_names_and_histograms(server, client):
         assert name in text, name
     assert 'flowmap_request_duration_seconds_count{model="digits",status="200",steps="2"}' in text
     assert 'flowmap_rejections_total{model="",reason="invalid"}' in text
+    cap = re.search(r'^flowmap_batch_cap_rows\{model="digits"\} (\S+)$', text, re.M)
+    assert cap and 1 <= float(cap.group(1)) <= 128  # the warm-up's choice, within --max-batch-size
     assert "summary" not in text.split("flowmap_request_duration_seconds")[1][:200]
