@@ -81,7 +81,7 @@ class Forecast:
             return self.max_steps
         budget, rows = job.deadline - job.margin - now, job.n * job.rows_per_sample
         delay = self.start_delay(min(rows, self.max_batch))  # the same for every k: computed once
-        capacity = self.max_batch / self.timer.predict(self.max_batch)  # row-steps per second
+        capacity = self.max_batch / max(1e-9, self.timer.predict(self.max_batch))  # row-steps per second
         most = self.demand.affordable(now, capacity, self.max_steps, delay / self.queue_bound)
         for k in range(most, 1, -1):
             if self.predict_seconds(rows, k, delay) <= budget:
