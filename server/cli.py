@@ -21,6 +21,11 @@ FLAGS = {
     "--device": ("device", str, "auto, cpu, cuda or cuda:N (default auto)"),
     "--host": ("host", str, "address to bind (default 127.0.0.1)"),
     "--port": ("port", int, "TCP port (default 8000)"),
+    "--health-port": (
+        "health_port",
+        int,
+        "a second port answering only /healthz and /readyz from a thread, never behind request work",
+    ),
     "--max-batch-size": ("max_batch_size", int, "most network rows per engine call (default 128)"),
     "--batch-knee": (
         "batch_knee",

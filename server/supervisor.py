@@ -99,6 +99,8 @@ class Supervisor:
         self.states = self.ctx.socket(zmq.PUB)
         self.states.bind(f"ipc://{self.run_dir}/state")
         self.port = self.sock.getsockname()[1]
+        hp = settings.health_port
+        self.health = None if hp is None else listen(settings.host, hp)  # probes' own port (health.py)
         self.cores = [self._core(i, spec) for i, spec in enumerate(settings.models)]
         self.apis = [self._api(i) for i in range(settings.api_processes())]
         self.stopping = 0  # signals received
@@ -128,7 +130,11 @@ class Supervisor:
         fd = self.sock.fileno()
         cmd = [sys.executable, "-m", "server.api_process", "--fd", str(fd), "--dir", self.run_dir]
         cmd += ["--settings", self._settings_json(), "--parent", str(os.getpid())]
-        return Child("api", i, cmd, self._env(), pass_fds=(fd,))
+        fds = (fd,)
+        if self.health is not None:
+            fds += (self.health.fileno(),)
+            cmd += ["--health-fd", str(self.health.fileno())]
+        return Child("api", i, cmd, self._env(), pass_fds=fds)
 
     # ------------------------------------------------------------ the loop
     def run(self) -> int:
@@ -304,6 +310,8 @@ class Supervisor:
 
     def _cleanup(self) -> None:
         self.sock.close()  # (closing twice is harmless)
+        if self.health is not None:
+            self.health.close()
         self.ctx.destroy(linger=0)
         shutil.rmtree(self.run_dir, ignore_errors=True)
 

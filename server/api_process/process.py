@@ -22,7 +22,7 @@ import uvicorn
 import zmq
 
 from server.api_process.client import CoreClient, watch_states
-from server.api_process.health import responder
+from server.api_process.health import responder, serve_probes
 from server.api_process.limits import guarded_http
 from server.common.settings import ServerSettings
 
@@ -105,7 +105,16 @@ async def watch_parent(server: uvicorn.Server, parent: int) -> None:
             server.should_exit = True
 
 
-def run(settings: ServerSettings, run_dir: str, fd: int, parent: int | None = None) -> int:
+async def heartbeat(server: uvicorn.Server, beat: list[float]) -> None:
+    """Mark every turn of the event loop (a few per second) for the probe port's liveness (health.py)."""
+    while not server.should_exit:
+        beat[0] = time.monotonic()
+        await asyncio.sleep(0.25)
+
+
+def run(
+    settings: ServerSettings, run_dir: str, fd: int, parent: int | None = None, health_fd: int | None = None
+) -> int:
     app, service = build(settings, run_dir)
     config = uvicorn.Config(
         app,
@@ -120,12 +129,17 @@ def run(settings: ServerSettings, run_dir: str, fd: int, parent: int | None = No
     sock = socket.socket(fileno=fd)
     parent = os.getppid() if parent is None else parent
 
+    beat = [time.monotonic()]
+    if health_fd is not None:
+        serve_probes(socket.socket(fileno=health_fd), service, beat)
+
     async def main():
-        watcher = asyncio.create_task(watch_parent(server, parent))
+        tasks = [asyncio.create_task(c) for c in (watch_parent(server, parent), heartbeat(server, beat))]
         try:
             await server.serve(sockets=[sock])
         finally:
-            watcher.cancel()
+            for t in tasks:
+                t.cancel()
 
     try:
         from uvloop import run as runner
@@ -141,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", required=True)
     p.add_argument("--settings", required=True, help="ServerSettings as JSON (without the API key)")
     p.add_argument("--parent", type=int, required=True, help="the supervisor's pid (exit when it is gone)")
+    p.add_argument("--health-fd", type=int, default=None, help="the probe port's listening socket")
     a = p.parse_args(argv)
     settings = ServerSettings(**json.loads(a.settings))  # the key, if any, from FLOWMAP_API_KEY
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(settings.log_level.upper())
-    return run(settings, a.dir, a.fd, a.parent)
+    return run(settings, a.dir, a.fd, a.parent, a.health_fd)

@@ -34,6 +34,15 @@ class ServerSettings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", min_length=1, description="Address to bind.")
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0: any free port).")
+    health_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="A second TCP port that answers only GET /healthz and /readyz, from a thread of each API "
+        "process, so probes never wait behind request work on the event loop (point the kubelet's "
+        "probes at it); /healthz there fails when the event loop has not turned for 10 s. Default: "
+        "probes on the main port only.",
+    )
     max_batch_size: int = Field(
         default=128,
         ge=1,

@@ -66,8 +66,8 @@ def test_environment_is_what_the_server_accepts(overlay, monkeypatch):
         monkeypatch.setenv(k, v)
     s = ServerSettings()
     assert s.host == "0.0.0.0" and s.key() == "from-a-secret"
-    (port,) = container(overlay)["ports"]
-    assert port["containerPort"] == s.port and port["name"] == "http"
+    ports = {p["name"]: p["containerPort"] for p in container(overlay)["ports"]}
+    assert ports == {"http": s.port, "probes": s.health_port}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -82,10 +82,10 @@ def test_probes_point_at_the_health_routes(overlay):
     """Liveness on /healthz; startup and readiness on /readyz (503 while starting, draining, a core down).
 
     The live test in test_prometheus.py requests these same paths from a running server."""
-    c = container(overlay)
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert c["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    c = container(overlay)  # on the probe port (FLOWMAP_HEALTH_PORT): never queued behind request work
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "probes"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probes"}
+    assert c["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "probes"}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.integration.conftest import ServerProcess
+from tests.integration.conftest import ServerProcess, free_port
 
 CALL_MS, MAX_QUEUE_MS = 20, 100
 
@@ -20,18 +20,22 @@ CALL_MS, MAX_QUEUE_MS = 20, 100
 @pytest.fixture(scope="module")
 def busy(checkpoints):
     flags = ["--max-batch-size", "8", "--max-steps", "4", "--max-queue-ms", str(MAX_QUEUE_MS)]
-    s = ServerProcess(["--model", str(checkpoints["digits"]), *flags], slow_ms=CALL_MS)
+    health = free_port()
+    s = ServerProcess(
+        ["--model", str(checkpoints["digits"]), *flags, "--health-port", str(health)], slow_ms=CALL_MS
+    )
+    s.health_port = health
     yield s.wait_ready()
     assert s.stop() == 0
 
 
-def probe(port: int) -> float:
+def probe(port: int, path: bytes = b"/healthz", method: bytes = b"GET", status: int = 200) -> float:
     """One kubelet-style probe: a fresh connection, GET /healthz, Connection: close; seconds to the answer."""
     t0 = time.perf_counter()
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+        s.sendall(method + b" " + path + b" HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
         head = s.recv(4096)
-    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert head.startswith(b"HTTP/1.1 %d " % status), head
     return time.perf_counter() - t0
 
 
@@ -57,11 +61,13 @@ async def flood(url: str, waves: int, per_wave: int) -> list[tuple[httpx.Respons
 
 def test_overload_is_shed_fast_accepted_requests_finish_in_time_and_health_stays_fast(busy):
     probes: list[float] = []
+    own_port: list[float] = []  # the same probe on --health-port, answered by a thread
     stop = threading.Event()
 
     def poll():
         while not stop.is_set():
             probes.append(probe(busy.port))
+            own_port.append(probe(busy.health_port))
             time.sleep(0.02)
 
     poller = threading.Thread(target=poll)
@@ -88,6 +94,7 @@ def test_overload_is_shed_fast_accepted_requests_finish_in_time_and_health_stays
         -5:
     ]
     assert len(probes) >= 10 and np.median(probes) < 0.05 and max(probes) < 1.0, sorted(probes)[-5:]
+    assert np.median(own_port) < 0.05 and max(own_port) < 1.0, sorted(own_port)[-5:]
     # and it serves normally afterwards
     time.sleep(0.5)
     r = httpx.post(busy.url + "/v1/generate", json={"num_samples": 8, "steps": 2}, timeout=10)
@@ -98,3 +105,10 @@ def test_queue_wait_is_exported_in_seconds(busy):
     text = httpx.get(busy.url + "/metrics").text
     assert 'flowmap_queue_depth_seconds{model="digits"}' in text
     assert "flowmap_queue_wait_seconds_bucket" in text
+
+
+def test_the_probe_port_answers_only_probes(busy):
+    probe(busy.health_port, b"/readyz")
+    probe(busy.health_port, b"/v1/models", status=404)
+    probe(busy.health_port, b"/healthz", method=b"POST", status=405)
+    probe(busy.port, b"/healthz")  # the main port keeps its own probes

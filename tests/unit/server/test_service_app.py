@@ -391,3 +391,38 @@ def test_a_stale_reported_wait_does_not_keep_an_idle_core_from_serving(stack):
 
     r = run(go())
     assert r.status_code == 200
+
+
+def test_the_probe_port_answers_from_its_thread_and_fails_liveness_when_the_loop_stalls():
+    import socket as socketlib
+
+    from server.api_process.health import STALL_S, probe_port_answer, serve_probes
+
+    service = SimpleNamespace(ready=True, state="ready", draining=False)
+    now = time.monotonic()
+    assert probe_port_answer(service, b"GET /healthz HTTP/1.1", now, now) == (200, {"status": "ok"})
+    assert probe_port_answer(service, b"GET /healthz HTTP/1.1", now - STALL_S - 1, now)[0] == 503
+    assert probe_port_answer(service, b"GET /readyz?x=1 HTTP/1.1", now, now)[0] == 200
+    assert probe_port_answer(service, b"POST /healthz HTTP/1.1", now, now)[0] == 405
+    assert probe_port_answer(service, b"GET /v1/models HTTP/1.1", now, now)[0] == 404
+    assert probe_port_answer(service, b"garbage", now, now)[0] == 405
+    service.ready, service.state = False, "draining"
+    assert probe_port_answer(service, b"GET /readyz HTTP/1.1", now, now) == (503, {"status": "draining"})
+
+    listener = socketlib.create_server(("127.0.0.1", 0))
+    beat = [time.monotonic()]
+    serve_probes(listener, service, beat, timeout=0.2)
+
+    def ask(path: bytes) -> bytes:
+        with socketlib.create_connection(listener.getsockname(), timeout=5) as c:
+            c.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: k\r\n\r\n")
+            return c.recv(4096)
+
+    idle = socketlib.create_connection(listener.getsockname())  # a client that sends nothing...
+    t0 = time.monotonic()
+    assert ask(b"/healthz").startswith(b"HTTP/1.1 200 ")  # ...delays the next probe by its timeout at most
+    assert time.monotonic() - t0 < 2.0
+    beat[0] -= STALL_S + 1  # the event loop stopped turning
+    assert ask(b"/healthz").startswith(b"HTTP/1.1 503 ")
+    idle.close()
+    listener.close()
