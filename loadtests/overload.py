@@ -29,13 +29,13 @@ import numpy as np
 
 from loadtests import openloop, wrkload
 from loadtests.bench_server import batch_stats
-from loadtests.procs import start_module
+from loadtests.procs import free_port, start_module
 
 PROBE_EVERY = 0.05  # seconds between /healthz probes
 PROBE_TIMEOUT = 5.0  # the deployment's livenessProbe timeoutSeconds
 # the probe (answered on the connection) and, to see where the time goes, the same answer through the
 # whole ASGI stack (FastAPI's v2 liveness route) in the same process
-PROBED = ("/healthz", "/v2/health/live")
+PROBED = ("/healthz", "/v2/health/live", PORT_PROBE := "--health-port /healthz")  # the last: its own port
 
 
 def probe_once(host: str, port: int, path: str = "/healthz") -> float | None:
@@ -91,13 +91,16 @@ def phase(url: str, body: dict, rate: float, seconds: float, seed: int) -> dict:
 def run(a) -> dict:
     flags = ["--threads", "1", "--log-level", "warning", "--max-steps", "4", "--max-batch-size", "128"]
     flags += ["--max-queue-ms", str(a.max_queue_ms)] if a.max_queue_ms else []
+    health_port = free_port()
+    flags += ["--health-port", str(health_port)]
     server = start_module("server", a.model, a.engine, "/readyz", *flags)
     body = {"num_samples": a.samples, "steps": a.steps, "output": "npy"}
     try:
         cap = wrkload.run(server.port, "/v1/generate", [body], a.connections, a.seconds, warmup=1.0)
         rate = cap.req_s
         prober = subprocess.Popen(
-            [sys.executable, "-m", __spec__.name, "--probe", server.url, "--seconds", "1e9"],
+            [sys.executable, "-m", __spec__.name, "--probe", server.url, "--seconds", "1e9"]
+            + ["--probe-port", str(health_port)],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -156,7 +159,7 @@ def report(r: dict) -> str:
     )
     probe = lambda s: f"{s['p50_ms']} / {s['p99_ms']} / {s['max_ms']} ({s['failed']} of {s['probes']})"
     health = [
-        f"| {name} | {probe(h['/healthz'])} | {probe(h['/v2/health/live'])} |"
+        f"| {name} | {probe(h['/healthz'])} | {probe(h['/v2/health/live'])} | {probe(h[PORT_PROBE])} |"
         for name, h in r["healthz"].items()
     ]
     return "\n".join(
@@ -177,8 +180,9 @@ def report(r: dict) -> str:
             "",
             "Probes from another process, a fresh connection each, p50 / p99 / max ms (failed of sent):",
             "",
-            "| phase | GET /healthz (answered on the connection) | GET /v2/health/live (through FastAPI) |",
-            "|---|---|---|",
+            "| phase | GET /healthz (answered on the connection) | GET /v2/health/live (through FastAPI) "
+            "| GET /healthz on --health-port (a thread) |",
+            "|---|---|---|---|",
             *health,
         ]
     )
@@ -196,9 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-queue-ms", type=float, help="the server's --max-queue-ms (default: its own)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--probe", metavar="URL", help=argparse.SUPPRESS)
+    p.add_argument("--probe-port", type=int, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.probe:
-        return _probe_main(a.probe, a.seconds)
+        return _probe_main(a.probe, a.seconds, a.probe_port)
     r = run(a)
     print(report(r))
     if a.json:
@@ -207,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _probe_main(url: str, seconds: float) -> int:
+def _probe_main(url: str, seconds: float, probe_port: int | None) -> int:
     """Probe until `seconds` pass or SIGTERM arrives; then print the results as JSON."""
     import signal
 
@@ -217,7 +222,8 @@ def _probe_main(url: str, seconds: float) -> int:
     u, end = urlsplit(url), time.monotonic() + seconds
     while not stop and time.monotonic() < end:
         for path in PROBED:
-            when, t = time.monotonic(), probe_once(u.hostname, u.port, path)
+            port = probe_port if path == PORT_PROBE else u.port
+            when, t = time.monotonic(), probe_once(u.hostname, port, path.split()[-1])
             out[path].append((when, None if t is None else 1e3 * t))
         time.sleep(PROBE_EVERY)
     print(json.dumps(out))

@@ -41,12 +41,14 @@ def test_report_has_a_row_per_phase_and_the_probes_per_phase():
     }
     fast = {"probes": 100, "failed": 0, "p50_ms": 0.5, "p99_ms": 2.0, "max_ms": 3.0}
     slow = {"probes": 100, "failed": 1, "p50_ms": 5.0, "p99_ms": 40.0, "max_ms": 60.0}
-    r["healthz"] = {"overload": {"/healthz": fast, "/v2/health/live": slow}}
+    own = {"probes": 100, "failed": 0, "p50_ms": 0.2, "p99_ms": 1.0, "max_ms": 1.5}
+    r["healthz"] = {"overload": {"/healthz": fast, "/v2/health/live": slow, overload.PORT_PROBE: own}}
     r["capacity"] |= {"connections": 8, "not_2xx": 0}
     text = overload.report(r)
     rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "phase" not in ln]
     assert len(rows) == 4 and "| 4x capacity | 10.0 | 80 | 5.0 | 9.0 | 70 |" in text
-    assert "| overload | 0.5 / 2.0 / 3.0 (0 of 100) | 5.0 / 40.0 / 60.0 (1 of 100) |" in text
+    row = "| overload | 0.5 / 2.0 / 3.0 (0 of 100) | 5.0 / 40.0 / 60.0 (1 of 100) | 0.2 / 1.0 / 1.5 (0 of 100)"
+    assert row in text
 
 
 def test_probe_stats_count_only_the_window_and_failures_apart():
