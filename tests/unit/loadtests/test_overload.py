@@ -47,8 +47,8 @@ def test_report_has_a_row_per_phase_and_the_probes_per_phase():
     text = overload.report(r)
     rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "phase" not in ln]
     assert len(rows) == 4 and "| 4x capacity | 10.0 | 80 | 5.0 | 9.0 | 70 |" in text
-    row = "| overload | 0.5 / 2.0 / 3.0 (0 of 100) | 5.0 / 40.0 / 60.0 (1 of 100) | 0.2 / 1.0 / 1.5 (0 of 100)"
-    assert row in text
+    cells = ["0.5 / 2.0 / 3.0 (0 of 100)", "5.0 / 40.0 / 60.0 (1 of 100)", "0.2 / 1.0 / 1.5 (0 of 100)"]
+    assert "| overload | " + " | ".join(cells) + " |" in text
 
 
 def test_probe_stats_count_only_the_window_and_failures_apart():
