@@ -426,3 +426,13 @@ def test_the_probe_port_answers_from_its_thread_and_fails_liveness_when_the_loop
     assert ask(b"/healthz").startswith(b"HTTP/1.1 503 ")
     idle.close()
     listener.close()
+
+
+@pytest.mark.parametrize("rows, steps", [("8", 1), (8, 1.5), (-1, 1), (1 << 30, 1), (8, 99), (True, 1)])
+def test_a_malformed_shed_is_ignored_by_the_core(rows, steps):
+    """The core trusts no one: a Shed that is not whole, positive and in range counts for nothing."""
+    core = InProcessCore(ServerSettings(max_steps=4))
+    core.server.handle(b"api", m.encode(m.Shed(rows=rows, steps=steps)))
+    core.server.handle(b"api", m.encode(m.Shed(rows=8, steps=0)))  # a well-formed one still counts
+    d = core.server.core.scheduler.demand
+    assert d.fixed == 0 and d.auto == 8
