@@ -86,6 +86,8 @@ class Supervisor:
     def __init__(self, settings: ServerSettings):
         self.settings = settings
         self.sock = listen(settings.host, settings.port)  # first: a port in use leaves nothing behind
+        hp = settings.health_port
+        self.health = None if hp is None else listen(settings.host, hp)  # probes' own port (health.py)
         self.run_dir = tempfile.mkdtemp(prefix="flowmap-")
         self.metrics_dir = os.path.join(self.run_dir, "metrics")
         os.makedirs(self.metrics_dir)
@@ -99,8 +101,6 @@ class Supervisor:
         self.states = self.ctx.socket(zmq.PUB)
         self.states.bind(f"ipc://{self.run_dir}/state")
         self.port = self.sock.getsockname()[1]
-        hp = settings.health_port
-        self.health = None if hp is None else listen(settings.host, hp)  # probes' own port (health.py)
         self.cores = [self._core(i, spec) for i, spec in enumerate(settings.models)]
         self.apis = [self._api(i) for i in range(settings.api_processes())]
         self.stopping = 0  # signals received
@@ -280,6 +280,8 @@ class Supervisor:
         """Drain: API processes finish what they accepted, then the cores stop."""
         log.info("draining %d API processes (timeout %.0f s)", len(self.apis), self.settings.drain_timeout_s)
         self.sock.close()  # once the API processes have let go of it too, new connections are refused
+        if self.health is not None:
+            self.health.close()  # likewise: the API processes answer probes (503) until they exit
         for a in self.apis:
             a.signal(signal.SIGTERM)
         end = time.monotonic() + self.settings.drain_timeout_s + 10

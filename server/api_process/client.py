@@ -111,7 +111,10 @@ class CoreClient:
 
     def notify(self, msg) -> None:
         """A message that needs no answer (Shed); dropped when the core cannot take it now."""
-        self.io.send(m.encode(msg))
+        try:
+            self.io.send(m.encode(msg))
+        except zmq.ZMQError:  # the socket is closing (a reconnect, shutdown): the notice is not needed
+            pass
 
     def cancel(self, rid: int) -> None:
         self.previews.pop(rid, None)

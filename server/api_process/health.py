@@ -74,12 +74,16 @@ def probe_port_answer(service, request_line: bytes, beat: float, now: float) -> 
 
 def serve_probes(sock: socket.socket, service, beat: list[float], timeout: float = 1.0) -> threading.Thread:
     """Answer probes on listening socket `sock` from a daemon thread, one connection at a time (probes
-    are few); `beat[0]` is refreshed by the event loop (api_process.process). Returns the thread."""
+    are few; each gets at most `timeout` seconds to send its request line); `beat[0]` is refreshed by the
+    event loop (api_process.process). Returns the thread."""
 
     def handle(conn: socket.socket) -> None:
-        conn.settimeout(timeout)
-        data = b""
-        while b"\r\n" not in data and len(data) < 4096:
+        data, deadline = b"", time.monotonic() + timeout  # one deadline for the whole request line: a
+        while b"\r\n" not in data and len(data) < 4096:  # client trickling bytes holds the thread no longer
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            conn.settimeout(left)
             chunk = conn.recv(4096)
             if not chunk:
                 return

@@ -20,7 +20,7 @@ from flowmap.reward import evaluate_reward
 from flowmap.steering import resample_keyed
 from server.common.stats import IterationStats
 from server.core_process import admission, ops
-from server.core_process.scheduler import Batch, Job, Scheduler, SteerRun
+from server.core_process.scheduler import Batch, Job, Scheduler, SchedulingError, SteerRun
 
 log = logging.getLogger("flowmap.server")
 
@@ -146,12 +146,18 @@ class EngineCore:
         `steps` steps by `deadline` less `margin` within the queue bound (else scheduler.QueueFull, before
         `make` runs: a refusal draws no noise), and let waiting jobs join now when the core is between
         iterations (a step boundary) and no batching window holds them back. Every call counts as an
-        arrival, admitted or not (`auto`: its steps are chosen at submission; scheduler.demand)."""
-        self.scheduler.demand.arrive(self.clock(), rows, None if auto else steps)
-        self.scheduler.check_room(rows)
-        admission.check(self.scheduler, rows, steps, deadline - margin - self.clock(), self.max_queue)
+        arrival, admitted or not (`auto`: its steps are chosen at submission, from the arrivals before it:
+        a lone large request must not count as a rate of its own rows per second; scheduler.demand)."""
+        arrive = lambda: self.scheduler.demand.arrive(self.clock(), rows, None if auto else steps)
+        try:
+            self.scheduler.check_room(rows)
+            admission.check(self.scheduler, rows, steps, deadline - margin - self.clock(), self.max_queue)
+        except SchedulingError:
+            arrive()
+            raise
         job = make()
         self.submit(job)
+        arrive()
         if self.scheduler.max_wait == 0 or self.scheduler.in_flight():
             self.scheduler.admit_waiting(self.clock())
         return job

@@ -75,6 +75,7 @@ class Scheduler(Rows, Forecast):
         if batching not in ("step", "request"):
             raise ValueError(f"batching must be 'step' or 'request', got {batching!r}")
         self.max_batch, self.max_queue, self.max_wait = max_batch, max_queue, max_wait
+        self.hard_max = max_batch  # the engine's limit; max_batch may be lowered below it (build.warm_up)
         self.max_steps, self.batching = max_steps, batching
         self.exit_early = exit_early  # False: steps are chosen once, at admission (the baseline)
         self.demand = Demand()  # the arrivals' rates: what "auto" steps can afford (EngineCore.admit)
@@ -228,6 +229,8 @@ class Scheduler(Rows, Forecast):
             r, g = job.rows_per_sample, job.group
             take = min(job.n - job.admitted, free // r)
             take -= take % g  # a steered sample's particles are admitted together
+            if take == 0 and not takes and g * r > self.max_batch and self.rows + g * r <= self.hard_max:
+                take = g  # a group wider than the batch cap (steered particles) joins while the engine can
             if take == 0 and not self.in_flight() and not takes:
                 take = g  # a guided sample (or particle group) wider than the whole batch runs alone
             if take == 0:

@@ -263,11 +263,12 @@ def test_warm_up_times_every_batch_size_and_fills_batches_only_while_they_pay(kn
     assert sched.next_batch(clock[0]).rows == cap
 
 
-@pytest.mark.parametrize("rate, mean", [(5, 4.0), (25, 3.4), (50, 1.7), (200, 1.0)])
+@pytest.mark.parametrize("rate, mean", [(5, 4.0), (25, 3.45), (50, 1.72), (200, 1.0)])
 def test_auto_takes_the_steps_the_arrivals_can_afford(rate, mean):
     """8-row "auto" requests at `rate` per second on an engine making 800 row-steps per second (8 rows
-    in 10 ms): below the knee they keep every step; past it their mean steps are 0.85 x 800 / (8 x rate),
-    dithered between the two nearest counts; far past it, one step each. The deadline is no constraint."""
+    in 10 ms): below the knee they keep every step; past it their mean steps are 0.85 x 800 / (8 x rate)
+    (rate: that of the arrivals before each, a little under `rate`), dithered between the two nearest
+    counts; far past it, one step each. The deadline is no constraint."""
     sched, _ = setup()
     core = EngineCore("m", sched, Executor(FakeEngine(), C, conditional=True), clock=lambda: now)
     chosen = []
@@ -303,3 +304,13 @@ def test_auto_steps_shrink_as_the_queue_nears_its_bound():
     assert mean(0.0) == pytest.approx(3.4, abs=0.1)
     assert mean(0.5) == pytest.approx(1.7, abs=0.05)
     assert mean(1.0) == 1.0
+
+
+def test_a_lone_large_auto_request_on_an_idle_core_keeps_every_step():
+    """Its own rows are not a rate yet: 64 rows at once (8 full batches) on an engine of 800 row-steps/s
+    would afford 0.85 x 800 / 64 = 10 steps anyway, but 200 rows, counted as 200 rows per second, would
+    afford 3; the first request is judged by the arrivals before it (none)."""
+    sched, ex = setup()
+    core = EngineCore("m", sched, ex, clock=lambda: 0.0)
+    j = core.admit(200, lambda: job(200, None, deadline=1e6), steps=1, deadline=1e6, auto=True)
+    assert j.steps == 4 and sched.demand.auto == 200  # counted after its choice

@@ -133,3 +133,22 @@ def test_a_reward_failing_in_two_runs_of_one_request_ends_it_once():
     run([mate, bad], max_batch=6)  # step 1: plain + first group; step 2: both groups, one run each
     assert calls == [3, 3, 3] and len(done) == 1 and isinstance(bad.error, RuntimeError)
     assert mate.error is None
+
+
+def test_groups_wider_than_a_lowered_batch_cap_join_while_the_engine_can():
+    """The warm-up may cap batches below the engine's limit (build.warm_up): 8 rows of 64 here. A steered
+    request's 16-particle groups are wider than the cap; they join the batch one per step boundary while
+    the engine's limit allows, instead of each waiting for an empty batch (head-of-line blocking)."""
+    eng, now = FakeEngine(), 0.0
+    sched = Scheduler(64, 16, 0.0, 4)
+    sched.max_batch = 8
+    j = steered(3, 16, 4, seed=2)
+    sched.submit(j, 0.0)
+    ex = Executor(eng, C, conditional=True)
+    while (plan := sched.next_batch(now)) is not None:
+        sched.update(plan, ex(plan), now)
+        now += 1e-3
+    assert eng.calls[:3] == [16, 32, 48] and len(eng.calls) == 6  # all three groups in flight by step 3
+    alone = steered(3, 16, 4, seed=2)
+    run([alone])
+    assert torch.equal(j.result, alone.result)
