@@ -37,7 +37,14 @@ HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy b
 def openapi(events: str) -> dict:
     """The streamed 200, as /openapi.json declares it beside the JSON body (`events`: what `stream` sends)."""
     description = f"The result as JSON; with `stream`: {events}."
-    content = {"text/event-stream": {"schema": {"type": "string"}}}
+    # Open API 3.1 (FastAPI's): an event stream's `schema` describes one event (3.2 would say itemSchema)
+    one_event = {
+        "type": "object",
+        "description": "One server-sent event: `event` names it, `data` is one line of JSON.",
+        "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+        "required": ["data"],
+    }
+    content = {"text/event-stream": {"schema": one_event}}
     return {200: {"description": description, "content": content}}
 
 

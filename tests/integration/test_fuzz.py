@@ -113,6 +113,15 @@ def test_no_server_errors(server):
 
         run()
     assert 200 in statuses and 422 in statuses and 400 in statuses  # it reached the models and the checks
+    # streams, whatever the draws reached: every event against the schema /openapi.json declares for one
+    by_path = {op.path: op for op in ops}
+    for path, body in (
+        ("/v1/generate", {"stream": True, "steps": 2}),
+        (IMAGES, {"prompt": "3", "stream": True, "n": 2}),
+    ):
+        case = by_path[path].Case(body=body, media_type="application/json")
+        r = case.call_and_validate(base_url=server.url, headers=AUTH, checks=CHECKS)
+        assert r.status_code == 200 and "text/event-stream" in str(r.headers["content-type"]), r.text
 
 
 # ------------------------------------------------------------------------------------------------ hostile
