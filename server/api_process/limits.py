@@ -11,6 +11,8 @@ keep-alive connections close after uvicorn's `timeout_keep_alive`.
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import Callable
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -18,6 +20,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from server.api_process.health import PROBES, raw_response
 
 MAX_HEADER_BYTES = 64 * 1024  # request line and headers of one request; more gets 431 and a close
+RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 
 
 class GuardedHttpTools(HttpToolsProtocol):
@@ -31,6 +34,9 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         if len(self.connections) >= self.max_connections:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:  # a reset, whether or not the client's first bytes are in yet (a plain
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)  # close would be a FIN then)
             transport.abort()  # over the cap: refused before it costs anything
             return
         super().connection_made(transport)

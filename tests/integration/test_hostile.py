@@ -479,11 +479,16 @@ def test_connections_over_the_cap_are_refused_and_the_server_recovers(bare):
     time.sleep(0.3)  # earlier tests' connections are gone
     held = []
     try:
-        for _ in range(MAX_CONNECTIONS + 4):
-            s = socket.create_connection(("127.0.0.1", bare.port), timeout=5)
-            s.sendall(b"GET /healthz HTTP/1.1\r\n")  # half-sent: held until the header timeout
-            held.append(s)
         states: dict[int, bool | None] = {}
+        for i in range(MAX_CONNECTIONS + 4):
+            s = socket.socket()
+            held.append(s)
+            try:
+                s.settimeout(5)
+                s.connect(("127.0.0.1", bare.port))
+                s.sendall(b"GET /healthz HTTP/1.1\r\n")  # half-sent: held until the header timeout
+            except ConnectionResetError:  # refused (reset) before its bytes went out
+                states[i] = True
         end = time.monotonic() + 5
         while sum(v is True for v in states.values()) < 4 and time.monotonic() < end:
             states |= {i: r for i, s in enumerate(held) if i not in states and (r := _reset(s)) is not None}
