@@ -35,7 +35,8 @@ PROBE_EVERY = 0.05  # seconds between /healthz probes
 PROBE_TIMEOUT = 5.0  # the deployment's livenessProbe timeoutSeconds
 # the probe (answered on the connection) and, to see where the time goes, the same answer through the
 # whole ASGI stack (FastAPI's v2 liveness route) in the same process
-PROBED = ("/healthz", "/v2/health/live", PORT_PROBE := "--health-port /healthz")  # the last: its own port
+PORT_PROBE = "--health-port /healthz"  # GET /healthz on the server's probe port, answered by a thread
+PROBED = ("/healthz", "/v2/health/live", PORT_PROBE)
 
 
 def probe_once(host: str, port: int, path: str = "/healthz") -> float | None:
@@ -222,8 +223,8 @@ def _probe_main(url: str, seconds: float, probe_port: int | None) -> int:
     u, end = urlsplit(url), time.monotonic() + seconds
     while not stop and time.monotonic() < end:
         for path in PROBED:
-            port = probe_port if path == PORT_PROBE else u.port
-            when, t = time.monotonic(), probe_once(u.hostname, port, path.split()[-1])
+            port, target = (probe_port, "/healthz") if path == PORT_PROBE else (u.port, path)
+            when, t = time.monotonic(), probe_once(u.hostname, port, target)
             out[path].append((when, None if t is None else 1e3 * t))
         time.sleep(PROBE_EVERY)
     print(json.dumps(out))

@@ -20,12 +20,10 @@ busy still passes and one that is stuck fails.
 from __future__ import annotations
 
 import json
-import logging
 import socket
 import threading
 import time
 
-log = logging.getLogger("flowmap.server")
 STALL_S = 10.0  # seconds without a turn of the event loop after which /healthz on the probe port fails
 REASONS = {200: b"OK", 404: b"Not Found", 405: b"Method Not Allowed", 503: b"Service Unavailable"}
 

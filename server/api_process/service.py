@@ -28,7 +28,7 @@ from server.common import ranges
 from server.common import steer as steering
 from server.common.estimator import ReturnPath
 from server.common.settings import ServerSettings
-from server.common.spec import ModelSpec, rows_per_sample
+from server.common.spec import ModelSpec
 from server.common.stats import Rejection, RequestStats, SteerStats
 from server.common.steer import SteerParams
 
@@ -284,8 +284,8 @@ class Service:
                 raise Overloaded("queue full", retry_after=1)
             self.shed(e, t0, deadline_ms / 1000 - g.margin)
         except Overloaded:  # the core still counts it as an arrival ("auto" steps follow the demand)
-            rows = g.n * (p.steer.particles if p.steer else 1) * rows_per_sample(g.guidance)
-            e.client.notify(m.Shed(rows=rows, steps=g.steps))
+            per_sample = steering.calls_per_sample(1, p.steer.particles if p.steer else 1, g.guidance)
+            e.client.notify(m.Shed(rows=g.n * per_sample, steps=g.steps))
             raise
         shape, image, got = (p.num_samples, *e.spec.shape), e.spec.image, None
         if on_preview is not None:
