@@ -5,13 +5,13 @@ from __future__ import annotations
 from loadtests import sweep_report
 
 
-def row(steps, rate, attainment, goodput, fd=None):
+def row(steps, rate, attainment, goodput, fd=None, n=1000):
     return {
         "steps": steps,
         "rate": rate,
         "attainment": attainment,
         "goodput_rps": goodput,
-        "quality": {"fd": fd},
+        "quality": {"fd": fd, "n": n},
     }
 
 
@@ -35,6 +35,16 @@ def test_goals_of_a_repeat():
     rows[-1]["quality"]["fd"] = 4.0  # FD falls with load: not a smooth rise
     assert sweep_report.goals_of_repeat(rows)["fd_monotone"] is False
     assert sweep_report.goals_of_repeat(rows, noise=0.25)["fd_monotone"] is True  # 9 -> 4: within 2.8 x 25%
+
+
+def test_fd_trend_compares_only_points_scored_on_the_same_number_of_samples():
+    rows = [row("4", r, a, g) for r, a, g in [(100, 1.0, 100), (200, 0.5, 100)]]
+    # the low-load point kept 300 samples: its FD carries more small-sample bias, not worse quality
+    rows += [row("auto", 100, 1.0, 100, 9.0, n=300), row("auto", 200, 1.0, 200, 5.0)]
+    rows += [row("auto", 400, 0.99, 390, 5.5)]
+    assert sweep_report.goals_of_repeat(rows)["fd_monotone"] is True
+    rows[2]["quality"]["n"] = 1000  # scored on the full pool, a fall from 9 to 5 is a fall
+    assert sweep_report.goals_of_repeat(rows)["fd_monotone"] is False
 
 
 def test_agreement_with_eval_is_judged_in_seed_noise_units():
