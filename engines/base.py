@@ -34,6 +34,10 @@ ENGINES = {
     "tensorrt": "engines.trt:TensorRTEngine",
 }
 
+# an engine at another compute precision, by name: (engine, dtype); `--engine eager-bf16` anywhere
+VARIANTS = {"eager-bf16": ("eager", torch.bfloat16)}
+PRECISION_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
 # relative error (max |u - u_eager| / max |u_eager|) an engine may have, by its compute precision
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from flowmap.errors import UserError
 
 EXPORTABLE = ("torchscript", "onnxruntime", "tensorrt")
-BENCH_ENGINES = ("eager", "torchscript", "onnxruntime", "compile", "tensorrt")
+# "eager-bf16": a precision variant (engines.base.VARIANTS)
+BENCH_ENGINES = ("eager", "torchscript", "onnxruntime", "compile", "tensorrt", "eager-bf16")
 
 
 def _ints(text: str) -> list[int]:

@@ -1,4 +1,7 @@
-"""Eager PyTorch engine: the network in inference mode (the reference every engine is checked against)."""
+"""Eager PyTorch engine: the network in inference mode (the reference every engine is checked against).
+
+A dtype other than float32 runs the network under `torch.autocast` (flowmap.model.Autocast), weights
+kept in float32: bf16 on CPUs with AMX/AVX512-BF16, fp16 or bf16 on CUDA."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import torch
 from torch import Tensor
 
 from engines.base import BaseEngine
+from flowmap.model import Autocast
 
 
 def has_conv(net: torch.nn.Module) -> bool:
@@ -19,16 +23,19 @@ class EagerEngine(BaseEngine):
 
     def setup(self, channels_last: bool | None = None) -> None:
         model = self.model
-        self.net = model.net.to(self.device, self.dtype).eval()
+        self.net = model.net.to(self.device).eval()
         if channels_last is None:
             channels_last = self.device.type == "cuda" and has_conv(self.net)
         self.channels_last = channels_last and len(model.shape) == 3
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        if self.dtype != torch.float32:
+            self.net = Autocast(self.net, self.dtype)
 
     @torch.inference_mode()
     def __call__(self, x: Tensor, s: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        x = x.float()
         if self.channels_last:  # x: [B, C, H, W] stored NHWC
             x = x.contiguous(memory_format=torch.channels_last)
-            return self.net(x.to(self.dtype), s, t, y).float().contiguous()
-        return self.net(x.to(self.dtype), s, t, y).float()
+        u = self.net(x, s, t, y)
+        return u.float().contiguous() if self.channels_last else u.float()

@@ -76,6 +76,8 @@ class OnnxRuntimeEngine(Bucketed):
         exporter: str = "dynamo",
         threads: int = 1,
     ) -> None:
+        if self.dtype == torch.bfloat16:
+            raise EngineError("onnxruntime serves float32 (fp16 via TensorRT), not bf16: use eager-bf16")
         ort = import_ort()
         onnx_bytes = onnx_bytes if onnx_bytes is not None else export_onnx(self.model, exporter)
         plist = provider_list(ort, self.device, providers, fp16=self.dtype == torch.float16)

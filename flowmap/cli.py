@@ -216,6 +216,12 @@ def _eval_parser(sub) -> None:
     p.add_argument("--per-class", type=int, default=100, help="images: samples per class")
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="the network's compute precision; bf16: as `flowmap serve --precision bf16` samples (autocast)",
+    )
     p.add_argument("--json", default=None, help="also write the results as JSON here")
     p.set_defaults(func=cmd_eval)
 
@@ -234,6 +240,7 @@ def cmd_eval(args) -> int:
         sampler=args.sampler,
         plot=args.plot,
         grids=args.grids,
+        precision=args.precision,
     )
     print("\n\n".join(format_table(r) for r in results))
     if args.json:

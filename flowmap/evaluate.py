@@ -176,12 +176,16 @@ def evaluate_many(
     ode_steps: list[int] = (),
     plot: str | None = None,
     grids: str | None = None,
+    precision: str = "fp32",
     **kwargs,
 ) -> list[dict]:
-    """Evaluate several checkpoints alike; optionally a quality-vs-steps PNG and sample grids per model."""
+    """Evaluate several checkpoints alike; optionally a quality-vs-steps PNG and sample grids per model.
+    precision: the networks' compute precision while sampling (flowmap.model.with_precision); the
+    scoring (classifier, PCA) stays float32."""
     from flowmap.checkpoint import load_model
+    from flowmap.model import with_precision
 
-    loaded = [load_model(m) for m in models]
+    loaded = [with_precision(load_model(m), precision) for m in models]
     if not steps and not ode_steps:
         raise ValueError("nothing to evaluate: give --steps and/or --ode-steps")
     results = [evaluate(m, steps, ode_steps=ode_steps, **kwargs) for m in loaded]

@@ -30,6 +30,7 @@ class ModelSpec:
     image: bool  # is_image(shape): PNG output possible
     engine: str
     device: str
+    precision: str = "fp32"  # the network's compute precision (--precision)
     baked_guidance_scale: float = 1.0  # guidance trained into the network (1: none)
     method: str | None = None  # the training method of the checkpoint
     samplers: list[str] = field(default_factory=lambda: ["flowmap"])  # "consistency" too: linear only

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from engines.base import PRECISION_NAMES
 from flowmap.checkpoint import Model, load_model
 from flowmap.labels import class_names
 from flowmap.losses import CONSISTENCY_METHODS
@@ -40,6 +41,16 @@ def user_model(model: Model) -> str | None:
 
 
 def pick_engine(settings: ServerSettings, device: str, model: Model) -> str:
+    if settings.precision != "fp32":  # only eager computes in another precision (autocast)
+        variant = f"eager-{settings.precision}"
+        if settings.engine not in (None, "eager", variant):
+            from engines import EngineError
+
+            raise EngineError(
+                f"--precision {settings.precision} runs on the eager engine (torch.autocast); engine "
+                f"{settings.engine!r} computes in float32: drop --engine or pass --engine eager"
+            )
+        return variant
     if settings.engine:
         return settings.engine
     if str(user_model(model)).endswith(".onnx"):
@@ -72,7 +83,7 @@ def samplers_of(model: Model) -> tuple[list[str], str]:
     return list(SAMPLERS), default
 
 
-def model_spec(model: Model, engine: str, device: str) -> ModelSpec:
+def model_spec(model: Model, engine: str, device: str, precision: str = "fp32") -> ModelSpec:
     """What the API processes are told about the model (one record, built here only)."""
     samplers, default = samplers_of(model)
     return ModelSpec(
@@ -82,6 +93,7 @@ def model_spec(model: Model, engine: str, device: str) -> ModelSpec:
         image=is_image(list(model.shape)),
         engine=engine,
         device=device,
+        precision=precision,
         baked_guidance_scale=float((model.config.get("guidance") or {}).get("baked_scale", 1.0)),
         method=model.config.get("method"),
         samplers=samplers,
@@ -135,7 +147,8 @@ def build_core(
         engine, null_label=model.num_classes, conditional=model.num_classes > 0, device=device
     )
     core = EngineCore(model.name, sched, executor, on_iteration, max_queue=settings.max_queue_ms / 1000)
-    return core, model, model_spec(model, engine_name, device)
+    precision = PRECISION_NAMES.get(engine.dtype, str(engine.dtype))
+    return core, model, model_spec(model, engine_name, device, precision)
 
 
 def warm_up(core: EngineCore, model: Model, settings: ServerSettings) -> dict[int, float]:

@@ -151,3 +151,33 @@ def test_mnist_sized_unet_matches_eager(make_checkpoint, tmp_path, name):
         want = model.net(*inputs).double()
     err = ((engine(*inputs).double() - want).abs().max() / want.abs().max()).item()
     assert err <= base.TOLERANCE[torch.float32], (name, err)
+
+
+def test_eager_bf16_computes_in_bf16_and_is_checked_against_float32(tiny, monkeypatch):
+    engine = load_engine("eager-bf16", tiny, buckets=(1, 4))  # parity-checked against float32 eager
+    assert engine.name == "eager" and engine.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in tiny.net.parameters())  # weights stay float32 (autocast)
+    inputs = example_inputs(tiny, 9, seed=5)
+    with torch.inference_mode():
+        want = tiny.net(*inputs)
+    got = engine(*inputs)
+    assert got.dtype == torch.float32
+    err = base.relative_error(got, want)
+    assert base.TOLERANCE[torch.float32] < err <= base.TOLERANCE[torch.bfloat16], err  # bf16, not float32
+    monkeypatch.setitem(base.TOLERANCE, torch.bfloat16, 1e-9)  # the check runs for eager in bf16 too
+    with pytest.raises(EngineError, match="fails parity with eager"):
+        load_engine("eager-bf16", tiny, buckets=(1,))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "torchscript",
+        pytest.param(
+            "onnxruntime", marks=pytest.mark.skipif(not has_ort, reason="onnxruntime not installed")
+        ),
+    ],
+)
+def test_float32_engines_refuse_bf16(tiny, name):
+    with pytest.raises(EngineError, match="bf16|bfloat16"):
+        load_engine(name, tiny, buckets=(1,), dtype=torch.bfloat16)

@@ -57,3 +57,17 @@ def test_serve_reports_one_line_errors(capsys, tmp_path):
     assert serve(parse(["--model", str(tmp_path / "missing.safetensors")])) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "max_queue" in err[0] and "missing.safetensors" in err[1]
+
+
+def test_precision_bf16_serves_the_eager_variant_and_refuses_float32_engines():
+    from engines import EngineError
+    from flowmap.checkpoint import load_model
+    from server.core_process.build import pick_engine
+
+    model = load_model("digits")
+    assert pick_engine(ServerSettings(precision="bf16"), "cpu", model) == "eager-bf16"
+    assert pick_engine(ServerSettings(precision="bf16", engine="eager"), "cpu", model) == "eager-bf16"
+    with pytest.raises(EngineError, match="--precision bf16 runs on the eager engine"):
+        pick_engine(ServerSettings(precision="bf16", engine="onnxruntime"), "cpu", model)
+    with pytest.raises(ValueError, match="precision"):
+        ServerSettings(precision="fp8")
