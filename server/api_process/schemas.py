@@ -45,6 +45,7 @@ class ModelInfo(BaseModel):
     num_classes: int
     image: bool
     engine: str
+    precision: str = Field("fp32", description="The compute precision: fp32, or bf16 (--precision).")
     default_guidance_scale: float
     baked_guidance_scale: float
     method: str | None = None

@@ -71,3 +71,15 @@ def test_precision_bf16_serves_the_eager_variant_and_refuses_float32_engines():
         pick_engine(ServerSettings(precision="bf16", engine="onnxruntime"), "cpu", model)
     with pytest.raises(ValueError, match="precision"):
         ServerSettings(precision="fp8")
+
+
+def test_models_list_shows_the_precision():
+    import dataclasses
+
+    from server.api_process.app import model_info
+    from server.common.spec import ModelSpec
+
+    spec = ModelSpec(name="m", shape=[1, 28, 28], num_classes=10, image=True, engine="eager", device="cpu")
+    assert model_info(spec).precision == "fp32"
+    spec = dataclasses.replace(spec, precision="bf16")
+    assert model_info(spec).model_dump()["precision"] == "bf16"
