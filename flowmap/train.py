@@ -353,6 +353,7 @@ def _loop(cfg, data, net, ema, opt, loss_parts, start: int, progress: bool) -> P
                 "batch_size": cfg.batch_size,
                 "seconds": round(time.perf_counter() - t0, 1),
                 "seed": cfg.seed,
+                "processes": ctx.world,  # data-parallel ranks (torchrun); "seconds" is wall time
             }
             save_checkpoint(out, ema, model_config(cfg, data, summary))
             save_state(state_path(out), net, ema, opt, step + 1, cfg)

@@ -163,6 +163,7 @@ def test_train_under_two_processes_writes_one_checkpoint_from_rank_zero(tmp_path
     model = load_model(str(tmp_path / "ddp.safetensors"))
     torch.testing.assert_close(flat(model.net.parameters()), runs[0]["ema"], rtol=0, atol=0)
     assert model.config["train"]["steps"] == TRAIN_STEPS
+    assert model.config["train"]["processes"] == WORLD  # so its "seconds" reads as wall time on WORLD ranks
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("rank")) == [
         "ddp.json",
         "ddp.safetensors",
