@@ -10,7 +10,8 @@ lean closed-loop generator; prints a markdown report (and --json FILE). Whole ru
 Measures: p50/p99 for steps 1..4 at concurrency 1 and 32; throughput against the naive endpoint at
 concurrency 32 (8- and 1-sample requests, 2 steps); efficiency against the engine's own batched
 throughput at the server's mean batch size and against a trivial endpoint with the same response
-size; a mixed 1-4 step workload, step-level vs whole-request batching, compared at equal p99.
+size; mixed 1-4 step workloads (8- and 1-sample requests), step-level vs whole-request batching,
+compared per concurrency and at equal p99.
 """
 
 from __future__ import annotations
@@ -112,16 +113,21 @@ def throughput(srv: Proc, base: Proc, model: str, engine: str, secs: float) -> d
     return out
 
 
+MIX_SAMPLES = (8, 1)  # the mixed section's request sizes: issue 19 asks "never worse on any mix"
+
+
 def mixed(model: str, engine: str, max_batch: int, secs: float) -> dict:
-    """Closed-loop sweeps of 8-sample requests with steps drawn uniformly from 1..4, both batching modes."""
+    """Closed-loop sweeps of 8- and 1-sample requests with steps drawn uniformly from 1..4, both batching
+    modes: {samples: {mode: [Result per concurrency]}}."""
     steps = lambda i: random.Random(i).randint(1, 4)
-    curves = {}
+    curves: dict[int, dict[str, list]] = {n: {} for n in MIX_SAMPLES}
     for mode in ("step", "request"):
         srv = start_server(model, engine, mode, max_batch)
         try:
-            curves[mode] = [
-                httpload.run(srv.port, "/v1/generate", body(8, steps), c, secs) for c in (2, 4, 8, 16, 32)
-            ]
+            for n in MIX_SAMPLES:
+                curves[n][mode] = [
+                    httpload.run(srv.port, "/v1/generate", body(n, steps), c, secs) for c in (2, 4, 8, 16, 32)
+                ]
         finally:
             srv.stop()
     return curves
@@ -178,26 +184,38 @@ def report(model: str, engine: str, grid, tp, curves) -> str:
         f"{tp[8]['mean_batch']:.1f} vs bare engine {eng_sps:.0f} samples/s at batch {tp['engine_batch']} "
         f"(2 calls per sample) = **{tp[8]['server'].sps() / eng_sps:.0%}**.",
     ]
+    for n, modes in curves.items():
+        L += mixed_section(n, modes)
+    return "\n".join(L)
+
+
+def point(r: httpload.Result) -> dict:
+    return {"c": r.concurrency, "sps": r.sps(), "p99": r.pct(99)}
+
+
+def mixed_section(samples: int, curves: dict[str, list]) -> list[str]:
+    """One mix's table, step-level vs whole-request, and the two compared at equal p99."""
     target = float(np.median([r.pct(99) for r in curves["request"]]))
     ts, tr = throughput_at_p99(curves["step"], target), throughput_at_p99(curves["request"], target)
-    L += [
+    L = [
         "",
-        "### Mixed 1-4 steps (8-sample requests): step-level vs whole-request batching",
+        f"### Mixed 1-4 steps ({samples}-sample requests): step-level vs whole-request batching",
         "",
-        "| concurrency | step samples/s | step p99 ms | request samples/s | request p99 ms |",
-        "|---:|---:|---:|---:|---:|",
+        "| concurrency | step samples/s | step p99 ms | request samples/s | request p99 ms | "
+        "step / request |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     L += [
-        f"| {a.concurrency} | {a.sps():.0f} | {a.pct(99):.1f} | {b.sps():.0f} | {b.pct(99):.1f} |"
+        f"| {a.concurrency} | {a.sps():.0f} | {a.pct(99):.1f} | {b.sps():.0f} | {b.pct(99):.1f} | "
+        f"{a.sps() / b.sps() if b.sps() else float('nan'):.2f}x |"
         for a, b in zip(curves["step"], curves["request"], strict=True)
     ]
     ratio = ts / tr if tr else float("nan")
-    L += [
+    return L + [
         "",
         f"At equal p99 = {target:.1f} ms: step-level {ts:.0f} samples/s vs whole-request {tr:.0f} = "
         f"**{ratio:.2f}x**.",
     ]
-    return "\n".join(L)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -256,10 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         raw = {
             "grid": grid,
-            "mixed": {
-                m: [{"c": r.concurrency, "sps": r.sps(), "p99": r.pct(99)} for r in c]
-                for m, c in curves.items()
-            },
+            "mixed": {n: {m: [point(r) for r in c] for m, c in modes.items()} for n, modes in curves.items()},
         }
         with open(a.json, "w") as f:
             json.dump(raw, f, indent=1)

@@ -74,7 +74,11 @@ FLAGS = {
     "--api-key": ("api_key", str, "require this key on /v1 and /v2 model routes (prefer FLOWMAP_API_KEY)"),
     "--max-body-bytes": ("max_body_bytes", int, "largest request body before 413 (default 65536)"),
     "--batching": ("batching", str, "step (default) or request (whole-request baseline, for benchmarks)"),
-    "--precision": ("precision", str, "fp32 (default) or bf16: the eager engine under autocast"),
+    "--precision": (
+        "precision",
+        str,
+        "fp32 (default), bf16 (the eager engine under autocast) or auto (each batch size on the faster)",
+    ),
     "--threads": ("threads", int, "torch threads per engine core (default 1)"),
     "--api-workers": (
         "api_workers",

@@ -138,11 +138,13 @@ class ServerSettings(BaseSettings):
         "batches (the baseline diffusion servers use; for benchmarks).",
     )
     threads: int = Field(default=1, ge=1, le=256, description="Torch intra-op threads per engine core.")
-    precision: Literal["fp32", "bf16"] = Field(
+    precision: Literal["fp32", "bf16", "auto"] = Field(
         default="fp32",
         description="Compute precision of the network. bf16: the eager engine under torch.autocast, weights "
-        "kept in float32 (about 2x the rows per second of float32 for the mnist U-Net on a CPU with "
-        "AMX-BF16; checked against float32 at load, relative error <= 3e-2; docs/engines.md).",
+        "kept in float32 (1.2-1.5x the rows per second of float32 ONNX Runtime for the mnist U-Net from 8 "
+        "rows on a CPU with AMX-BF16, half as fast at 1 row; checked against float32 at load, relative "
+        "error <= 3e-2). auto: both the float32 engine and bf16, timed at every batch bucket at start-up; "
+        "each step runs on the one faster at its row count (bf16 only where >= 10% faster; docs/engines.md).",
     )
     api_workers: int | Literal["auto"] = Field(
         default="auto",

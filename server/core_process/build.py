@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from engines.base import PRECISION_NAMES
+from engines.base import PRECISION_NAMES, VARIANTS, EngineError
+from engines.by_rows import ByRows
 from flowmap.checkpoint import Model, load_model
 from flowmap.labels import class_names
 from flowmap.losses import CONSISTENCY_METHODS
@@ -41,11 +42,15 @@ def user_model(model: Model) -> str | None:
 
 
 def pick_engine(settings: ServerSettings, device: str, model: Model) -> str:
-    if settings.precision != "fp32":  # only eager computes in another precision (autocast)
+    if settings.precision == "auto":  # the float32 engine picked as for fp32; bf16 joins it (with_bf16)
+        if settings.engine and settings.engine in VARIANTS:
+            raise EngineError(
+                f"--precision auto pairs a float32 engine with eager-bf16; engine {settings.engine!r} is a "
+                "precision variant: pass a float32 engine (or none) with auto, or drop --precision"
+            )
+    elif settings.precision != "fp32":  # only eager computes in another precision (autocast)
         variant = f"eager-{settings.precision}"
         if settings.engine not in (None, "eager", variant):
-            from engines import EngineError
-
             raise EngineError(
                 f"--precision {settings.precision} runs on the eager engine (torch.autocast); engine "
                 f"{settings.engine!r} computes in float32: drop --engine or pass --engine eager"
@@ -134,6 +139,9 @@ def build_core(
         log.warning("model %s: engine %s refused (%s); serving it on eager", model.name, engine_name, e)
         engine_name = "eager"
         engine = load_served_engine(spec, model, engine_name, settings, device, workdir)
+    if settings.precision == "auto":
+        engine = with_bf16(engine, engine_name, model, settings, device)
+        engine_name = engine.name
     sched = Scheduler(
         max_batch=settings.max_batch_size,
         max_queue=settings.max_queue,
@@ -147,8 +155,28 @@ def build_core(
         engine, null_label=model.num_classes, conditional=model.num_classes > 0, device=device
     )
     core = EngineCore(model.name, sched, executor, on_iteration, max_queue=settings.max_queue_ms / 1000)
-    precision = PRECISION_NAMES.get(engine.dtype, str(engine.dtype))
-    return core, model, model_spec(model, engine_name, device, precision)
+    return core, model, model_spec(model, engine_name, device, precision_of(engine))
+
+
+def with_bf16(engine, engine_name: str, model: Model, settings: ServerSettings, device: str) -> ByRows:
+    """--precision auto: the float32 `engine` and eager-bf16 behind one ByRows (warm_up times them and
+    routes each bucket); the float32 engine alone when bf16 cannot be built or fails parity."""
+    from engines import load_engine
+
+    buckets = buckets_for(settings.max_batch_size)
+    pair = {engine_name: engine}
+    try:
+        pair["eager-bf16"] = load_engine("eager-bf16", model, device=device, buckets=buckets)
+    except (EngineError, RuntimeError, ValueError) as e:
+        log.warning("model %s: --precision auto serves float32 only: bf16 refused (%s)", model.name, e)
+    return ByRows(pair, buckets)
+
+
+def precision_of(engine) -> str:
+    """The precision GET /v1/models shows: fp32 / bf16, or ByRows' per-bucket choice ("auto: ...")."""
+    if isinstance(engine, ByRows):
+        return engine.precision()
+    return PRECISION_NAMES.get(engine.dtype, str(engine.dtype))
 
 
 def warm_up(core: EngineCore, model: Model, settings: ServerSettings) -> dict[int, float]:
@@ -158,6 +186,12 @@ def warm_up(core: EngineCore, model: Model, settings: ServerSettings) -> dict[in
 
     Raises when a warm-up batch fails: a model that cannot run must not be reported ready."""
     core.warmup()
+    engine = core.executor.engine
+    if isinstance(engine, ByRows) and len(engine.engines) > 1:  # --precision auto: each bucket's engine
+        engine.choose(model)
+        per = lambda c: ", ".join(f"{b}: {1e3 * t:.1f}" for b, t in c.items())
+        timed = "; ".join(f"{n}: {per(c)}" for n, c in engine.costs.items())
+        log.info("model %s: %s (ms per call by rows: %s)", model.name, engine.precision(), timed)
     costs = {n: calibrate(core, model, n) for n in buckets_for(settings.max_batch_size)}
     if settings.batch_knee > 0:
         core.scheduler.max_batch = admission.batch_cap(costs, settings.batch_knee)

@@ -11,6 +11,7 @@ while a network call runs joins at the next step boundary.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import logging
@@ -35,7 +36,7 @@ from server.common.settings import ServerSettings
 from server.common.spec import rows_per_sample
 from server.common.steer import SteerParams
 from server.core_process import ops
-from server.core_process.build import build_core, samplers_of, warm_up
+from server.core_process.build import build_core, precision_of, samplers_of, warm_up
 from server.core_process.engine_core import EngineCore
 from server.core_process.scheduler import Cancelled, DeadlineExceeded, Job, QueueFull, Steer
 
@@ -268,6 +269,7 @@ def serve(index: int, spec: str, run_dir: str, settings: ServerSettings, parent:
         core, model, served = build_core(spec, settings, metrics.iteration, run_dir)
         metrics.build_info(__version__, served.engine, ops.BACKEND)
         warm_up(core, model, settings)
+        served = dataclasses.replace(served, precision=precision_of(core.executor.engine))  # auto: chosen now
         metrics.batch_rows(model.name, core.scheduler.max_batch)
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
