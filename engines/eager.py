@@ -5,6 +5,8 @@ kept in float32: bf16 on CPUs with AMX/AVX512-BF16, fp16 or bf16 on CUDA."""
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor
 
@@ -27,8 +29,9 @@ class EagerEngine(BaseEngine):
         if channels_last is None:
             channels_last = self.device.type == "cuda" and has_conv(self.net)
         self.channels_last = channels_last and len(model.shape) == 3
-        if self.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
+        if self.channels_last:  # on a copy: `.to` restrides the parameters in place, and the model's net is
+            # shared with the other engines built on it (a compiled one's guards fail on the new strides)
+            self.net = copy.deepcopy(self.net).to(memory_format=torch.channels_last)
         if self.dtype != torch.float32:
             self.net = Autocast(self.net, self.dtype)
 

@@ -45,7 +45,11 @@ class ModelInfo(BaseModel):
     num_classes: int
     image: bool
     engine: str
-    precision: str = Field("fp32", description="The compute precision: fp32, or bf16 (--precision).")
+    precision: str = Field(
+        "fp32",
+        description="The compute precision (--precision): fp32, bf16, or auto's split by batch rows, e.g. "
+        "'auto: fp32 below 8 rows, bf16 from 8 rows'.",
+    )
     default_guidance_scale: float
     baked_guidance_scale: float
     method: str | None = None

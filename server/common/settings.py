@@ -144,7 +144,8 @@ class ServerSettings(BaseSettings):
         "kept in float32 (1.2-1.5x the rows per second of float32 ONNX Runtime for the mnist U-Net from 8 "
         "rows on a CPU with AMX-BF16, half as fast at 1 row; checked against float32 at load, relative "
         "error <= 3e-2). auto: both the float32 engine and bf16, timed at every batch bucket at start-up; "
-        "each step runs on the one faster at its row count (bf16 only where >= 10% faster; docs/engines.md).",
+        "each step runs on the one faster at its row count (bf16 only where >= 10% faster; docs/engines.md); "
+        "a result's pixels can then depend on its batch-mates (bf16 rounding), with fp32 they do not.",
     )
     api_workers: int | Literal["auto"] = Field(
         default="auto",

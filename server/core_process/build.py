@@ -41,6 +41,11 @@ def user_model(model: Model) -> str | None:
     return (model.config.get("arch") or {}).get("user")
 
 
+def user_onnx(model: Model) -> bool:
+    """A user's ONNX file: it runs in ONNX Runtime whatever the engine, so torch.autocast cannot reach it."""
+    return str(user_model(model)).endswith(".onnx")
+
+
 def pick_engine(settings: ServerSettings, device: str, model: Model) -> str:
     if settings.precision == "auto":  # the float32 engine picked as for fp32; bf16 joins it (with_bf16)
         if settings.engine and settings.engine in VARIANTS:
@@ -49,6 +54,12 @@ def pick_engine(settings: ServerSettings, device: str, model: Model) -> str:
                 "precision variant: pass a float32 engine (or none) with auto, or drop --precision"
             )
     elif settings.precision != "fp32":  # only eager computes in another precision (autocast)
+        if user_onnx(model):
+            raise EngineError(
+                f"--precision {settings.precision} runs the network under torch.autocast, which cannot reach "
+                f"into a user's ONNX file ({user_model(model)}): serve it in fp32, or export it in "
+                f"{settings.precision} yourself"
+            )
         variant = f"eager-{settings.precision}"
         if settings.engine not in (None, "eager", variant):
             raise EngineError(
@@ -58,7 +69,7 @@ def pick_engine(settings: ServerSettings, device: str, model: Model) -> str:
         return variant
     if settings.engine:
         return settings.engine
-    if str(user_model(model)).endswith(".onnx"):
+    if user_onnx(model):
         return "eager"  # a user's ONNX file already runs in ONNX Runtime
     from engines import default_engine
 
@@ -165,9 +176,14 @@ def with_bf16(engine, engine_name: str, model: Model, settings: ServerSettings, 
 
     buckets = buckets_for(settings.max_batch_size)
     pair = {engine_name: engine}
+    if user_onnx(model):
+        log.warning(
+            "model %s: --precision auto serves float32 only: autocast cannot reach an ONNX file", model.name
+        )
+        return ByRows(pair, buckets)
     try:
         pair["eager-bf16"] = load_engine("eager-bf16", model, device=device, buckets=buckets)
-    except (EngineError, RuntimeError, ValueError) as e:
+    except Exception as e:  # bf16 is an add-on: a model that fails under autocast still serves in float32
         log.warning("model %s: --precision auto serves float32 only: bf16 refused (%s)", model.name, e)
     return ByRows(pair, buckets)
 

@@ -99,8 +99,56 @@ def test_auto_precision_pairs_the_float32_engine_with_bf16_in_the_core(tiny_path
     assert isinstance(engine, ByRows) and list(engine.engines) == ["eager", "eager-bf16"]
     assert spec.engine == "eager+eager-bf16" and spec.precision == "auto: fp32"  # before the timing
     warm_up(core, model, settings)
-    assert set(engine.costs) == {"eager", "eager-bf16"} and precision_of(engine).startswith("auto: ")
-    assert set(engine.choice) == {1, 8}
+    assert set(engine.costs) == {"eager", "eager-bf16"} and set(engine.costs["eager"]) == {1, 8}
+    assert engine.choice == pick_by_bucket(engine.costs)  # routed by what the warm-up measured
+    assert precision_of(engine) == engine.precision()
+
+
+def test_auto_serves_float32_alone_when_bf16_cannot_be_built(tiny_path, monkeypatch):
+    import engines
+    from server.common.settings import ServerSettings
+    from server.core_process.build import build_core, precision_of, warm_up
+
+    real = engines.load_engine
+
+    def refuse_bf16(name, *a, **k):
+        if name == "eager-bf16":
+            raise TypeError("this model's forward takes no autocast")  # not an EngineError: still caught
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(engines, "load_engine", refuse_bf16)
+    settings = ServerSettings(device="cpu", engine="eager", precision="auto", max_batch_size=8)
+    core, model, spec = build_core(str(tiny_path), settings)
+    engine = core.executor.engine
+    assert list(engine.engines) == ["eager"] and spec.engine == "eager"
+    warm_up(core, model, settings)
+    assert engine.costs == {} and precision_of(engine) == "auto: fp32"  # nothing to choose: not timed
+
+
+def test_bf16_and_auto_on_a_users_onnx_file():
+    from engines import EngineError
+    from server.common.settings import ServerSettings
+    from server.core_process.build import pick_engine
+
+    model = SimpleNamespace(config={"arch": {"user": "models/net.onnx"}}, path="models/net.onnx")
+    with pytest.raises(EngineError, match="cannot reach into a user's ONNX file"):
+        pick_engine(ServerSettings(precision="bf16"), "cpu", model)
+    assert pick_engine(ServerSettings(precision="auto"), "cpu", model) == "eager"  # with_bf16 then adds none
+
+
+def test_channels_last_leaves_the_shared_net_alone(make_checkpoint, tmp_path):
+    """An engine's channels-last copy must not restride the model's net, which the other engines built on
+    the same model (a compiled one, under --precision auto) still run."""
+    from flowmap.checkpoint import load_model
+
+    arch = {"name": "unet", "shape": [1, 8, 8], "width": 8, "num_classes": 10}
+    model = load_model(str(make_checkpoint(tmp_path / "unet.safetensors", arch=arch)))
+    before = [p.stride() for p in model.net.parameters()]
+    eng = load_engine("eager", model, buckets=BUCKETS, channels_last=True)
+    assert eng.channels_last and any(
+        p.stride() != q for p, q in zip(eng.net.parameters(), before, strict=True)
+    )
+    assert [p.stride() for p in model.net.parameters()] == before
 
 
 def test_auto_refuses_a_precision_variant_as_its_float32_engine():
