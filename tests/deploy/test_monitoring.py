@@ -124,7 +124,8 @@ def recorded(expr: str) -> str:
 def test_queue_threshold_matches_the_configured_max_queue_ms():
     """The saturation rule divides the predicted queue wait (seconds) by FLOWMAP_MAX_QUEUE_MS; they agree."""
     (fill,) = [r for r in rules() if r.get("record") == "flowmap:queue_depth:fill_ratio"]
-    env = dict(line.split("=", 1) for line in (DEPLOY / "k8s/base/flowmap.env").read_text().split())
+    lines = (DEPLOY / "k8s/base/flowmap.env").read_text().splitlines()
+    env = dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
     assert "flowmap_queue_depth_seconds" in fill["expr"]
     bound = float(re.search(r"/ ([\d.]+)$", fill["expr"].strip()).group(1))
     assert bound == float(env["FLOWMAP_MAX_QUEUE_MS"]) / 1000
