@@ -241,6 +241,16 @@ def test_batch_cap_is_the_smallest_batch_near_the_best_rows_per_second():
     assert admission.batch_cap(flat, 0.9) == 64
 
 
+def test_batch_cap_never_splits_an_8_sample_request():
+    """mnist on ONNX Runtime: 4 rows reach 90% of the best rows/s, but the cap stays at 8 (the floor); a
+    model measured only below the floor is capped at its largest size."""
+    ms = {1: 6.5, 2: 9.4, 4: 17.1, 8: 32.0, 16: 61.6, 32: 125.9, 64: 259.8, 128: 603.4}
+    costs = {r: t / 1e3 for r, t in ms.items()}
+    assert admission.batch_cap(costs, 0.9, floor=1) == 4
+    assert admission.batch_cap(costs, 0.9) == 8
+    assert admission.batch_cap({1: 0.001, 2: 0.0015, 4: 0.0025}, 0.9) == 4
+
+
 @pytest.mark.parametrize("knee, cap", [(0.9, 32), (0.0, 64)])
 def test_warm_up_times_every_batch_size_and_fills_batches_only_while_they_pay(knee, cap):
     """A call of r rows costs 4 ms + 1 ms per row on a fake clock: the warm-up measures it at every bucket,
@@ -256,7 +266,7 @@ def test_warm_up_times_every_batch_size_and_fills_batches_only_while_they_pay(kn
     core = EngineCore("m", sched, Executor(Linear(), C, conditional=True), clock=lambda: clock[0])
     settings = ServerSettings(max_batch_size=64, batch_knee=knee)
     costs = warm_up(core, SimpleNamespace(name="m", shape=SHAPE), settings)
-    assert sorted(costs) == [1, 8, 16, 32, 64] and costs[32] == pytest.approx(0.036)
+    assert sorted(costs) == [1, 2, 4, 8, 16, 32, 64] and costs[32] == pytest.approx(0.036)
     assert sched.max_batch == cap and sched.timer.predict(16) == pytest.approx(0.020)
     for i in range(8):
         sched.submit(job(8, 2, seed=i), clock[0])
