@@ -54,10 +54,10 @@ class ServerSettings(BaseSettings):
         ge=0,
         le=1,
         description="Batches grow only while they pay: at start-up each engine core times a step at every "
-        "batch size up to max_batch_size and fills batches only up to the smallest size whose rows per "
-        "second reach this share of the best measured (more rows would slow every row for little "
-        "throughput; requests past it wait in the queue, bounded by max_queue_ms). 0: always fill up to "
-        "max_batch_size.",
+        "batch size up to max_batch_size and fills batches only up to the smallest size of at least 8 rows "
+        "whose rows per second reach this share of the best measured (more rows would slow every row for "
+        "little throughput; requests past it wait in the queue, bounded by max_queue_ms). 0: always fill up "
+        "to max_batch_size.",
     )
     max_queue: int = Field(
         default=256,
