@@ -96,6 +96,12 @@ def cache_root() -> Path:
     return Path(os.environ.get("FLOWMAP_CACHE_DIR", Path.home() / ".cache" / "flowmap"))
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op off CUDA): time the work, not the kernel launches."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def example_inputs(model: Model, batch: int, device="cpu", seed: int = 0) -> tuple[Tensor, ...]:
     """Random (x, s, t, y) for warm-up, tracing and parity checks; s >= t."""
     g = torch.Generator().manual_seed(seed)

@@ -12,24 +12,19 @@ import time
 
 import torch
 
-from engines.base import DEFAULT_BUCKETS, EngineError, example_inputs
+from engines.base import DEFAULT_BUCKETS, EngineError, example_inputs, sync
 from engines.load import load_engine
 from flowmap.checkpoint import Model
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def latencies(fn, inputs: tuple, iters: int, device: torch.device) -> list[float]:
     """Seconds per call of fn(*inputs), one sample per call."""
     out = []
     for _ in range(iters):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         fn(*inputs)
-        _sync(device)
+        sync(device)
         out.append(time.perf_counter() - t0)
     return out
 

@@ -15,7 +15,7 @@ import time
 import torch
 from torch import Tensor
 
-from engines.base import PRECISION_NAMES, Engine, bucket_for, example_inputs
+from engines.base import PRECISION_NAMES, Engine, bucket_for, example_inputs, sync
 
 MARGIN = 0.9  # another engine takes a bucket only below MARGIN x the first engine's time
 
@@ -35,12 +35,10 @@ def time_call(engine: Engine, inputs: tuple, reps: int = 3, long: float = 0.25) 
     """Best seconds of `reps` calls (one call once a call takes over `long` seconds)."""
     best = float("inf")
     for _ in range(reps):
-        if engine.device.type == "cuda":
-            torch.cuda.synchronize(engine.device)
+        sync(engine.device)
         t0 = time.perf_counter()
         engine(*inputs)
-        if engine.device.type == "cuda":
-            torch.cuda.synchronize(engine.device)
+        sync(engine.device)
         best = min(best, time.perf_counter() - t0)
         if best > long:
             break

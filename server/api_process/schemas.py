@@ -135,6 +135,35 @@ def _sampler_options(s: ServerSettings) -> dict:
     }
 
 
+def _delivery_options(s: ServerSettings) -> dict:
+    """How the answer comes back: image quality, the deadline, streamed previews."""
+    return {
+        "quality": (
+            StrictInt | None,
+            Field(None, ge=1, le=100, description="WebP and JPEG quality 1..100 (lossy both); default 90."),
+        ),
+        "deadline_ms": (
+            StrictFloat | None,
+            Field(
+                None,
+                ge=1,
+                le=s.request_timeout_ms,
+                allow_inf_nan=False,
+                description="Answer within this or get 504.",
+            ),
+        ),
+        "stream": (
+            StrictBool,
+            Field(
+                False,
+                description="true: answer text/event-stream: per-step previews (every sample's jump to "
+                "data), then the result; v1's `preview`/`result` events, OpenAI's image events on the images "
+                "route (docs/server.md).",
+            ),
+        ),
+    }
+
+
 def generation_fields(s: ServerSettings) -> dict:
     """The fields every generating JSON route takes (v1's /generate, the images route), with this server's
     limits: each range is written here once. Strict types: no "2" or true for an integer, no 2.0 for a
@@ -181,29 +210,7 @@ def generation_fields(s: ServerSettings) -> dict:
             ),
         ),
         "sampler": _sampler_options(s)["sampler"],
-        "quality": (
-            StrictInt | None,
-            Field(None, ge=1, le=100, description="WebP and JPEG quality 1..100 (lossy both); default 90."),
-        ),
-        "deadline_ms": (
-            StrictFloat | None,
-            Field(
-                None,
-                ge=1,
-                le=s.request_timeout_ms,
-                allow_inf_nan=False,
-                description="Answer within this or get 504.",
-            ),
-        ),
-        "stream": (
-            StrictBool,
-            Field(
-                False,
-                description="true: answer text/event-stream: per-step previews (every sample's jump to "
-                "data), then the result; v1's `preview`/`result` events, OpenAI's image events on the images "
-                "route (docs/server.md).",
-            ),
-        ),
+        **_delivery_options(s),
     }
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from engines.base import PRECISION_NAMES, VARIANTS, EngineError
+from engines.base import PRECISION_NAMES, VARIANTS, EngineError, sync
 from engines.by_rows import ByRows
 from flowmap.checkpoint import Model, load_model
 from flowmap.labels import class_names
@@ -235,8 +235,7 @@ def calibrate(core: EngineCore, model: Model, n: int, reps: int = 3, long: float
         t0 = core.clock()
         core.submit(job)
         core.run_until_idle()
-        if core.device.type == "cuda":  # time the work, not the kernel launches
-            torch.cuda.synchronize(core.device)
+        sync(core.device)
         best = min(best, core.clock() - t0)
         if job.error is not None:
             raise RuntimeError(f"warm-up batch of {n} failed: {job.error!r}") from job.error
