@@ -1,10 +1,11 @@
-"""The API side of the engine cores: one DEALER socket per core, futures keyed by request id, and the
-supervisor's CoreStates feed. Runs on the API process's event loop; no torch here.
+"""The API side of the engine cores: one Unix-socket connection per core (server.common.frames),
+futures keyed by request id, and the supervisor's CoreStates feed. Runs on the API process's event loop;
+no torch here.
 
-The sockets are plain (non-async) ZeroMQ sockets read from the loop's own reader callback: ZeroMQ
-signals its file descriptor edge-triggered, so every callback drains all waiting frames, and every
-send schedules one more look (a send can consume the edge a waiting frame raised). This costs a
-fraction of zmq.asyncio's per-message future and flag bookkeeping on the latency path.
+A core's connection is a plain non-blocking socket watched by the loop's own reader (and, while output
+waits, writer) callbacks: a frame is sent at once from the request's own turn of the loop, and the reply
+wakes the loop directly. The CoreStates feed is a ZeroMQ SUB socket, read the same way: ZeroMQ signals
+its file descriptor edge-triggered, so every callback drains all waiting frames.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import socket
 from collections.abc import Callable
 
 import zmq
 
 from server.common import messages as m
 from server.common.estimator import ReportedWait
+from server.common.frames import CHUNK, Reader, Writer, pack
 
 log = logging.getLogger("flowmap.server")
+OUT_CAP = 64 << 20  # bytes of frames waiting for a core's socket before sends are refused (503)
 POLLIN = int(zmq.POLLIN)
 EVENTS = int(zmq.EVENTS)
 
@@ -68,30 +72,112 @@ class LoopSocket:
         self.sock.close(0)
 
 
+class CoreLink:
+    """This API process's connection to one engine core: frames sent at once (what the socket cannot take
+    now waits, in order, for the loop's writer callback), frames received handed to `on_frame` on the
+    loop. It connects on the first send after start or after a loss (a core is only sent to once the
+    supervisor reports it up), and `on_lost` hears when the core closes it (stopped or restarted)."""
+
+    def __init__(self, path: str, on_frame: Callable[[bytes], None], on_lost: Callable[[str], None]):
+        self.path, self.on_frame, self.on_lost = path, on_frame, on_lost
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.sock: socket.socket | None = None
+        self.reader, self.writer = Reader(), Writer()
+        self.writing = False
+
+    def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+
+    def send(self, frame: bytes) -> bool:
+        """Send now, or False when the core cannot take it (not listening, or OUT_CAP bytes wait)."""
+        if self.sock is None and not self._connect():
+            return False
+        if len(self.writer) > OUT_CAP:
+            return False
+        try:
+            done = self.writer.write(self.sock, pack(frame))
+        except OSError as e:
+            self._lose(f"send failed: {e}")
+            return False
+        if not done and not self.writing and self.loop is not None:
+            self.loop.add_writer(self.sock.fileno(), self._flush)
+            self.writing = True
+        return True
+
+    def close(self) -> None:
+        if self.sock is None:
+            return
+        if self.loop is not None:
+            self.loop.remove_reader(self.sock.fileno())
+            if self.writing:
+                self.loop.remove_writer(self.sock.fileno())
+        self.writing = False
+        self.sock.close()
+        self.sock, self.reader, self.writer = None, Reader(), Writer()
+
+    def _connect(self) -> bool:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(self.path)
+        except OSError as e:  # not listening (any more), or its backlog is full: the caller answers 503
+            sock.close()
+            self.on_lost(f"cannot connect: {e.strerror or e}")
+            return False
+        self.sock = sock
+        if self.loop is not None:
+            self.loop.add_reader(sock.fileno(), self._readable)
+        return True
+
+    def _readable(self) -> None:
+        try:
+            data = self.sock.recv(CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self._lose(f"receive failed: {e}")
+            return
+        if not data:
+            self._lose("the engine core closed the connection")
+            return
+        try:
+            frames = self.reader.feed(data)
+        except m.WireError as e:
+            self._lose(str(e))
+            return
+        for frame in frames:
+            try:
+                self.on_frame(frame)
+            except Exception:  # one bad frame must not stop the reader
+                log.exception("dropped a frame")
+
+    def _flush(self) -> None:
+        try:
+            done = self.writer.flush(self.sock)
+        except OSError as e:
+            self._lose(f"send failed: {e}")
+            return
+        if done:
+            self.loop.remove_writer(self.sock.fileno())
+            self.writing = False
+
+    def _lose(self, why: str) -> None:
+        self.close()
+        self.on_lost(why)
+
+
 class CoreClient:
     """Send Generate / Cancel to one core; `submit` returns a future settled with its Done or Failed, and
     hands a streamed request's Preview messages to its `on_preview` as they come."""
 
-    def __init__(self, ctx: zmq.Context, address: str):
-        self.ctx, self.address = ctx, address
-        self.io = LoopSocket(self._socket(), self._on_frame)
+    def __init__(self, path: str):
+        self.address = path
+        self.io = CoreLink(path, self._on_frame, self._link_lost)
+        self.on_lost: Callable[[], None] | None = None  # told when the core closes the connection
         self.ids = itertools.count(1)
         self.pending: dict[int, asyncio.Future] = {}
         self.reported = ReportedWait()  # the core's queue wait, from its last result (Done/Failed.wait_s)
         self.previews: dict[int, Callable[[m.Preview], None]] = {}  # streamed requests still pending
-
-    def _socket(self) -> zmq.Socket:
-        sock = self.ctx.socket(zmq.DEALER)
-        # Frames queue while the connection is (re)established: the supervisor reports a core up once it
-        # listens, and the connection follows within a reconnect interval. Requests are never sent to
-        # a core reported down (Service.check_open), and those held by a core that stops are failed.
-        sock.setsockopt(zmq.RECONNECT_IVL, 20)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 100_000)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
-        sock.connect(self.address)
-        return sock
 
     def start(self) -> None:
         self.io.start()
@@ -102,7 +188,7 @@ class CoreClient:
         """(request id, future). Raises CoreDown when the core cannot take messages now."""
         rid = next(self.ids)
         if not self.io.send(m.encode(make(rid))):
-            raise CoreDown(f"engine core {self.address}: send queue full ({len(self.pending)} pending)")
+            raise CoreDown("the engine core cannot take requests now (stopped, or its send queue is full)")
         fut = asyncio.get_running_loop().create_future()
         self.pending[rid] = fut
         if on_preview is not None:
@@ -111,10 +197,7 @@ class CoreClient:
 
     def notify(self, msg) -> None:
         """A message that needs no answer (Shed); dropped when the core cannot take it now."""
-        try:
-            self.io.send(m.encode(msg))
-        except zmq.ZMQError:  # the socket is closing (a reconnect, shutdown): the notice is not needed
-            pass
+        self.io.send(m.encode(msg))
 
     def cancel(self, rid: int) -> None:
         self.previews.pop(rid, None)
@@ -122,15 +205,22 @@ class CoreClient:
             self.io.send(m.encode(m.Cancel(rid)))  # when the core is gone, nothing runs for it any more
 
     def reconnect(self, reason: str) -> None:
-        """The core went away: fail what it held and start a fresh socket, dropping the frames still
-        queued for it (a restarted core must not compute requests already answered 503)."""
+        """The core went away (the supervisor says so): fail what it held and close the connection,
+        dropping the frames still queued for it (a restarted core must not compute requests already
+        answered 503); the next send connects to its successor."""
+        self.io.close()
+        self._lost(reason)
+
+    def _lost(self, reason: str) -> None:
+        """The connection is gone (closed by the core, or above): nothing in it can be answered now."""
         self.fail_all(reason)
         self.reported = ReportedWait()
-        started = self.io.loop is not None
-        self.io.close()
-        self.io = LoopSocket(self._socket(), self._on_frame)
-        if started:
-            self.io.start()
+
+    def _link_lost(self, why: str) -> None:
+        """The core closed the connection (it stopped, most likely, before the supervisor could say so)."""
+        self._lost(f"the engine core stopped with this request in it ({why})")
+        if self.on_lost is not None:
+            self.on_lost()
 
     def fail_all(self, reason: str) -> None:
         """The core went away: every request in it fails now (the API answers 503)."""

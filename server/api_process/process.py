@@ -1,5 +1,6 @@
 """One HTTP front-end process: FastAPI on a listening socket inherited from the supervisor, talking to the
-engine cores over ZeroMQ. It decodes, validates and encodes; it never imports torch.
+engine cores over Unix sockets (server.common.frames). It decodes, validates and encodes; it never
+imports torch.
 
 `python -m server.api_process --fd N --dir D --settings JSON` (started by the supervisor; the API key,
 when set, arrives as FLOWMAP_API_KEY in the environment, never on the command line).
@@ -24,6 +25,7 @@ import zmq
 from server.api_process.client import CoreClient, watch_states
 from server.api_process.health import responder, serve_probes
 from server.api_process.limits import guarded_http
+from server.common.frames import core_path
 from server.common.settings import ServerSettings
 
 log = logging.getLogger("flowmap.server")
@@ -77,7 +79,7 @@ def build(settings: ServerSettings, run_dir: str):
     from server.common.metrics import Metrics
 
     ctx = zmq.Context()
-    clients = [CoreClient(ctx, f"ipc://{run_dir}/core-{i}") for i in range(len(settings.models))]
+    clients = [CoreClient(core_path(run_dir, i)) for i in range(len(settings.models))]
     metrics = Metrics()
     service = Service(settings, clients, metrics)
     feeds = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import math
 import secrets
@@ -33,6 +34,7 @@ from server.common.stats import Rejection, RequestStats, SteerStats
 from server.common.steer import SteerParams
 
 log = logging.getLogger("flowmap.server")
+LOST_HOLD = 1.0  # seconds a core whose connection closed stays down unless the supervisor says otherwise
 
 
 class ServiceError(Exception):
@@ -145,6 +147,9 @@ class Service:
         self.entries: dict[str, ModelEntry] = {}
         self.generations: list[int] = [-1] * len(clients)
         self.up: list[bool] = [False] * len(clients)  # per core, from the supervisor
+        self.lost: dict[int, tuple[int, float]] = {}  # core -> (generation, when) its connection closed
+        for i, c in enumerate(clients):
+            c.on_lost = functools.partial(self.core_lost, i)
         self.failed: dict[str, str] = {}  # --model spec -> why it could not be loaded (not served)
         self.draining = False
         self.inflight = 0
@@ -173,7 +178,7 @@ class Service:
         """The supervisor's CoreStates: models appear when their core is ready; a core that stopped
         (down, or restarted since) fails the requests it held."""
         for i, core in enumerate(states.cores[: len(self.clients)]):
-            up = bool(core.up)
+            up = bool(core.up) and not self.held_down(i, core.generation)
             if self.up[i] and (not up or core.generation != self.generations[i]):
                 # drop what is queued for the dead core too, so its replacement does not compute it
                 self.clients[i].reconnect("the engine core stopped with this request in it")
@@ -184,6 +189,22 @@ class Service:
                 self.entries[core.info.name] = ModelEntry(index=i, spec=core.info, client=self.clients[i])
                 # in the order of --model (the first is the default), whichever core was ready first
                 self.entries = dict(sorted(self.entries.items(), key=lambda kv: kv[1].index))
+
+    def core_lost(self, i: int) -> None:
+        """Core i closed its connection: down (503, not ready) from now, not from when the supervisor
+        notices the exit and says so (up to a tick later)."""
+        self.up[i] = False
+        self.lost[i] = (self.generations[i], time.monotonic())
+
+    def held_down(self, i: int, generation: int) -> bool:
+        """Whether core i's `generation` is the one whose connection closed: until the supervisor reports
+        another, or LOST_HOLD seconds (a core still alive after that only dropped the connection, which
+        the next send opens again)."""
+        lost = self.lost.get(i)
+        if lost is not None and lost[0] == generation and time.monotonic() - lost[1] < LOST_HOLD:
+            return True
+        self.lost.pop(i, None)
+        return False
 
     def begin_drain(self) -> None:
         self.draining = True

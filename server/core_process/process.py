@@ -1,6 +1,6 @@
 """One engine-core process per model: load the model and its engine, warm up, report Ready, then serve
-Generate / Cancel messages from the API processes over ZeroMQ (ROUTER socket) until SIGTERM, or until
-the supervisor that started it is gone.
+Generate / Cancel messages from the API processes (one Unix-socket connection each, server.common.frames)
+until SIGTERM, or until the supervisor that started it is gone.
 
 `python -m server.core_process --index I --model M --dir D --settings JSON` (started by the supervisor).
 The loop: take every message waiting (never blocking while work is in flight), run one iteration of
@@ -32,16 +32,18 @@ from flowmap.samplers import make_noise, sample_keys
 from server.common import messages as m
 from server.common import ranges
 from server.common import steer as steering
+from server.common.frames import core_path
 from server.common.settings import ServerSettings
 from server.common.spec import rows_per_sample
 from server.common.steer import SteerParams
 from server.core_process import ops
 from server.core_process.build import build_core, precision_of, samplers_of, warm_up
 from server.core_process.engine_core import EngineCore
+from server.core_process.link import Listener
 from server.core_process.scheduler import Cancelled, DeadlineExceeded, Job, QueueFull, Steer
 
 log = logging.getLogger("flowmap.server")
-IDLE_POLL_MS = 500  # an idle core wakes this often to notice a vanished supervisor
+IDLE_POLL_S = 0.5  # an idle core wakes this often to notice a vanished supervisor
 RECEIVE_MAX = 256  # messages taken per loop turn
 PARENT_CHECK_S = 1.0  # how often the loop checks that the supervisor is still there
 
@@ -55,17 +57,17 @@ class RewardUnavailable(Exception):
 
 
 class CoreServer:
-    """The message side of one engine core: requests in, outputs out, keyed by (API identity, id)."""
+    """The message side of one engine core: requests in, outputs out, keyed by (API connection, id)."""
 
-    def __init__(self, core: EngineCore, model: Model, settings: ServerSettings, sock: zmq.Socket):
-        self.core, self.model, self.settings, self.sock = core, model, settings, sock
-        self.owner: dict[int, tuple[bytes, int]] = {}  # job id -> (API identity, request id)
-        self.jobs: dict[tuple[bytes, int], Job] = {}
-        self.outbox: list[tuple[bytes, bytes]] = []  # only without a socket (tests read it)
+    def __init__(self, core: EngineCore, model: Model, settings: ServerSettings, link: Listener | None):
+        self.core, self.model, self.settings, self.link = core, model, settings, link
+        self.owner: dict[int, tuple[int, int]] = {}  # job id -> (API connection, request id)
+        self.jobs: dict[tuple[int, int], Job] = {}
+        self.outbox: list[tuple[int, bytes]] = []  # only without a link (tests read it)
         self.rewards: dict[str, object] = {}  # reward spec -> callable (checked specs only)
         self.samplers = samplers_of(model)[0]
 
-    def handle(self, ident: bytes, frame: bytes) -> None:
+    def handle(self, ident: int, frame: bytes) -> None:
         """One frame from an API process; a frame that is not a well-formed message is dropped (logged),
         never allowed to stop the core."""
         try:
@@ -82,7 +84,7 @@ class CoreServer:
         except (m.WireError, TypeError, ValueError) as e:
             log.warning("model %s: dropped a frame: %s", self.core.name, e)
 
-    def generate(self, ident: bytes, g: m.Generate) -> None:
+    def generate(self, ident: int, g: m.Generate) -> None:
         if type(g.id) is not int:
             raise TypeError("Generate.id must be an int")
         problem = self.check(g)
@@ -218,35 +220,28 @@ class CoreServer:
     def receive(self) -> None:
         """The messages waiting now, without blocking: at most RECEIVE_MAX before the next iteration,
         so a flood of requests cannot starve the ones already running."""
-        for _ in range(RECEIVE_MAX):
-            try:
-                ident, frame = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)[:2]
-            except zmq.Again:
-                return
-            except ValueError:  # a malformed multipart message
-                continue
-            self.handle(ident, frame)
+        inbox = self.link.inbox
+        for _ in range(min(RECEIVE_MAX, len(inbox))):
+            self.handle(*inbox.popleft())
 
-    def send(self, ident: bytes, msg) -> None:
+    def send(self, ident: int, msg) -> None:
         if isinstance(msg, m.Done | m.Failed):  # what the API processes shed by before asking (service.py)
             msg.wait_s, msg.sent = self.core.wait_seconds(), time.monotonic()
         frame = m.encode(msg)
-        if self.sock is None:
+        if self.link is None:
             self.outbox.append((ident, frame))
             return
-        try:
-            self.sock.send_multipart([ident, frame], zmq.NOBLOCK)
-        except zmq.ZMQError:  # that API process is gone (ROUTER_MANDATORY) or its queue is full
+        if not self.link.send(ident, frame):  # that API process is gone (it failed the request itself)
             log.warning("model %s: an output could not be delivered", self.core.name)
 
     def run(self, parent: int) -> None:
-        timeout, checked = 0, time.monotonic()
+        timeout, checked = 0.0, time.monotonic()
         while True:
-            if self.sock.poll(timeout):
-                self.receive()
+            self.link.poll(timeout)
+            self.receive()
             wait = self.core.step(emit=False)  # finished requests are sent as they finish
             self.core.emit()  # then the iteration's metrics are recorded
-            timeout = IDLE_POLL_MS if wait is None else math.ceil(wait * 1000)
+            timeout = IDLE_POLL_S if wait is None else wait
             if time.monotonic() - checked > PARENT_CHECK_S:
                 checked = time.monotonic()
                 if os.getppid() != parent:
@@ -271,10 +266,7 @@ def serve(index: int, spec: str, run_dir: str, settings: ServerSettings, parent:
         warm_up(core, model, settings)
         served = dataclasses.replace(served, precision=precision_of(core.executor.engine))  # auto: chosen now
         metrics.batch_rows(model.name, core.scheduler.max_batch)
-        sock = ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.bind(f"ipc://{run_dir}/core-{index}")
+        link = Listener(core_path(run_dir, index))
     except Exception as e:  # every reason a core cannot serve reaches the supervisor, and the user
         user = isinstance(e, UserError | ValueError)
         msg = str(e) if user else f"{type(e).__name__}: {e}"
@@ -286,7 +278,7 @@ def serve(index: int, spec: str, run_dir: str, settings: ServerSettings, parent:
     gc.freeze()  # full collections would walk torch's ~10^6 startup objects under load (200+ ms stalls)
     control.send(m.encode(m.Ready(index=index, pid=os.getpid(), info=served)))
     log.info("model %s ready (%s on %s)", served.name, served.engine, served.device)
-    CoreServer(core, model, settings, sock).run(parent)
+    CoreServer(core, model, settings, link).run(parent)
     return 0
 
 

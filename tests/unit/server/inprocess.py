@@ -65,7 +65,7 @@ def serve(spec: str, metrics=None, **overrides):
     kw = dict(max_steps=4, max_samples=16, max_queue=16, engine="eager", device="cpu")
     settings = ServerSettings(**(kw | overrides))
     core, model, info = build_core(spec, settings)
-    client = InProcess(CoreServer(core, model, settings, sock=None))
+    client = InProcess(CoreServer(core, model, settings, link=None))
     service = Service(settings, [client], metrics)
     service.on_states(m.CoreStates([{"up": True, "generation": 1, "info": info}]))
     app = create_app(service, metrics)

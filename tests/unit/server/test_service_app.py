@@ -57,7 +57,7 @@ class InProcessCore(InProcess):
         sched = Scheduler(settings.max_batch_size, settings.max_queue, 0.0, settings.max_steps)
         core = EngineCore("toy", sched, Executor(fake_engine, C, conditional=True))
         model = SimpleNamespace(shape=SHAPE, num_classes=C, config={"method": "esd"})
-        super().__init__(CoreServer(core, model, settings, sock=None))
+        super().__init__(CoreServer(core, model, settings, link=None))
         self.down = False
 
     def submit(self, make, on_preview=None):
