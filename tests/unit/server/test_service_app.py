@@ -22,7 +22,7 @@ import torch
 from flowmap.samplers import guided, make_noise, sample_flowmap, uniform_grid
 from server.api_process.app import create_app
 from server.api_process.client import CoreDown
-from server.api_process.service import Service
+from server.api_process.service import LOST_HOLD, Service
 from server.common import messages as m
 from server.common.metrics import Metrics
 from server.common.settings import ServerSettings
@@ -171,6 +171,24 @@ def test_a_stopped_core_fails_held_requests_with_503_and_readiness(stack):
     assert r.status_code == 503 and "engine core" in r.json()["detail"]
     assert ready.status_code == 503 and refused.status_code == 503
     assert again.status_code == 200
+
+
+def test_a_closed_core_connection_turns_the_api_not_ready_before_the_supervisor_says_so(stack):
+    async def go():
+        stack.core.on_lost()  # what CoreClient calls when the core closes its connection
+        out = [await stack.client.get("/readyz"), await stack.client.post("/v1/generate", json={})]
+        stack.service.on_states(states(True, generation=1))  # the supervisor has not noticed yet
+        out.append(await stack.client.get("/readyz"))
+        gen, when = stack.service.lost[0]  # no exit reported for a while: the core lives, it only
+        stack.service.lost[0] = (gen, when - LOST_HOLD - 0.1)  # dropped the connection
+        stack.service.on_states(states(True, generation=1))
+        out.append(await stack.client.get("/readyz"))
+        stack.core.on_lost()
+        stack.service.on_states(states(True, generation=2))  # a successor: up at once
+        out.append(await stack.client.get("/readyz"))
+        return [r.status_code for r in out]
+
+    assert run(go()) == [503, 503, 503, 200, 200]
 
 
 def test_queue_full_gives_429_with_retry_after_and_deadline_504(stack):
