@@ -11,14 +11,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from server.core_process.rows import runs
+
 
 def hand_over(s, idx: np.ndarray, x0: Tensor) -> None:
     """Hand each previewing job its samples' x0 of the step just made, once all n made it (a job
     admitted over several iterations makes step k in parts; its parts arrive in sample order)."""
     ids, ks = s.job[idx], s.k[idx]
-    starts = np.flatnonzero(np.r_[True, (ids[1:] != ids[:-1]) | (ks[1:] != ks[:-1])])
-    counts = np.diff(np.r_[starts, len(ids)]).tolist()
-    for a, chunk in zip(starts.tolist(), x0.split(counts), strict=True):
+    starts, counts = runs(ids, ks)
+    for a, chunk in zip(starts, x0.split(counts), strict=True):
         job = s.jobs.get(int(ids[a]))
         if job is None or job.on_preview is None:  # ended early: its rows go at the next compaction
             continue

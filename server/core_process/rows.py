@@ -104,6 +104,17 @@ class Rows:
         self.rows = len(idx) + int(np.count_nonzero(self.w != 1.0))  # rows_per_sample, summed
 
 
+def runs(*keys: np.ndarray) -> tuple[list[int], list[int]]:
+    """(starts, lengths) of the runs of consecutive rows equal in every one of `keys` (same length, >= 1)
+    rows: the rows of one job, or of one job at one step, are contiguous."""
+    change = keys[0][1:] != keys[0][:-1]
+    for k in keys[1:]:
+        change |= k[1:] != k[:-1]
+    starts = [0, *(np.flatnonzero(change) + 1).tolist()]
+    ends = [*starts[1:], len(keys[0])]
+    return starts, [b - a for a, b in zip(starts, ends, strict=True)]
+
+
 def row_index(idx: np.ndarray, x: Tensor) -> Tensor:
     """Row indices for x (on x's device)."""
     i = torch.from_numpy(idx)

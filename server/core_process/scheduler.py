@@ -46,7 +46,7 @@ from server.core_process.jobs import (
     Steer,
     SteerRun,
 )
-from server.core_process.rows import Rows, grid_table, row_index
+from server.core_process.rows import Rows, grid_table, row_index, runs
 
 __all__ = [
     "Batch",
@@ -154,16 +154,16 @@ class Scheduler(Rows, Forecast):
         """The steered rows as runs of one job at one step (contiguous: admitted together, kept in order)."""
         if not self.pk.any():
             return None
-        starts = np.flatnonzero(np.r_[True, (self.job[1:] != self.job[:-1]) | (self.k[1:] != self.k[:-1])])
-        runs = []
-        for a, b in zip(starts.tolist(), np.r_[starts[1:], len(self.k)].tolist(), strict=True):
+        out = []
+        for a, n in zip(*runs(self.job, self.k), strict=True):
+            b = a + n
             job = self.jobs.get(int(self.job[a])) if self.pk[a] else None
             if job is None or job.steer is None:  # not steered, or ended early (dropped at compaction)
                 continue
             gk = keys[a : b : job.steer.particles]
             prev = torch.from_numpy(self.pot[a:b])
-            runs.append(SteerRun(job=job, start=a, stop=b, k=int(self.k[a]), keys=gk, prev=prev))
-        return runs or None
+            out.append(SteerRun(job=job, start=a, stop=b, k=int(self.k[a]), keys=gk, prev=prev))
+        return out or None
 
     def update(self, batch: Batch, x_next: Tensor, now: float) -> None:
         """Apply one computed step (x_next: [N, *shape], one row per sample) and retire finished rows."""
@@ -183,11 +183,11 @@ class Scheduler(Rows, Forecast):
         idx = np.flatnonzero(live)
         if len(idx):
             ids = self.job[idx]
-            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])  # runs of one job's rows
-            counts = np.diff(np.r_[starts, len(ids)]).tolist()
+            starts, counts = runs(ids)  # one job's rows
             rows = x_next[row_index(idx, x_next)] if len(idx) < len(live) else x_next
+            chunks = rows.split(counts) if len(counts) > 1 else (rows,)
             # a job's rows are admitted (and so finish) in sample order: its chunks concatenate in order
-            for jid, chunk in zip(ids[starts].tolist(), rows.split(counts), strict=True):
+            for jid, chunk in zip(ids[starts].tolist(), chunks, strict=True):
                 self._collect(self.jobs[jid], chunk, now)
         self._compact(~done)
 
