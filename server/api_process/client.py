@@ -97,7 +97,7 @@ class CoreLink:
         try:
             done = self.writer.write(self.sock, pack(frame))
         except OSError as e:
-            self._lose(f"send failed: {e}")
+            self._send_failed(e)
             return False
         if not done and not self.writing and self.loop is not None:
             self.loop.add_writer(self.sock.fileno(), self._flush)
@@ -137,25 +137,40 @@ class CoreLink:
         except OSError as e:
             self._lose(f"receive failed: {e}")
             return
-        if not data:
-            self._lose("the engine core closed the connection")
-            return
+        why = self._deliver(data) if data else "the engine core closed the connection"
+        if why is not None:
+            self._lose(why)
+
+    def _deliver(self, data: bytes) -> str | None:
+        """Hand the frames `data` completes to on_frame; why the stream is unusable, or None."""
         try:
             frames = self.reader.feed(data)
         except m.WireError as e:
-            self._lose(str(e))
-            return
+            return str(e)
         for frame in frames:
             try:
                 self.on_frame(frame)
             except Exception:  # one bad frame must not stop the reader
                 log.exception("dropped a frame")
+        return None
+
+    def _send_failed(self, e: OSError) -> None:
+        """A send failed because the core is gone. What it sent before it went (results of requests it
+        finished) is still to be read: read to the end, then lose the connection."""
+        while self.sock is not None:
+            try:
+                data = self.sock.recv(CHUNK)
+            except OSError:  # nothing more (BlockingIOError), or a reset
+                break
+            if not data or self._deliver(data) is not None:
+                break
+        self._lose(f"send failed: {e}")
 
     def _flush(self) -> None:
         try:
             done = self.writer.flush(self.sock)
         except OSError as e:
-            self._lose(f"send failed: {e}")
+            self._send_failed(e)
             return
         if done:
             self.loop.remove_writer(self.sock.fileno())

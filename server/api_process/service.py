@@ -28,6 +28,7 @@ from server.common import messages as m
 from server.common import ranges
 from server.common import steer as steering
 from server.common.estimator import ReturnPath
+from server.common.frames import MAX_RESULT
 from server.common.settings import ServerSettings
 from server.common.spec import ModelSpec
 from server.common.stats import Rejection, RequestStats, SteerStats
@@ -404,6 +405,11 @@ class Service:
         st = self.settings
         _refuse(p.steps is not None and ranges.steps(p.steps, st), "steps")
         _refuse(ranges.num_samples(p.num_samples, st), "num_samples")
+        per = 4 * math.prod(e.spec.shape)  # bytes of one float32 sample, as the core returns it
+        if p.num_samples * per > MAX_RESULT:
+            size = f"{p.num_samples * per >> 20} MiB"
+            msg = f"{p.num_samples} samples of shape {e.spec.shape} are {size}; at most {MAX_RESULT // per}"
+            raise InvalidInput(msg, "num_samples")
         _refuse(p.seed is not None and ranges.seed(p.seed), "seed")
         _refuse(p.guidance_scale is not None and ranges.guidance(p.guidance_scale, st), "guidance_scale")
         if p.deadline_ms is not None and not 1 <= p.deadline_ms <= st.request_timeout_ms:

@@ -2,9 +2,9 @@
 
 Each frame is a 4-byte little-endian length and one msgpack message (server.common.messages). A Unix
 socket wakes the peer's poll directly; ZeroMQ, used here before, passed every message through an I/O
-thread on each side, four threads per hop. Measured on the 2-vCPU box, Python on both ends, idle: a
-round trip between two processes p50 17-18 us against ZeroMQ's 124-158 us (docs/server.md). The core
-listens at `core_path(run_dir, index)`, one connection per API process. No torch here.
+thread on each side, four threads per hop (round trips measured in docs/server.md, "The link without I/O
+threads"). The core listens at `core_path(run_dir, index)`, one connection per API process. No torch
+here.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import struct
 from server.common.messages import WireError
 
 HEADER = struct.Struct("<I")
-MAX_FRAME = 1 << 30  # a sanity bound on a length read off the socket, far above any real result
+MAX_FRAME = 1 << 30  # the longest frame either side sends or accepts
+MAX_RESULT = MAX_FRAME - (1 << 20)  # bytes of samples one result may carry (room for the message around)
 CHUNK = 1 << 18  # bytes read per recv
 
 

@@ -2,10 +2,11 @@
 per API process, all I/O done by `poll` on the core's own thread (no I/O threads).
 
 Frames received wait in `inbox` as (connection id, frame); the core takes them a bounded number per loop
-turn, and while RECEIVE_CAP frames wait nothing more is read (the API processes' sends then back up on
-their side). A connection whose frame is malformed, whose peer closed it, or whose unsent output passed
-OUT_CAP (an API process that stopped reading) is closed; what was addressed to it is dropped, as the API
-process fails the requests it held there.
+turn, and once RECEIVE_CAP frames wait nothing more is read until it has (the API processes' sends then
+back up on their side). A connection whose frame is malformed, whose peer closed it, or whose unsent output
+passed OUT_CAP (an API process that stopped reading) is closed: its frames still waiting are dropped and
+`on_close(id)` tells the core, which cancels what that connection asked for (the API process fails the
+requests it held there). In practice the API's outstanding-request bound keeps output far below OUT_CAP.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import logging
 import os
 import selectors
 import socket
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from server.common.frames import CHUNK, Reader, Writer, pack
@@ -25,6 +28,7 @@ log = logging.getLogger("flowmap.server")
 RECEIVE_CAP = 4096  # frames waiting in the inbox before the core stops reading
 OUT_CAP = 1 << 30  # bytes of unsent output to one API process before its connection is dropped
 READS = 16  # recv calls per connection per poll
+ACCEPT_PAUSE = 0.1  # seconds the listener rests after accept failed (out of file descriptors)
 
 
 @dataclass
@@ -36,7 +40,7 @@ class Conn:
 
 
 class Listener:
-    def __init__(self, path: str):
+    def __init__(self, path: str, on_close: Callable[[int], None] | None = None):
         if os.path.exists(path):  # a core that died before us left its socket file
             os.unlink(path)
         self.path = path
@@ -49,12 +53,17 @@ class Listener:
         self.conns: dict[int, Conn] = {}
         self.inbox: deque[tuple[int, bytes]] = deque()
         self.ids = itertools.count(1)
+        self.on_close = on_close
+        self.resume_accept = 0.0  # when the listener, paused after a failed accept, listens again
 
     def poll(self, timeout: float | None) -> None:
         """Wait up to `timeout` seconds (None: until something happens; 0 or less: not at all) for I/O,
         then accept, read and flush what is ready. Returns at once while frames wait in the inbox."""
         if self.inbox:
             timeout = 0
+        if self.resume_accept and time.monotonic() >= self.resume_accept:
+            self.resume_accept = 0.0
+            self.sel.register(self.sock, selectors.EVENT_READ, None)
         for key, events in self.sel.select(timeout):
             if key.data is None:
                 self._accept()
@@ -84,9 +93,11 @@ class Listener:
         return True
 
     def close(self) -> None:
+        self.on_close = None
         for conn in list(self.conns.values()):
             self._close(conn, None)
-        self.sel.unregister(self.sock)
+        if not self.resume_accept:
+            self.sel.unregister(self.sock)
         self.sock.close()
         self.sel.close()
         try:
@@ -102,6 +113,8 @@ class Listener:
                 return
             except OSError as e:  # out of file descriptors: the API process retries on its next send
                 log.warning("engine core: could not accept a connection: %s", e)
+                self.sel.unregister(self.sock)  # the listener stays readable: rest, do not spin
+                self.resume_accept = time.monotonic() + ACCEPT_PAUSE
                 return
             sock.setblocking(False)
             conn = Conn(next(self.ids), sock)
@@ -144,3 +157,7 @@ class Listener:
         self.conns.pop(conn.id, None)
         self.sel.unregister(conn.sock)
         conn.sock.close()
+        if any(cid == conn.id for cid, _ in self.inbox):
+            self.inbox = deque(item for item in self.inbox if item[0] != conn.id)
+        if self.on_close is not None:
+            self.on_close(conn.id)

@@ -32,7 +32,7 @@ from flowmap.samplers import make_noise, sample_keys
 from server.common import messages as m
 from server.common import ranges
 from server.common import steer as steering
-from server.common.frames import core_path
+from server.common.frames import MAX_FRAME, core_path
 from server.common.settings import ServerSettings
 from server.common.spec import rows_per_sample
 from server.common.steer import SteerParams
@@ -217,6 +217,14 @@ class CoreServer:
             out = m.Failed(id=rid, kind="failed", message=f"network call failed: {type(err).__name__}")
         self.send(ident, out)  # at once: the rest of the iteration's bookkeeping runs after it left
 
+    def dropped(self, ident: int) -> None:
+        """API connection `ident` closed (that process stopped or reconnected; it failed the requests it
+        held there): cancel them, so they stop taking batch rows, and send nothing more for them."""
+        for key in [k for k in self.jobs if k[0] == ident]:
+            job = self.jobs.pop(key)
+            self.owner.pop(job.id, None)
+            self.core.cancel(job)
+
     def receive(self) -> None:
         """The messages waiting now, without blocking: at most RECEIVE_MAX before the next iteration,
         so a flood of requests cannot starve the ones already running."""
@@ -228,6 +236,11 @@ class CoreServer:
         if isinstance(msg, m.Done | m.Failed):  # what the API processes shed by before asking (service.py)
             msg.wait_s, msg.sent = self.core.wait_seconds(), time.monotonic()
         frame = m.encode(msg)
+        if len(frame) > MAX_FRAME:  # the API refuses requests this large (Service.validate): never here
+            log.error("model %s: a %d-byte output is past the link's bound", self.core.name, len(frame))
+            if not isinstance(msg, m.Done):
+                return
+            frame = m.encode(m.Failed(id=msg.id, kind="failed", message="result too large for the link"))
         if self.link is None:
             self.outbox.append((ident, frame))
             return
@@ -278,7 +291,9 @@ def serve(index: int, spec: str, run_dir: str, settings: ServerSettings, parent:
     gc.freeze()  # full collections would walk torch's ~10^6 startup objects under load (200+ ms stalls)
     control.send(m.encode(m.Ready(index=index, pid=os.getpid(), info=served)))
     log.info("model %s ready (%s on %s)", served.name, served.engine, served.device)
-    CoreServer(core, model, settings, link).run(parent)
+    server = CoreServer(core, model, settings, link)
+    link.on_close = server.dropped
+    server.run(parent)
     return 0
 
 

@@ -113,3 +113,44 @@ def test_a_malformed_length_closes_only_that_connection():
         bad.close(), good.close()
         core.close()
         assert not os.path.exists(core_path(d, 0))
+
+
+def test_results_sent_before_the_core_went_are_delivered_even_when_a_send_fails_first():
+    async def main(path):
+        core = Listener(path)
+        got, lost = [], []
+        link = CoreLink(path, got.append, lost.append)
+        link.start()
+        assert link.send(b"req-1")
+        await _until(lambda: core.poll(0) or core.inbox, "the request at the core")
+        cid, _ = core.inbox.popleft()
+        core.send(cid, b"done-1")  # the answer leaves the core, which dies right after
+        core.close()
+        assert not link.send(b"req-2")  # a handler sends before the reader callback ran: EPIPE
+        assert got == [b"done-1"] and len(lost) == 1
+
+    with tempfile.TemporaryDirectory() as d:
+        asyncio.run(main(core_path(d, 0)))
+
+
+def test_a_closed_connection_drops_its_waiting_frames_and_tells_the_core():
+    with tempfile.TemporaryDirectory() as d:
+        closed = []
+        core = Listener(core_path(d, 0), on_close=closed.append)
+        gone, stays = socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX)
+        gone.connect(core.path), stays.connect(core.path)
+        gone.sendall(pack(b"a") + pack(b"b"))
+        stays.sendall(pack(b"c"))
+        for _ in range(100):
+            core.poll(0.01)
+            if len(core.inbox) == 3:
+                break
+        (gone_id,) = {cid for cid, f in core.inbox if f == b"a"}
+        gone.close()
+        for _ in range(100):
+            core.poll(0.01)
+            if closed:
+                break
+        assert closed == [gone_id] and [f for _, f in core.inbox] == [b"c"]
+        stays.close()
+        core.close()

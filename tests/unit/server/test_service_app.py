@@ -454,3 +454,21 @@ def test_a_malformed_shed_is_ignored_by_the_core(rows, steps):
     core.server.handle(b"api", m.encode(m.Shed(rows=8, steps=0)))  # a well-formed one still counts
     d = core.server.core.scheduler.demand
     assert d.fixed == 0 and d.auto == 8
+
+
+def test_a_closed_api_connection_cancels_what_it_asked_for_and_nothing_is_sent_to_it():
+    core = InProcessCore(ServerSettings(max_steps=4, max_samples=16))
+    gen = lambda i: m.encode(m.Generate(i, 2, i, 4, [1, 2], 1.0, time.monotonic() + 10))
+    for ident, rid in ((7, 1), (7, 2), (8, 1)):
+        core.server.handle(ident, gen(rid))
+    core.server.dropped(7)  # that API process's connection closed (link.Listener's on_close)
+    core.server.core.run_until_idle()
+    outs = [(ident, type(m.decode(f)).__name__) for ident, f in core.server.outbox]
+    assert outs == [(8, "Done")] and not core.server.jobs and not core.server.owner
+
+
+def test_a_result_past_the_links_bound_is_refused_naming_num_samples(stack, monkeypatch):
+    monkeypatch.setattr("server.api_process.service.MAX_RESULT", 3 * 4 * 4)  # three toy samples (4 floats)
+    r = run(stack.client.post("/v1/generate", json={"num_samples": 4, "output": "npy"}))
+    assert r.status_code == 422 and "num_samples" in r.text and "at most 3" in r.text, r.text
+    assert run(stack.client.post("/v1/generate", json={"num_samples": 3, "output": "npy"})).status_code == 200
