@@ -33,7 +33,7 @@ class CoreDown(Exception):
 
 
 class LoopSocket:
-    """A ZeroMQ socket whose incoming frames go to `on_frame`, called on the event loop."""
+    """A receiving ZeroMQ socket (the CoreStates feed) whose frames go to `on_frame`, on the event loop."""
 
     def __init__(self, sock: zmq.Socket, on_frame: Callable[[bytes], None]):
         self.sock, self.on_frame = sock, on_frame
@@ -55,16 +55,6 @@ class LoopSocket:
                 self.on_frame(frame)
             except Exception:  # one bad frame must not stop the reader
                 log.exception("dropped a frame")
-
-    def send(self, frame: bytes) -> bool:
-        """Send now, or False when the peer cannot take it (not connected, or its queue is full)."""
-        try:
-            self.sock.send(frame, zmq.NOBLOCK)
-        except zmq.Again:
-            return False
-        if self.loop is not None:
-            self.loop.call_soon(self.drain)
-        return True
 
     def close(self) -> None:
         if self.loop is not None and not self.sock.closed:

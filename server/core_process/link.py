@@ -37,6 +37,7 @@ class Conn:
     sock: socket.socket
     reader: Reader = field(default_factory=Reader)
     writer: Writer = field(default_factory=Writer)
+    writing: bool = False  # watched for EVENT_WRITE (output waits)
 
 
 class Listener:
@@ -89,7 +90,9 @@ class Listener:
             if len(conn.writer) > OUT_CAP:
                 self._close(conn, f"{len(conn.writer)} bytes unsent (the API process stopped reading)")
                 return False
-            self.sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+            if not conn.writing:
+                self.sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+                conn.writing = True
         return True
 
     def close(self) -> None:
@@ -150,6 +153,7 @@ class Listener:
             return
         if done:
             self.sel.modify(conn.sock, selectors.EVENT_READ, conn)
+            conn.writing = False
 
     def _close(self, conn: Conn, why: str | None) -> None:
         if why:

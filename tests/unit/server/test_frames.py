@@ -97,6 +97,14 @@ def test_core_link_round_trip_large_frames_and_loss():
         asyncio.run(main(core_path(d, 0)))
 
 
+def _poll_until(core: Listener, cond) -> None:
+    """Run the core's side of the link until `cond()` holds (or a second passes: the assert says what)."""
+    for _ in range(100):
+        core.poll(0.01)
+        if cond():
+            return
+
+
 def test_a_malformed_length_closes_only_that_connection():
     with tempfile.TemporaryDirectory() as d:
         core = Listener(core_path(d, 0))
@@ -104,10 +112,7 @@ def test_a_malformed_length_closes_only_that_connection():
         bad.connect(core.path), good.connect(core.path)
         bad.sendall(HEADER.pack(MAX_FRAME + 1) + b"junk")
         good.sendall(pack(b"fine"))
-        for _ in range(100):
-            core.poll(0.01)
-            if core.inbox and len(core.conns) == 1:
-                break
+        _poll_until(core, lambda: core.inbox and len(core.conns) == 1)
         assert [f for _, f in core.inbox] == [b"fine"] and len(core.conns) == 1
         assert bad.recv(10) == b""  # closed by the core
         bad.close(), good.close()
@@ -141,16 +146,10 @@ def test_a_closed_connection_drops_its_waiting_frames_and_tells_the_core():
         gone.connect(core.path), stays.connect(core.path)
         gone.sendall(pack(b"a") + pack(b"b"))
         stays.sendall(pack(b"c"))
-        for _ in range(100):
-            core.poll(0.01)
-            if len(core.inbox) == 3:
-                break
+        _poll_until(core, lambda: len(core.inbox) == 3)
         (gone_id,) = {cid for cid, f in core.inbox if f == b"a"}
         gone.close()
-        for _ in range(100):
-            core.poll(0.01)
-            if closed:
-                break
+        _poll_until(core, lambda: closed)
         assert closed == [gone_id] and [f for _, f in core.inbox] == [b"c"]
         stays.close()
         core.close()
