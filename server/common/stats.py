@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class IterationStats:
-    """One network call of one model's worker (samples == 0: no call, only rows dropped)."""
+    """One network call of one model's worker (samples == 0: no call, only rows dropped). Made at every
+    step boundary, so not frozen (a frozen dataclass's __init__ costs 5x as much); nothing changes it."""
 
     model: str
     rows: int  # network evaluations in this call (guided samples count twice)

@@ -38,11 +38,19 @@ class Executor:
         if warm is not None:
             warm()
 
-    @torch.inference_mode()
     def __call__(self, batch: Batch) -> Tensor:
+        if torch.is_inference_mode_enabled():  # the core's loop runs in it: no guard per call
+            return self._run(batch)
+        with torch.inference_mode():
+            return self._run(batch)
+
+    def _run(self, batch: Batch) -> Tensor:
         dev = self.device
-        x, s, t, w = batch.x, batch.s.to(dev), batch.t.to(dev), batch.w
-        y = (batch.y if self.conditional else torch.zeros_like(batch.y)).to(dev)
+        x, s, t, w, y = batch.x, batch.s, batch.t, batch.w, batch.y
+        if not self.conditional:
+            y = torch.zeros_like(y)
+        if dev.type != "cpu":  # the batch's small tensors are CPU views of the scheduler's arrays
+            s, t, y = s.to(dev), t.to(dev), y.to(dev)
         if batch.keys is None:
             u = self._velocity(batch, x, s, t, y, w)
             self._preview(batch, x, u, s)

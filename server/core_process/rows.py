@@ -17,6 +17,10 @@ from torch import Tensor
 from flowmap.samplers import uniform_grid
 from server.core_process.jobs import Job
 
+# the empty state's arrays (shared: see Rows._clear)
+_EMPTY_I, _EMPTY_F, _EMPTY_D = np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float64)
+_EMPTY_B = np.zeros(0, bool)
+
 
 def grid_table(max_steps: int) -> np.ndarray:
     """G[K, k] = uniform_grid(K)[k], as `flowmap sample` uses it; float32 [max_steps + 1, max_steps + 2]."""
@@ -35,12 +39,13 @@ class Rows:
         self._clear()
 
     def _clear(self) -> None:
-        """The state of the rows in flight: x [R, *shape]; k, K, y, job, key [R] int64; w [R] float32."""
+        """The state of the rows in flight: x [R, *shape]; k, K, y, job, key, pk, pv [R] int64; w [R]
+        float32; pot [R] float64 (steered rows: the potential at the last resampling); cut [R] bool (rows
+        early exit finishes in this iteration: a jump to t = 0). Empty: the shared empty arrays (nothing
+        writes into a state array in place, and an empty one has nothing to write)."""
         self.x: Tensor | None = None
-        self.k = self.K = self.y = self.job = self.key = self.pk = self.pv = np.zeros(0, np.int64)
-        self.w = np.zeros(0, np.float32)
-        self.pot = np.zeros(0, np.float64)  # steered rows: the potential at the last resampling
-        self.cut = np.zeros(0, bool)  # rows early exit finishes in this iteration (jump to t = 0)
+        self.k = self.K = self.y = self.job = self.key = self.pk = self.pv = _EMPTY_I
+        self.w, self.pot, self.cut = _EMPTY_F, _EMPTY_D, _EMPTY_B
         self.rows = 0
 
     def in_flight(self) -> int:
@@ -53,7 +58,8 @@ class Rows:
         return n
 
     def _append(self, takes: list[tuple[Job, int, int]]) -> None:
-        """Add the rows of `takes` [(job, first sample, count)]: one tensor op per state field."""
+        """Add the rows of `takes` [(job, first sample, count)]: one array op per state field (none to
+        join when nothing is in flight: the new rows are the state)."""
         steps, ids, weights, labels, keys, pk, pv = [], [], [], [], [], [], []
         for j, a, n in takes:
             pk += [j.group if j.steer is not None else 0] * n
@@ -64,18 +70,28 @@ class Rows:
             labels += j.labels[a : a + n]
             keys += j.keys[a : a + n] if j.keys is not None else [0] * n
         xs = [j.noise if n == j.n else j.noise[a : a + n] for j, a, n in takes]
-        kjy = np.array([steps, ids, labels, keys], np.int64)  # [4, new rows]
-        self.x = torch.cat(xs if self.x is None else [self.x, *xs])
-        self.k = np.concatenate([self.k, np.zeros(len(steps), np.int64)])
-        self.K = np.concatenate([self.K, kjy[0]])
-        self.job = np.concatenate([self.job, kjy[1]])
-        self.y = np.concatenate([self.y, kjy[2]])
-        self.w = np.concatenate([self.w, np.array(weights, np.float32)])
-        self.key = np.concatenate([self.key, kjy[3]])
-        self.pk = np.concatenate([self.pk, np.array(pk, np.int64)])
-        self.pot = np.concatenate([self.pot, np.zeros(len(pk), np.float64)])
-        self.cut = np.concatenate([self.cut, np.zeros(len(pk), bool)])
-        self.pv = np.concatenate([self.pv, np.array(pv, np.int64)])
+        r = len(steps)
+        kjy = np.array([steps, ids, labels, keys, pk, pv], np.int64)  # [6, new rows]
+        new = {
+            "k": np.zeros(r, np.int64),
+            "K": kjy[0],
+            "job": kjy[1],
+            "y": kjy[2],
+            "key": kjy[3],
+            "pk": kjy[4],
+            "pv": kjy[5],
+            "w": np.array(weights, np.float32),
+            "pot": np.zeros(r, np.float64),
+            "cut": np.zeros(r, bool),
+        }
+        if self.x is None:  # nothing in flight
+            self.x = xs[0] if len(xs) == 1 else torch.cat(xs)
+            for name, a in new.items():
+                setattr(self, name, a)
+        else:
+            self.x = torch.cat([self.x, *xs])
+            for name, a in new.items():
+                setattr(self, name, np.concatenate([getattr(self, name), a]))
         self.rows += sum(n * j.rows_per_sample for j, _, n in takes)
 
     def _alive(self) -> np.ndarray:
@@ -91,9 +107,9 @@ class Rows:
             self.dropped += int(np.count_nonzero(~alive))
             keep = keep & alive
             self.dead.clear()
-        if keep.all():
+        idx = keep.nonzero()[0]
+        if len(idx) == len(keep):
             return
-        idx = np.flatnonzero(keep)
         if not len(idx):
             return self._clear()
         self.x = self.x[row_index(idx, self.x)]
@@ -110,7 +126,7 @@ def runs(*keys: np.ndarray) -> tuple[list[int], list[int]]:
     change = keys[0][1:] != keys[0][:-1]
     for k in keys[1:]:
         change |= k[1:] != k[:-1]
-    starts = [0, *(np.flatnonzero(change) + 1).tolist()]
+    starts = [0, *(change.nonzero()[0] + 1).tolist()]
     ends = [*starts[1:], len(keys[0])]
     return starts, [b - a for a, b in zip(starts, ends, strict=True)]
 

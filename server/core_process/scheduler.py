@@ -140,11 +140,14 @@ class Scheduler(Rows, Forecast):
         if self.exit_early:
             early_exit.plan(self, now)
         s, t = self.grid[self.K, self.k], self.grid[self.K, self.k + 1]
-        if self.cut.any():
+        if np.count_nonzero(self.cut):
             t = np.where(self.cut, np.float32(0), t)
-        s, t, y, w = (torch.from_numpy(a) for a in (s, t, self.y, self.w))
-        pv = torch.from_numpy(np.flatnonzero(self.pv)) if self.previewing and self.pv.any() else None
-        if not self.key.any():
+        s, t = torch.from_numpy(s), torch.from_numpy(t)
+        y, w = torch.from_numpy(self.y), torch.from_numpy(self.w)
+        pv = None
+        if self.previewing and np.count_nonzero(self.pv):
+            pv = torch.from_numpy(self.pv.nonzero()[0])
+        if not np.count_nonzero(self.key):
             return Batch(x=self.x, s=s, t=t, y=y, w=w, rows=self.rows, preview=pv)
         keys, k = torch.from_numpy(self.key), torch.from_numpy(self.k)
         steer = self._steer_runs(keys)
@@ -152,7 +155,7 @@ class Scheduler(Rows, Forecast):
 
     def _steer_runs(self, keys: Tensor) -> list[SteerRun] | None:
         """The steered rows as runs of one job at one step (contiguous: admitted together, kept in order)."""
-        if not self.pk.any():
+        if not np.count_nonzero(self.pk):
             return None
         out = []
         for a, n in zip(*runs(self.job, self.k), strict=True):
@@ -180,15 +183,17 @@ class Scheduler(Rows, Forecast):
         self.x, self.k = x_next, self.k + 1
         done = (self.k == self.K) | self.cut  # [R]
         live = done & self._alive() if self.dead else done
-        idx = np.flatnonzero(live)
+        idx = live.nonzero()[0]
         if len(idx):
             ids = self.job[idx]
-            starts, counts = runs(ids)  # one job's rows
             rows = x_next[row_index(idx, x_next)] if len(idx) < len(live) else x_next
-            chunks = rows.split(counts) if len(counts) > 1 else (rows,)
-            # a job's rows are admitted (and so finish) in sample order: its chunks concatenate in order
-            for jid, chunk in zip(ids[starts].tolist(), chunks, strict=True):
-                self._collect(self.jobs[jid], chunk, now)
+            if ids[0] == ids[-1] and (len(ids) < 3 or (ids == ids[0]).all()):  # one job's rows
+                self._collect(self.jobs[int(ids[0])], rows, now)
+            else:
+                starts, counts = runs(ids)  # one job's rows each
+                # a job's rows are admitted (and so finish) in sample order: its chunks concatenate in order
+                for jid, chunk in zip(ids[starts].tolist(), rows.split(counts), strict=True):
+                    self._collect(self.jobs[jid], chunk, now)
         self._compact(~done)
 
     def fail(self, batch: Batch, error: Exception, now: float) -> None:
