@@ -364,26 +364,41 @@ class Service:
             e.way_back.observe(time.monotonic() - r.sent)
 
     async def _wait(self, e: ModelEntry, rid: int, fut: asyncio.Future, deadline: float, disconnected):
-        timeout = max(0.0, deadline - time.monotonic()) + 0.05  # the core expires it first
+        """The core's answer; TimedOut past the deadline (the core expires it first), ClientGone when
+        `disconnected()` returns first. Either ends the wait by cancelling `fut` (the core is told), so the
+        request's task wakes once, for whichever came first (no asyncio.wait per request)."""
+        loop = asyncio.get_running_loop()
+        ended: list[ServiceError] = []
+
+        def end(error: ServiceError) -> None:
+            if not fut.done():
+                ended.append(error)
+                fut.cancel()
+
+        def gone(w: asyncio.Future) -> None:
+            if not w.cancelled():
+                w.exception()  # retrieved: a failing watch also means the client is gone
+                end(ClientGone("client disconnected"))
+
+        timeout = max(0.0, deadline - time.monotonic()) + 0.05
+        timer = loop.call_later(timeout, end, TimedOut("deadline passed"))
         watch = asyncio.ensure_future(disconnected()) if disconnected else None
+        if watch is not None:
+            watch.add_done_callback(gone)
         try:
-            done, _ = await asyncio.wait(
-                {fut} | ({watch} if watch else set()), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        except asyncio.CancelledError:  # the caller gave up (a stream whose client left): so does the core
+            return await fut
+        except asyncio.CancelledError:  # ended above, or the caller gave up (a stream whose client left)
             e.client.cancel(rid)
+            if ended:
+                raise ended[0] from None
             raise
+        except Exception as err:  # the core went away with it (CoreDown)
+            raise CoreUnavailable(str(err), retry_after=1) from None
         finally:
+            timer.cancel()
             if watch is not None:
+                watch.remove_done_callback(gone)
                 watch.cancel()
-        if fut in done:
-            if fut.exception() is not None:
-                raise CoreUnavailable(str(fut.exception()), retry_after=1)
-            return fut.result()
-        e.client.cancel(rid)
-        if watch is not None and watch in done:
-            raise ClientGone("client disconnected")
-        raise TimedOut("deadline passed")
 
     def labels(self, e: ModelEntry, p: GenParams) -> list[int] | None:
         """Per-sample classes; omitted on a conditional model: cycle 0..C-1 (as `flowmap sample`)."""

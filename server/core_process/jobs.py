@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from torch import Tensor
 
@@ -91,8 +92,8 @@ class Job:
     chunks: list[Tensor] = field(default_factory=list, repr=False)
     previews: dict[int, list[Tensor]] = field(default_factory=dict, repr=False)  # step -> x0 chunks
 
-    @property
-    def n(self) -> int:
+    @cached_property
+    def n(self) -> int:  # the noise is never replaced
         return int(self.noise.shape[0])
 
     @property

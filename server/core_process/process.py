@@ -196,8 +196,7 @@ class CoreServer:
         """A streamed request's samples made `step`: their jump to data goes out at once."""
         key = self.owner.get(job.id)
         if key is not None:
-            data = x0.detach().float().cpu().contiguous().numpy().tobytes()
-            self.send(key[0], m.Preview(id=key[1], step=step, steps=job.steps, data=data))
+            self.send(key[0], m.Preview(id=key[1], step=step, steps=job.steps, data=float32_bytes(x0)))
 
     def _done(self, job: Job) -> None:
         key = self.owner.pop(job.id, None)
@@ -207,8 +206,8 @@ class CoreServer:
         ident, rid = key
         err = job.error
         if err is None:
-            data = job.result.detach().float().cpu().contiguous().numpy().tobytes()
             q, c = job.first_admit - job.arrival, job.finished - job.first_admit
+            data = float32_bytes(job.result)
             out = m.Done(id=rid, steps=job.steps_taken, data=data, queue_s=q, compute_s=c)
         elif isinstance(err, DeadlineExceeded):
             out = m.Failed(id=rid, kind="deadline", message="deadline passed")
@@ -265,6 +264,13 @@ class CoreServer:
                 if os.getppid() != parent:
                     log.warning("model %s: supervisor gone; exiting", self.core.name)
                     return
+
+
+def float32_bytes(x: torch.Tensor) -> bytes:
+    """x's values as C-order float32 bytes (no conversion for a float32 CPU tensor, the usual result)."""
+    if x.dtype != torch.float32 or x.device.type != "cpu":
+        x = x.detach().float().cpu()
+    return x.detach().contiguous().numpy().tobytes()
 
 
 def serve(index: int, spec: str, run_dir: str, settings: ServerSettings, parent: int) -> int:

@@ -41,8 +41,8 @@ class Rows:
     def _clear(self) -> None:
         """The state of the rows in flight: x [R, *shape]; k, K, y, job, key, pk, pv [R] int64; w [R]
         float32; pot [R] float64 (steered rows: the potential at the last resampling); cut [R] bool (rows
-        early exit finishes in this iteration: a jump to t = 0). Empty: the shared empty arrays (nothing
-        writes into a state array in place, and an empty one has nothing to write)."""
+        early exit finishes in this iteration: a jump to t = 0). Empty: shared empty arrays (an in-place
+        write into an empty array changes nothing, so sharing them is safe)."""
         self.x: Tensor | None = None
         self.k = self.K = self.y = self.job = self.key = self.pk = self.pv = _EMPTY_I
         self.w, self.pot, self.cut = _EMPTY_F, _EMPTY_D, _EMPTY_B

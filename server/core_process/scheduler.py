@@ -254,8 +254,9 @@ class Scheduler(Rows, Forecast):
             self._append(takes)
 
     def _collect(self, job: Job, chunk: Tensor, now: float) -> None:
-        job.chunks.append(chunk[:: job.group])  # a steered group's rows all hold its chosen sample
-        job.remaining -= len(chunk)
+        job.remaining -= chunk.shape[0]
+        # a steered group's rows all hold its chosen sample: keep one row per group
+        job.chunks.append(chunk if job.steer is None else chunk[:: job.group])
         if job.remaining == 0:
             job.result = job.chunks[0] if len(job.chunks) == 1 else torch.cat(job.chunks)
             job.chunks = []
