@@ -93,7 +93,7 @@ class Job:
     previews: dict[int, list[Tensor]] = field(default_factory=dict, repr=False)  # step -> x0 chunks
 
     @cached_property
-    def n(self) -> int:  # the noise is never replaced
+    def n(self) -> int:  # the noise's row count never changes
         return int(self.noise.shape[0])
 
     @property

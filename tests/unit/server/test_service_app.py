@@ -70,7 +70,8 @@ class InProcessCore(InProcess):
 
     def fail_all(self, reason: str) -> None:
         for fut in self.pending.values():
-            fut.set_exception(CoreDown(reason))
+            if not fut.done():  # as CoreClient.fail_all: a wait that ended cancelled its future
+                fut.set_exception(CoreDown(reason))
         self.pending.clear()
         self.previews.clear()
 
@@ -472,3 +473,46 @@ def test_a_result_past_the_links_bound_is_refused_naming_num_samples(stack, monk
     r = run(stack.client.post("/v1/generate", json={"num_samples": 4, "output": "npy"}))
     assert r.status_code == 422 and "num_samples" in r.text and "at most 3" in r.text, r.text
     assert run(stack.client.post("/v1/generate", json={"num_samples": 3, "output": "npy"})).status_code == 200
+
+
+def _waiting(deadline: float, disconnected=None):
+    """Service._wait on a future nobody answers; (task, the rids it cancelled in the core)."""
+    cancelled: list[int] = []
+    entry = SimpleNamespace(client=SimpleNamespace(cancel=cancelled.append))
+    fut = asyncio.get_running_loop().create_future()
+    return asyncio.ensure_future(Service._wait(None, entry, 7, fut, deadline, disconnected)), cancelled
+
+
+def test_wait_ends_at_the_deadline_and_on_disconnect():
+    from server.api_process.service import ClientGone, TimedOut
+
+    async def go():
+        task, cancelled = _waiting(time.monotonic())
+        with pytest.raises(TimedOut):
+            await task
+        assert cancelled == [7]
+        gone = asyncio.Event()
+        task, cancelled = _waiting(time.monotonic() + 60, gone.wait)
+        await asyncio.sleep(0)
+        gone.set()
+        with pytest.raises(ClientGone):
+            await task
+        assert cancelled == [7]
+
+    run(go())
+
+
+def test_wait_lets_a_cancel_of_its_caller_through_even_as_its_deadline_fires():
+    """The deadline timer and the caller's own cancel (a stream whose client left) in one loop turn, the
+    timer first: the task ends cancelled, not TimedOut (nobody would retrieve that exception)."""
+
+    async def go():
+        task, cancelled = _waiting(time.monotonic())
+        await asyncio.sleep(0)  # the wait's timer is set (0.05 s past the deadline)
+        asyncio.get_running_loop().call_later(0.051, task.cancel)
+        time.sleep(0.1)  # both are due in the loop's next turn, the timer first
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert cancelled == [7]
+
+    run(go())
