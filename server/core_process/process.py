@@ -269,7 +269,7 @@ class CoreServer:
 def float32_bytes(x: torch.Tensor) -> bytes:
     """x's values as C-order float32 bytes (no conversion for a float32 CPU tensor, the usual result)."""
     if x.dtype != torch.float32 or x.device.type != "cpu":
-        x = x.detach().float().cpu()
+        x = x.float().cpu()
     return x.detach().contiguous().numpy().tobytes()
 
 

@@ -84,14 +84,10 @@ class Rows:
             "pot": np.zeros(r, np.float64),
             "cut": np.zeros(r, bool),
         }
-        if self.x is None:  # nothing in flight
-            self.x = xs[0] if len(xs) == 1 else torch.cat(xs)
-            for name, a in new.items():
-                setattr(self, name, a)
-        else:
-            self.x = torch.cat([self.x, *xs])
-            for name, a in new.items():
-                setattr(self, name, np.concatenate([getattr(self, name), a]))
+        empty = self.x is None  # nothing in flight: the new rows are the state
+        self.x = (xs[0] if len(xs) == 1 else torch.cat(xs)) if empty else torch.cat([self.x, *xs])
+        for name, a in new.items():
+            setattr(self, name, a if empty else np.concatenate([getattr(self, name), a]))
         self.rows += sum(n * j.rows_per_sample for j, _, n in takes)
 
     def _alive(self) -> np.ndarray:
@@ -126,7 +122,10 @@ def runs(*keys: np.ndarray) -> tuple[list[int], list[int]]:
     change = keys[0][1:] != keys[0][:-1]
     for k in keys[1:]:
         change |= k[1:] != k[:-1]
-    starts = [0, *(change.nonzero()[0] + 1).tolist()]
+    cuts = change.nonzero()[0]
+    if not len(cuts):  # one run (a lone job's rows): the common case at light load
+        return [0], [len(keys[0])]
+    starts = [0, *(cuts + 1).tolist()]
     ends = [*starts[1:], len(keys[0])]
     return starts, [b - a for a, b in zip(starts, ends, strict=True)]
 

@@ -187,13 +187,11 @@ class Scheduler(Rows, Forecast):
         if len(idx):
             ids = self.job[idx]
             rows = x_next[row_index(idx, x_next)] if len(idx) < len(live) else x_next
-            if ids[0] == ids[-1] and (len(ids) < 3 or (ids == ids[0]).all()):  # one job's rows
-                self._collect(self.jobs[int(ids[0])], rows, now)
-            else:
-                starts, counts = runs(ids)  # one job's rows each
-                # a job's rows are admitted (and so finish) in sample order: its chunks concatenate in order
-                for jid, chunk in zip(ids[starts].tolist(), rows.split(counts), strict=True):
-                    self._collect(self.jobs[jid], chunk, now)
+            starts, counts = runs(ids)  # one job's rows
+            chunks = rows.split(counts) if len(counts) > 1 else (rows,)
+            # a job's rows are admitted (and so finish) in sample order: its chunks concatenate in order
+            for jid, chunk in zip(ids[starts].tolist(), chunks, strict=True):
+                self._collect(self.jobs[jid], chunk, now)
         self._compact(~done)
 
     def fail(self, batch: Batch, error: Exception, now: float) -> None:
