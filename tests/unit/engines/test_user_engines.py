@@ -3,6 +3,8 @@ a DiT-style model; a module a trace cannot capture is refused by the parity chec
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import usermodels as um
@@ -50,7 +52,7 @@ def test_export_and_bench_commands_take_a_user_model(tmp_path, capsys, monkeypat
     CI, seed 924222404), and that margin is not what this test is about."""
     from flowmap.cli import main
 
-    monkeypatch.setattr(engines.base.secrets, "randbits", lambda bits: 0)
+    monkeypatch.setattr(engines.base, "secrets", SimpleNamespace(randbits=lambda bits: 0))  # this module only
     out = tmp_path / "g.onnx"
     pytest.importorskip("onnxruntime")
     assert (
