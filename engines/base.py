@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import secrets
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -205,9 +205,17 @@ def _run(engine: Engine, model: Model, inputs: tuple, batch: int) -> Tensor:
         ) from None
 
 
+def parity_seed(model: Model) -> int:
+    """The seed of a model's parity inputs: fixed by its name and shape, so one model gets one verdict at
+    every start (a random draw could refuse a model near the tolerance at one start and serve it at the
+    next: a pod crash-looping by chance)."""
+    return zlib.crc32(f"{model.name}:{model.shape}:{model.num_classes}".encode()) & 0x7FFFFFFF
+
+
 def check_parity(engine: Engine, model: Model, seed: int | None = None) -> float:
-    """Compare engine with eager on fresh random inputs at every bucket; EngineError if too far."""
-    seed = secrets.randbits(31) if seed is None else seed
+    """Compare engine with eager on random inputs (seed: `parity_seed` unless given) at every bucket;
+    EngineError if too far."""
+    seed = parity_seed(model) if seed is None else seed
     tol = TOLERANCE.get(engine.dtype, 1e-4)
     net = model.net.to(engine.device).eval()
     worst = 0.0
