@@ -33,6 +33,11 @@ FLAGS = {
         "fill batches up to the smallest size reaching this share of the best rows/s measured at start "
         "(default 0.9; 0: up to --max-batch-size)",
     ),
+    "--batch-retune": (
+        "batch_retune",
+        int,
+        "re-decide the batch cap from served iterations every N busy ones (default 200; 0: start-up's)",
+    ),
     "--max-queue": ("max_queue", int, "most waiting requests per model before 429 (default 256)"),
     "--max-queue-ms": (
         "max_queue_ms",

@@ -105,7 +105,7 @@ class Metrics:
         )
         self.batch_cap = gauge(
             "flowmap_batch_cap_rows",
-            "Most network rows the scheduler puts in one call (--batch-knee, measured at start-up)",
+            "Most network rows the scheduler puts in one call (--batch-knee, --batch-retune)",
             model,
             "max",
         )
@@ -132,6 +132,8 @@ class Metrics:
         self.in_flight.labels(s.model).set(s.in_flight)
         self.depth.labels(s.model).set(s.queue_depth)
         self.depth_seconds.labels(s.model).set(s.queue_seconds)
+        if s.batch_cap:
+            self.batch_cap.labels(s.model).set(s.batch_cap)
         if s.dropped:
             self.dropped.labels(s.model).inc(s.dropped)
         if not s.ok:

@@ -59,6 +59,14 @@ class ServerSettings(BaseSettings):
         "little throughput; requests past it wait in the queue, bounded by max_queue_ms). 0: always fill up "
         "to max_batch_size.",
     )
+    batch_retune: int = Field(
+        default=200,
+        ge=0,
+        le=1_000_000,
+        description="Re-decide the batch cap while serving, every this many busy iterations: the start-up "
+        "costs plus what serving adds to every iteration outside the network call (server.core_process."
+        "cap). 0: keep the start-up cap.",
+    )
     max_queue: int = Field(
         default=256,
         ge=1,

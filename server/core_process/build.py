@@ -22,6 +22,7 @@ from server.common.estimator import CallTimer
 from server.common.settings import ServerSettings
 from server.common.spec import SAMPLERS, ModelSpec, is_image
 from server.core_process import admission
+from server.core_process.cap import CapTuner
 from server.core_process.engine_core import EngineCore, Executor
 from server.core_process.scheduler import Job, Scheduler
 
@@ -217,6 +218,8 @@ def warm_up(core: EngineCore, model: Model, settings: ServerSettings) -> dict[in
     costs = {n: calibrate(core, model, n) for n in buckets_for(settings.max_batch_size)}
     if settings.batch_knee > 0:
         core.scheduler.max_batch = admission.batch_cap(costs, settings.batch_knee)
+        if settings.batch_retune > 0:
+            core.tuner = CapTuner(costs, settings.batch_knee, core.scheduler.max_batch, settings.batch_retune)
     log.info(
         "model %s: batches up to %d rows (ms per step by rows: %s)",
         model.name,

@@ -20,6 +20,7 @@ from flowmap.reward import evaluate_reward
 from flowmap.steering import resample_keyed
 from server.common.stats import IterationStats
 from server.core_process import admission, ops
+from server.core_process.cap import CapTuner
 from server.core_process.scheduler import Batch, Job, Scheduler, SchedulingError, SteerRun
 
 log = logging.getLogger("flowmap.server")
@@ -128,7 +129,10 @@ class EngineCore:
         self.max_queue = max_queue  # seconds: the longest predicted queue wait a new request is given
         scheduler.queue_bound = max_queue  # "auto" steps shrink as the queue nears it (demand.py)
         self._stats: list[IterationStats] = []
-        self._last: tuple[int, float] | None = None  # (rows, start) of the iteration just run
+        self._last: tuple[int, float, float] | None = (
+            None  # (rows, start, call seconds) of the last iteration
+        )
+        self.tuner: CapTuner | None = None  # re-decides scheduler.max_batch from served iterations (build.py)
 
     @property
     def device(self) -> torch.device:
@@ -200,7 +204,7 @@ class EngineCore:
             self._stats.append(self._record(plan, self.clock() - t0, ok=False))
         else:
             dt = self.clock() - t0
-            self._last = (plan.rows, start)
+            self._last = (plan.rows, start, dt)
             self.scheduler.update(plan, x_next, self.clock())
             self._stats.append(self._record(plan, dt, ok=True))
         if emit:
@@ -213,9 +217,18 @@ class EngineCore:
         step (a step's real cost to the requests in flight; the network call alone is about half of it on
         CPU). The caller steps again at once after a batch, so the period holds no idle wait."""
         if self._last is not None:
-            rows, start = self._last
+            rows, start, call = self._last
             self.scheduler.observe(rows, now - start)
             self._last = None
+            cap = self.tuner.observe(rows, call, now - start) if self.tuner is not None else None
+            if cap is not None:
+                log.info(
+                    "model %s: batches up to %d rows now (served ms per iteration by rows: %s)",
+                    self.name,
+                    cap,
+                    ", ".join(f"{b}: {1e3 * t:.1f}" for b, t in self.tuner.served_costs().items()),
+                )
+                self.scheduler.max_batch = cap
 
     def run_until_idle(self, limit: int = 1_000_000) -> None:
         """Step until nothing is queued or in flight (warm-up, tests); waits out batching windows."""
@@ -238,6 +251,7 @@ class EngineCore:
             ok=ok,
             queue_seconds=admission.wait_seconds(self.scheduler),
             dropped=self.scheduler.take_dropped(),
+            batch_cap=self.scheduler.max_batch,
         )
 
     def emit(self) -> None:
