@@ -124,3 +124,21 @@ def test_report_ratios_and_ranges():
     assert "| 1500–1600 |" in row and "| 1.50–1.60x |" in row and "n/a" in row
     assert ">= 1.5x LitServe at equal or lower p99: met" in text
     assert "p50 within 1.2x naive: n/a" in text
+
+
+def test_ab_loads_two_servers_in_turn_and_reads_their_caps(capsys, tmp_path):
+    """loadtests.ab: both servers up, loaded alternately; each round reports both, their batch caps (B's
+    flags fix its cap at 32) and the ratio; the JSON keeps every round."""
+    from loadtests import ab
+
+    out = tmp_path / "ab.json"
+    args = ["--model", "digits", "--workload", "a", "--rounds", "2", "--seconds", "1", "--connections", "2"]
+    flags = ["--a-args", "--engine eager", "--b-args", "--engine eager --batch-knee 0 --max-batch-size 32"]
+    assert ab.main([*args, *flags, "--warm-seconds", "0.5", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| 1 |" in text and "| 2 |" in text and "B / A:" in text, text
+    import json
+
+    rounds = json.loads(out.read_text())["rounds"]
+    assert len(rounds) == 2 and all(r["A"]["ok"] > 0 and r["B"]["ok"] > 0 for r in rounds)
+    assert all(r["B"]["cap"] == 32 and r["A"]["cap"] >= 8 for r in rounds)
