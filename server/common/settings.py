@@ -65,7 +65,7 @@ class ServerSettings(BaseSettings):
         le=1_000_000,
         description="Re-decide the batch cap while serving, every this many busy iterations: the start-up "
         "costs plus what serving adds to every iteration outside the network call (server.core_process."
-        "cap). 0: keep the start-up cap.",
+        "cap; CPU devices). 0: keep the start-up cap.",
     )
     max_queue: int = Field(
         default=256,

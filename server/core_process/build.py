@@ -218,7 +218,7 @@ def warm_up(core: EngineCore, model: Model, settings: ServerSettings) -> dict[in
     costs = {n: calibrate(core, model, n) for n in buckets_for(settings.max_batch_size)}
     if settings.batch_knee > 0:
         core.scheduler.max_batch = admission.batch_cap(costs, settings.batch_knee)
-        if settings.batch_retune > 0:
+        if settings.batch_retune > 0 and core.device.type == "cpu":  # a CUDA call is timed unsynced
             core.tuner = CapTuner(costs, settings.batch_knee, core.scheduler.max_batch, settings.batch_retune)
     log.info(
         "model %s: batches up to %d rows (ms per step by rows: %s)",
