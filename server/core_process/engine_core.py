@@ -129,9 +129,8 @@ class EngineCore:
         self.max_queue = max_queue  # seconds: the longest predicted queue wait a new request is given
         scheduler.queue_bound = max_queue  # "auto" steps shrink as the queue nears it (demand.py)
         self._stats: list[IterationStats] = []
-        self._last: tuple[int, float, float] | None = (
-            None  # (rows, start, call seconds) of the last iteration
-        )
+        # (rows, start, network call seconds) of the iteration just run
+        self._last: tuple[int, float, float] | None = None
         self.tuner: CapTuner | None = None  # re-decides scheduler.max_batch from served iterations (build.py)
 
     @property
