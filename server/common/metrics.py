@@ -55,6 +55,7 @@ class Metrics:
 
     def __init__(self):
         self.registry = r = CollectorRegistry()
+        self._caps: dict[str, int] = {}  # the batch cap last set, by model (set only when it changes)
         model = ["model"]
         hist = lambda name, doc, labels, buckets: Histogram(name, doc, labels, buckets=buckets, registry=r)
         count = lambda name, doc, labels: Counter(name, doc, labels, registry=r)
@@ -107,7 +108,7 @@ class Metrics:
             "flowmap_batch_cap_rows",
             "Most network rows the scheduler puts in one call (--batch-knee, --batch-retune)",
             model,
-            "max",
+            "livemax",  # a restarted core may choose another cap: only live processes count
         )
         self.cores_up = gauge("flowmap_engine_cores_up", "Engine cores loaded and serving", [], "max")
         build = ["version", "torch", "python", "engine", "kernels"]
@@ -122,6 +123,7 @@ class Metrics:
         self.info.labels(version, torch_version, platform.python_version(), engine, kernels).set(1)
 
     def batch_rows(self, model: str, rows: int) -> None:
+        self._caps[model] = rows
         self.batch_cap.labels(model).set(rows)
 
     def iteration(self, s: IterationStats) -> None:
@@ -132,7 +134,8 @@ class Metrics:
         self.in_flight.labels(s.model).set(s.in_flight)
         self.depth.labels(s.model).set(s.queue_depth)
         self.depth_seconds.labels(s.model).set(s.queue_seconds)
-        if s.batch_cap:
+        if s.batch_cap and s.batch_cap != self._caps.get(s.model):
+            self._caps[s.model] = s.batch_cap
             self.batch_cap.labels(s.model).set(s.batch_cap)
         if s.dropped:
             self.dropped.labels(s.model).inc(s.dropped)

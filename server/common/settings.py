@@ -63,9 +63,9 @@ class ServerSettings(BaseSettings):
         default=200,
         ge=0,
         le=1_000_000,
-        description="Re-decide the batch cap while serving, every this many busy iterations: the start-up "
-        "costs plus what serving adds to every iteration outside the network call (server.core_process."
-        "cap; CPU devices). 0: keep the start-up cap.",
+        description="Re-decide the batch cap while serving, every this many busy iterations, from what the "
+        "served iterations cost, call and the rest (server.core_process.cap; CPU devices, batch_knee > 0). "
+        "0: keep the start-up cap.",
     )
     max_queue: int = Field(
         default=256,

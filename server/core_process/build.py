@@ -215,11 +215,13 @@ def warm_up(core: EngineCore, model: Model, settings: ServerSettings) -> dict[in
         per = lambda c: ", ".join(f"{b}: {1e3 * t:.1f}" for b, t in c.items())
         timed = "; ".join(f"{n}: {per(c)}" for n, c in engine.costs.items())
         log.info("model %s: %s (ms per call by rows: %s)", model.name, engine.precision(), timed)
-    costs = {n: calibrate(core, model, n) for n in buckets_for(settings.max_batch_size)}
+    runs = {n: calibrate(core, model, n) for n in buckets_for(settings.max_batch_size)}
+    costs = {n: t for n, (t, _) in runs.items()}
     if settings.batch_knee > 0:
         core.scheduler.max_batch = admission.batch_cap(costs, settings.batch_knee)
         if settings.batch_retune > 0 and core.device.type == "cpu":  # a CUDA call is timed unsynced
-            core.tuner = CapTuner(costs, settings.batch_knee, core.scheduler.max_batch, settings.batch_retune)
+            calls = {n: c for n, (_, c) in runs.items()}
+            core.tuner = CapTuner(calls, settings.batch_knee, core.scheduler.max_batch, settings.batch_retune)
     log.info(
         "model %s: batches up to %d rows (ms per step by rows: %s)",
         model.name,
@@ -229,21 +231,24 @@ def warm_up(core: EngineCore, model: Model, settings: ServerSettings) -> dict[in
     return costs
 
 
-def calibrate(core: EngineCore, model: Model, n: int, reps: int = 3, long: float = 0.25) -> float:
-    """Seconds of one iteration of `n` rows through the core, the best of `reps` (one when a call takes
-    over `long` seconds: the noise is small against it, and the warm-up stays short)."""
-    best = float("inf")
+def calibrate(
+    core: EngineCore, model: Model, n: int, reps: int = 3, long: float = 0.25
+) -> tuple[float, float]:
+    """Seconds of one iteration of `n` rows through the core and of its network call alone, each the best
+    of `reps` (one when an iteration takes over `long` seconds: the noise is small against it, and the
+    warm-up stays short)."""
+    best = call = float("inf")
     for _ in range(reps):
         job = Job(noise=make_noise(n, model.shape, 0, core.device), labels=[0] * n, steps=1)
         t0 = core.clock()
         core.submit(job)
         core.run_until_idle()
         sync(core.device)
-        best = min(best, core.clock() - t0)
+        best, call = min(best, core.clock() - t0), min(call, core.last_call)
         if job.error is not None:
             raise RuntimeError(f"warm-up batch of {n} failed: {job.error!r}") from job.error
         if not bool(torch.isfinite(job.result).all()):
             raise RuntimeError(f"warm-up batch of {n} gave non-finite samples")
         if best > long:
             break
-    return best
+    return best, call

@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -20,8 +21,10 @@ from flowmap.reward import evaluate_reward
 from flowmap.steering import resample_keyed
 from server.common.stats import IterationStats
 from server.core_process import admission, ops
-from server.core_process.cap import CapTuner
 from server.core_process.scheduler import Batch, Job, Scheduler, SchedulingError, SteerRun
+
+if TYPE_CHECKING:
+    from server.core_process.cap import CapTuner
 
 log = logging.getLogger("flowmap.server")
 
@@ -131,6 +134,7 @@ class EngineCore:
         self._stats: list[IterationStats] = []
         # (rows, start, network call seconds) of the iteration just run
         self._last: tuple[int, float, float] | None = None
+        self.last_call = 0.0  # seconds of the last network call (the executor), for the warm-up's timing
         self.tuner: CapTuner | None = None  # re-decides scheduler.max_batch from served iterations (build.py)
 
     @property
@@ -203,7 +207,7 @@ class EngineCore:
             self._stats.append(self._record(plan, self.clock() - t0, ok=False))
         else:
             dt = self.clock() - t0
-            self._last = (plan.rows, start, dt)
+            self._last, self.last_call = (plan.rows, start, dt), dt
             self.scheduler.update(plan, x_next, self.clock())
             self._stats.append(self._record(plan, dt, ok=True))
         if emit:
@@ -221,6 +225,9 @@ class EngineCore:
             self._last = None
             cap = self.tuner.observe(rows, call, now - start) if self.tuner is not None else None
             if cap is not None:
+                self.scheduler.observe(
+                    cap, self.tuner.served_costs()[self.tuner.bucket(cap)]
+                )  # a first guess
                 log.info(
                     "model %s: batches up to %d rows now (served ms per iteration by rows: %s)",
                     self.name,

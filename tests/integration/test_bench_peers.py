@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -137,8 +138,6 @@ def test_ab_loads_two_servers_in_turn_and_reads_their_caps(capsys, tmp_path):
     assert ab.main([*args, *flags, "--warm-seconds", "0.5", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "| 1 |" in text and "| 2 |" in text and "B / A:" in text, text
-    import json
-
     rounds = json.loads(out.read_text())["rounds"]
     assert len(rounds) == 2 and all(r["A"]["ok"] > 0 and r["B"]["ok"] > 0 for r in rounds)
     assert all(r["B"]["cap"] == 32 and r["A"]["cap"] >= 8 for r in rounds)
