@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = [one_round(r, servers, a) for r in range(a.rounds)]
         summary(rows)
     finally:
-        for srv in servers.values():
+        for name, srv in servers.items():
+            changes = [ln for ln in srv.stderr_tail(1_000_000).splitlines() if "batches up to" in ln]
+            print(f"{name}'s batch caps:" + "".join(f"\n  {ln}" for ln in changes))
             srv.stop()
     if a.json:
         with open(a.json, "w") as f:

@@ -36,7 +36,7 @@ FLAGS = {
     "--batch-retune": (
         "batch_retune",
         int,
-        "re-decide the batch cap from served iterations every N busy ones (default 200; 0: start-up's)",
+        "re-decide the batch cap from served iterations every N busy ones (default 500; 0: start-up's)",
     ),
     "--max-queue": ("max_queue", int, "most waiting requests per model before 429 (default 256)"),
     "--max-queue-ms": (

@@ -60,7 +60,7 @@ class ServerSettings(BaseSettings):
         "to max_batch_size.",
     )
     batch_retune: int = Field(
-        default=200,
+        default=500,
         ge=0,
         le=1_000_000,
         description="Re-decide the batch cap while serving, every this many busy iterations, from what the "

@@ -47,9 +47,9 @@ class CapTuner:
         idle: dict[int, float],
         share: float,
         cap: int,
-        every: int = 200,
+        every: int = 500,
         alpha: float = 0.05,
-        hysteresis: float = 0.03,
+        hysteresis: float = 0.05,
     ):
         if not idle or min(idle.values()) <= 0:
             raise ValueError(f"idle call costs must be positive seconds by rows, not {idle}")
