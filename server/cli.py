@@ -33,10 +33,11 @@ FLAGS = {
         "fill batches up to the smallest size reaching this share of the best rows/s measured at start "
         "(default 0.9; 0: up to --max-batch-size)",
     ),
-    "--batch-retune": (
-        "batch_retune",
-        int,
-        "re-decide the batch cap from served iterations every N busy ones (default 500; 0: start-up's)",
+    "--batch-free-ms": (
+        "batch_free_ms",
+        float,
+        "with --batch-knee, also fill batches up to the largest whose step took at most this long at "
+        "start (default 10; 0: the knee alone)",
     ),
     "--max-queue": ("max_queue", int, "most waiting requests per model before 429 (default 256)"),
     "--max-queue-ms": (

@@ -55,7 +55,6 @@ class Metrics:
 
     def __init__(self):
         self.registry = r = CollectorRegistry()
-        self._caps: dict[str, int] = {}  # the batch cap last set, by model (set only when it changes)
         model = ["model"]
         hist = lambda name, doc, labels, buckets: Histogram(name, doc, labels, buckets=buckets, registry=r)
         count = lambda name, doc, labels: Counter(name, doc, labels, registry=r)
@@ -106,9 +105,9 @@ class Metrics:
         )
         self.batch_cap = gauge(
             "flowmap_batch_cap_rows",
-            "Most network rows the scheduler puts in one call (--batch-knee, --batch-retune)",
+            "Most network rows the scheduler puts in one call (--batch-knee, measured at start-up)",
             model,
-            "livemax",  # a restarted core may choose another cap: only live processes count
+            "livemax",  # a restarted core may measure another cap: only live processes count
         )
         self.cores_up = gauge("flowmap_engine_cores_up", "Engine cores loaded and serving", [], "max")
         build = ["version", "torch", "python", "engine", "kernels"]
@@ -123,7 +122,6 @@ class Metrics:
         self.info.labels(version, torch_version, platform.python_version(), engine, kernels).set(1)
 
     def batch_rows(self, model: str, rows: int) -> None:
-        self._caps[model] = rows
         self.batch_cap.labels(model).set(rows)
 
     def iteration(self, s: IterationStats) -> None:
@@ -134,9 +132,6 @@ class Metrics:
         self.in_flight.labels(s.model).set(s.in_flight)
         self.depth.labels(s.model).set(s.queue_depth)
         self.depth_seconds.labels(s.model).set(s.queue_seconds)
-        if s.batch_cap and s.batch_cap != self._caps.get(s.model):
-            self._caps[s.model] = s.batch_cap
-            self.batch_cap.labels(s.model).set(s.batch_cap)
         if s.dropped:
             self.dropped.labels(s.model).inc(s.dropped)
         if not s.ok:

@@ -59,13 +59,14 @@ class ServerSettings(BaseSettings):
         "little throughput; requests past it wait in the queue, bounded by max_queue_ms). 0: always fill up "
         "to max_batch_size.",
     )
-    batch_retune: int = Field(
-        default=500,
+    batch_free_ms: float = Field(
+        default=10.0,
         ge=0,
-        le=1_000_000,
-        description="Re-decide the batch cap while serving, every this many busy iterations, from what the "
-        "served iterations cost, call and the rest (server.core_process.cap; CPU devices, batch_knee > 0). "
-        "0: keep the start-up cap.",
+        le=10_000,
+        description="With batch_knee > 0, batches also fill up to the largest size whose step the start-up "
+        "timed at most this long, if the knee is smaller: a step that short costs a request nothing it "
+        "notices, and served iterations pay per-iteration costs the idle timing leaves out (digits: 128 "
+        "rows, where the knee wavered between 16 and 64 from one start to the next). 0: the knee alone.",
     )
     max_queue: int = Field(
         default=256,

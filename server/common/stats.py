@@ -20,7 +20,6 @@ class IterationStats:
     ok: bool = True
     queue_seconds: float = 0.0  # predicted wait of a request arriving now (the work queued ahead of it)
     dropped: int = 0  # rows of requests ended early (cancelled, expired) dropped before this call
-    batch_cap: int = 0  # the scheduler's batch cap after this call (server.core_process.cap)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ from server.common.estimator import CallTimer
 from server.common.settings import ServerSettings
 from server.common.spec import SAMPLERS, ModelSpec, is_image
 from server.core_process import admission
-from server.core_process.cap import CapTuner
 from server.core_process.engine_core import EngineCore, Executor
 from server.core_process.scheduler import Job, Scheduler
 
@@ -215,13 +214,11 @@ def warm_up(core: EngineCore, model: Model, settings: ServerSettings) -> dict[in
         per = lambda c: ", ".join(f"{b}: {1e3 * t:.1f}" for b, t in c.items())
         timed = "; ".join(f"{n}: {per(c)}" for n, c in engine.costs.items())
         log.info("model %s: %s (ms per call by rows: %s)", model.name, engine.precision(), timed)
-    runs = {n: calibrate(core, model, n) for n in buckets_for(settings.max_batch_size)}
-    costs = {n: t for n, (t, _) in runs.items()}
+    costs = {n: calibrate(core, model, n) for n in buckets_for(settings.max_batch_size)}
     if settings.batch_knee > 0:
-        core.scheduler.max_batch = admission.batch_cap(costs, settings.batch_knee)
-        if settings.batch_retune > 0 and core.device.type == "cpu":  # a CUDA call is timed unsynced
-            calls = {n: c for n, (_, c) in runs.items()}
-            core.tuner = CapTuner(calls, settings.batch_knee, core.scheduler.max_batch, settings.batch_retune)
+        core.scheduler.max_batch = admission.batch_cap(
+            costs, settings.batch_knee, free=settings.batch_free_ms / 1000
+        )
     log.info(
         "model %s: batches up to %d rows (ms per step by rows: %s)",
         model.name,
@@ -231,24 +228,21 @@ def warm_up(core: EngineCore, model: Model, settings: ServerSettings) -> dict[in
     return costs
 
 
-def calibrate(
-    core: EngineCore, model: Model, n: int, reps: int = 3, long: float = 0.25
-) -> tuple[float, float]:
-    """Seconds of one iteration of `n` rows through the core and of its network call alone, each the best
-    of `reps` (one when an iteration takes over `long` seconds: the noise is small against it, and the
-    warm-up stays short)."""
-    best = call = float("inf")
+def calibrate(core: EngineCore, model: Model, n: int, reps: int = 3, long: float = 0.25) -> float:
+    """Seconds of one iteration of `n` rows through the core, the best of `reps` (one when a call takes
+    over `long` seconds: the noise is small against it, and the warm-up stays short)."""
+    best = float("inf")
     for _ in range(reps):
         job = Job(noise=make_noise(n, model.shape, 0, core.device), labels=[0] * n, steps=1)
         t0 = core.clock()
         core.submit(job)
         core.run_until_idle()
         sync(core.device)
-        best, call = min(best, core.clock() - t0), min(call, core.last_call)
+        best = min(best, core.clock() - t0)
         if job.error is not None:
             raise RuntimeError(f"warm-up batch of {n} failed: {job.error!r}") from job.error
         if not bool(torch.isfinite(job.result).all()):
             raise RuntimeError(f"warm-up batch of {n} gave non-finite samples")
         if best > long:
             break
-    return best, call
+    return best

@@ -11,7 +11,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -22,9 +21,6 @@ from flowmap.steering import resample_keyed
 from server.common.stats import IterationStats
 from server.core_process import admission, ops
 from server.core_process.scheduler import Batch, Job, Scheduler, SchedulingError, SteerRun
-
-if TYPE_CHECKING:
-    from server.core_process.cap import CapTuner
 
 log = logging.getLogger("flowmap.server")
 
@@ -132,10 +128,7 @@ class EngineCore:
         self.max_queue = max_queue  # seconds: the longest predicted queue wait a new request is given
         scheduler.queue_bound = max_queue  # "auto" steps shrink as the queue nears it (demand.py)
         self._stats: list[IterationStats] = []
-        # (rows, start, network call seconds) of the iteration just run
-        self._last: tuple[int, float, float] | None = None
-        self.last_call = 0.0  # seconds of the last network call (the executor), for the warm-up's timing
-        self.tuner: CapTuner | None = None  # re-decides scheduler.max_batch from served iterations (build.py)
+        self._last: tuple[int, float] | None = None  # (rows, start) of the iteration just run
 
     @property
     def device(self) -> torch.device:
@@ -207,7 +200,7 @@ class EngineCore:
             self._stats.append(self._record(plan, self.clock() - t0, ok=False))
         else:
             dt = self.clock() - t0
-            self._last, self.last_call = (plan.rows, start, dt), dt
+            self._last = (plan.rows, start)
             self.scheduler.update(plan, x_next, self.clock())
             self._stats.append(self._record(plan, dt, ok=True))
         if emit:
@@ -220,21 +213,9 @@ class EngineCore:
         step (a step's real cost to the requests in flight; the network call alone is about half of it on
         CPU). The caller steps again at once after a batch, so the period holds no idle wait."""
         if self._last is not None:
-            rows, start, call = self._last
+            rows, start = self._last
             self.scheduler.observe(rows, now - start)
             self._last = None
-            cap = self.tuner.observe(rows, call, now - start) if self.tuner is not None else None
-            if cap is not None:
-                self.scheduler.observe(
-                    cap, self.tuner.served_costs()[self.tuner.bucket(cap)]
-                )  # a first guess
-                log.info(
-                    "model %s: batches up to %d rows now (served ms per iteration by rows: %s)",
-                    self.name,
-                    cap,
-                    ", ".join(f"{b}: {1e3 * t:.1f}" for b, t in self.tuner.served_costs().items()),
-                )
-                self.scheduler.max_batch = cap
 
     def run_until_idle(self, limit: int = 1_000_000) -> None:
         """Step until nothing is queued or in flight (warm-up, tests); waits out batching windows."""
@@ -257,7 +238,6 @@ class EngineCore:
             ok=ok,
             queue_seconds=admission.wait_seconds(self.scheduler),
             dropped=self.scheduler.take_dropped(),
-            batch_cap=self.scheduler.max_batch,
         )
 
     def emit(self) -> None:

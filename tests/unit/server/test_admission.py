@@ -251,6 +251,21 @@ def test_batch_cap_never_splits_an_8_sample_request():
     assert admission.batch_cap({1: 0.001, 2: 0.0015, 4: 0.0025}, 0.9) == 4
 
 
+def test_batches_whose_step_is_short_are_filled_whatever_the_knee():
+    """digits (one start's idle costs): 16 rows reach 90% of the best rows/s, so the knee alone caps there,
+    but 128 rows still step in 8 ms: with `free` 10 ms the cap is 128. mnist's 8 rows take 23-32 ms, so
+    nothing below the knee is free and its cap stays 8; a free bound below every step changes nothing."""
+    ms = {1: 0.8, 2: 0.8, 4: 0.5, 8: 0.7, 16: 1.1, 32: 2.4, 64: 4.5, 128: 8.6}
+    digits = {r: t / 1e3 for r, t in ms.items()}
+    assert admission.batch_cap(digits, 0.9) == 16
+    assert admission.batch_cap(digits, 0.9, free=0.010) == 128
+    assert admission.batch_cap(digits, 0.9, free=0.005) == 64
+    ms = {1: 6.5, 2: 9.4, 4: 17.1, 8: 32.0, 16: 61.6, 32: 125.9}
+    mnist = {r: t / 1e3 for r, t in ms.items()}
+    assert admission.batch_cap(mnist, 0.9, free=0.010) == admission.batch_cap(mnist, 0.9) == 8
+    assert admission.batch_cap(mnist, 0.9, free=0.0005) == 8
+
+
 @pytest.mark.parametrize("knee, cap", [(0.9, 32), (0.0, 64)])
 def test_warm_up_times_every_batch_size_and_fills_batches_only_while_they_pay(knee, cap):
     """A call of r rows costs 4 ms + 1 ms per row on a fake clock: the warm-up measures it at every bucket,
