@@ -4,7 +4,7 @@ Both servers stay up for the whole run and are loaded one at a time (wrk, closed
 A, B, B, A, ... so drift in the machine's speed hits both alike; each round prints both and their ratio,
 then the ranges. Each server's `flowmap_batch_cap_rows` is read after every round.
 
-    python -m loadtests.ab --model digits --workload b --b-args "--batch-retune 0" --rounds 6 --seconds 5
+    python -m loadtests.ab --model digits --workload b --b-args "--batch-free-ms 0" --rounds 6 --seconds 5
 
 Workloads are loadtests.peer_table's (a: 1x1, b: 8x2, c: 1x4, d: mixed 1-4 steps x1, e: mixed x8).
 """
