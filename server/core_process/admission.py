@@ -92,7 +92,7 @@ def batch_cap(costs: dict[int, float], share: float, floor: int = CAP_FLOOR, fre
     per second reach `share` of the best measured (costs: seconds of one iteration by rows), or the largest
     whose iteration takes at most `free` seconds if that is larger (a step that short costs a request
     nothing it notices, and where calls are that short the idle timing undervalues big batches: served,
-    every iteration also pays for receiving, retiring and sending, so on digits 128 rows served 6-17% more
+    every iteration also pays for receiving, retiring and sending, so on digits 128 rows served 4-17% more
     8x2 requests than 64 where the idle costs said 6%, and the knee, within a few percent of its edge
     from 16 to 128 rows, chose 16, 32 or 64 from one start to the next). Past it a
     bigger batch buys little throughput and makes every row in it slower: at 28x28 on a CPU a call's time
