@@ -20,7 +20,7 @@ import sys
 import httpx
 
 from loadtests import wrkload
-from loadtests.peer_table import WORKLOADS, bodies
+from loadtests.peer_table import WORKLOADS, bodies, span
 from loadtests.procs import Proc, free_port
 
 CAP = re.compile(r'^flowmap_batch_cap_rows\{[^}]*model="([^"]+)"[^}]*\}\s+(\S+)', re.M)
@@ -38,18 +38,13 @@ def batch_cap(url: str, model: str) -> int | None:
     return int(caps[model]) if model in caps else None
 
 
-def span(values: list[float], fmt: str = ".0f") -> str:
-    lo, hi = min(values), max(values)
-    return f"{lo:{fmt}}" if f"{lo:{fmt}}" == f"{hi:{fmt}}" else f"{lo:{fmt}}-{hi:{fmt}}"
-
-
-def one_round(r: int, servers: dict[str, Proc], a: argparse.Namespace) -> dict:
+def one_round(r: int, servers: dict[str, Proc], requests: list[dict], a: argparse.Namespace) -> dict:
     """Round r: each server loaded in turn (A first on even rounds); their loads and caps, one table row."""
     order = ("A", "B") if r % 2 == 0 else ("B", "A")
     res = {}
     for name in order:
         srv = servers[name]
-        load = wrkload.run(srv.port, "/v1/generate", bodies(a.workload), a.connections, a.seconds)
+        load = wrkload.run(srv.port, "/v1/generate", requests, a.connections, a.seconds)
         res[name] = {**load.as_dict(), "cap": batch_cap(srv.url, a.model)}
         if load.errors:  # non-2xx answers or socket errors: not what the ratio compares
             print(f"round {r + 1}, {name}: errors {load.errors}", file=sys.stderr)
@@ -84,16 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     if a.rounds < 1 or a.seconds <= 0 or a.connections < 1:
         p.error("--rounds, --seconds and --connections must be positive")
     servers: dict[str, Proc] = {}
+    requests = bodies(a.workload)
     try:
         for name, flags in (("A", a.a_args), ("B", a.b_args)):
             servers[name] = start(a.model, shlex.split(flags))
         for srv in servers.values():
-            wrkload.run(srv.port, "/v1/generate", bodies(a.workload), a.connections, a.warm_seconds)
+            wrkload.run(srv.port, "/v1/generate", requests, a.connections, a.warm_seconds)
         print(f"{a.model}, {WORKLOADS[a.workload][0]}, wrk -c{a.connections} {a.seconds:g} s per turn")
         print(f"A: {a.a_args or '(defaults)'}\nB: {a.b_args or '(defaults)'}")
         print("| round | A req/s | A p99 ms | A cap | B req/s | B p99 ms | B cap | B / A |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-        rows = [one_round(r, servers, a) for r in range(a.rounds)]
+        rows = [one_round(r, servers, requests, a) for r in range(a.rounds)]
         summary(rows)
     finally:
         for name, srv in servers.items():

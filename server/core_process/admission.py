@@ -105,7 +105,7 @@ def batch_cap(costs: dict[int, float], share: float, floor: int = CAP_FLOOR, fre
     best = max(rate.values())
     least = min(floor, max(rate))
     knee = min(rows for rows, r in rate.items() if r >= share * best and rows >= least)
-    return max([knee, *(rows for rows, t in costs.items() if 0 < rows and t <= free)])
+    return max([knee, *(rows for rows in rate if costs[rows] <= free)])
 
 
 def retry_after(excess: float) -> float:
