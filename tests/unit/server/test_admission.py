@@ -288,6 +288,22 @@ def test_warm_up_times_every_batch_size_and_fills_batches_only_while_they_pay(kn
     assert sched.next_batch(clock[0]).rows == cap
 
 
+def test_warm_up_passes_the_free_bound_to_the_cap():
+    """The same 4 ms + 1 ms per row engine: the knee alone caps at 32 rows; with --batch-free-ms 70 the
+    64-row step (68 ms) counts as free, so the warm-up fills 64."""
+    clock = [0.0]
+
+    class Linear(FakeEngine):
+        def __call__(self, x, s, t, y):
+            clock[0] += 0.004 + 0.001 * len(x)
+            return super().__call__(x, s, t, y)
+
+    sched = Scheduler(64, 10_000, 0.0, 4)
+    core = EngineCore("m", sched, Executor(Linear(), C, conditional=True), clock=lambda: clock[0])
+    warm_up(core, SimpleNamespace(name="m", shape=SHAPE), ServerSettings(max_batch_size=64, batch_free_ms=70))
+    assert sched.max_batch == 64
+
+
 @pytest.mark.parametrize("rate, mean", [(5, 4.0), (25, 3.45), (50, 1.72), (200, 1.0)])
 def test_auto_takes_the_steps_the_arrivals_can_afford(rate, mean):
     """8-row "auto" requests at `rate` per second on an engine making 800 row-steps per second (8 rows
