@@ -292,30 +292,48 @@ def _teacher_field(teacher, y: Tensor | None, guidance: float, null: int):
 @dataclass
 class Distill:
     """distill (direct regression, as in flow map matching, Boffi et al. 2024): X_{s,t}(x_s) ~
-    X^teacher_{s,t}(x_s) by Heun on the teacher ODE, in u units; diagonal pairs learn the teacher velocity."""
+    X^teacher_{s,t}(x_s) by Heun on the teacher ODE, in u units; diagonal pairs learn the teacher velocity.
+
+    The solve takes `ode_steps` Heun steps per pair or, with `ode_dt` > 0, steps no longer than `ode_dt`
+    (ceil((s - t) / ode_dt) of them): a short segment then costs as little as its length asks."""
 
     interpolant: object = field(default_factory=Linear)
     time: TimeSampler = field(default_factory=lambda: TimeSampler(diagonal=0.25))
     label_dropout: float = 0.1
     ode_steps: int = 8
+    ode_dt: float = 0.0
     guidance: float = 1.0
     uses: ClassVar[tuple[str, ...]] = ("teacher",)
+
+    def __post_init__(self):
+        if self.ode_steps < 1 or not 0.0 <= self.ode_dt <= 1.0:
+            raise ValueError(
+                f"ode_steps must be >= 1 and ode_dt in [0, 1], got {self.ode_steps}, {self.ode_dt}"
+            )
 
     def __call__(self, net, x0: Tensor, y: Tensor | None = None, *, teacher) -> Tensor:
         s, t = self.time(x0.shape[0], x0.device)
         x_s, _ = interpolate(self.interpolant, x0, torch.randn_like(x0), s)
         y = drop_labels(y, self.label_dropout, getattr(net, "num_classes", 0))
-        b = _teacher_field(teacher, y, self.guidance, getattr(net, "num_classes", 0))
-        jump = (s - t) > 1e-4
-        x_t = x_s.clone()  # the teacher ODE only on the rows that jump: diagonal rows need b(x_s, s) alone
-        if jump.any():
-            idx = jump.nonzero().squeeze(1)
-            y_j = None if y is None else y[idx]
-            b_j = _teacher_field(teacher, y_j, self.guidance, getattr(net, "num_classes", 0))
-            x_t[idx] = heun_solve(b_j, x_s[idx], s[idx], t[idx], self.ode_steps).to(x_t.dtype)
-        gap = torch.where(jump, t - s, -torch.ones_like(s))
-        target = torch.where(expand(jump, x_s), (x_t - x_s) / expand(gap, x_s), b(x_s, s))
+        jump, steps = (s - t) > 1e-4, self.solve_steps(s - t)
+        target = torch.empty_like(x_s)
+        for k in [0] + steps[jump].unique().tolist():  # 0: the diagonal rows; then one solve per step count
+            idx = ((~jump) if k == 0 else (jump & (steps == k))).nonzero().squeeze(1)
+            if len(idx) == 0:
+                continue
+            b = _teacher_field(
+                teacher, None if y is None else y[idx], self.guidance, getattr(net, "num_classes", 0)
+            )
+            x, a, z = x_s[idx], s[idx], t[idx]
+            u = b(x, a) if k == 0 else (heun_solve(b, x, a, z, int(k)) - x) / expand(z - a, x)
+            target[idx] = u.to(target.dtype)
         return sqnorm(net(x_s, s, t, y) - target)
+
+    def solve_steps(self, length: Tensor) -> Tensor:
+        """Heun steps of the teacher solve per pair of this segment length."""
+        if self.ode_dt == 0.0:
+            return torch.full_like(length, self.ode_steps, dtype=torch.long)
+        return torch.ceil(length / self.ode_dt - 1e-4).clamp_min(1).long()
 
 
 @dataclass

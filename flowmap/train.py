@@ -62,6 +62,7 @@ class TrainConfig:
     labels: str = "use"  # use, or drop: train an unconditional model on labelled data (same split)
     guidance: float = 1.0  # guidance scale baked into training (esd, cd, distill, lmd, emd)
     teacher: str | None = None  # teacher checkpoint for cd, distill, lmd, emd
+    teacher_dt: float = 0.0  # distill: the teacher solve's longest Heun step; 0: 8 Heun steps per pair
     init: str | None = None  # start from this checkpoint's weights (a second stage, e.g. esd then esdt)
     threads: int = 1
     precision: str = "fp32"  # fp32, or bf16 (autocast; esd JVP targets on a bf16 copy, lsd JVP in fp32)
@@ -106,6 +107,12 @@ def build_loss(cfg: TrainConfig):
         if not hasattr(default, "guidance"):
             raise ValueError(f"method {cfg.method!r} does not support --guidance (baked-in guidance)")
         kwargs["guidance"] = cfg.guidance
+    if cfg.teacher_dt:
+        if not hasattr(default, "ode_dt"):
+            raise ValueError(
+                f"method {cfg.method!r} does not solve the teacher ODE; drop --teacher-dt (distill)"
+            )
+        kwargs["ode_dt"] = cfg.teacher_dt
     return make_loss(cfg.method, **kwargs)
 
 

@@ -14,7 +14,7 @@ from flowmap.data import gmm8_exact_flow, gmm8_variance_trace
 from flowmap.nets import build_net
 from flowmap.samplers import sample_flowmap, sample_heun, uniform_grid
 from flowmap.teacher import TeacherError
-from flowmap.train import TrainConfig, TrainingError, train
+from flowmap.train import TrainConfig, TrainingError, build_loss, train
 
 torch.set_num_threads(1)
 SMALL = dict(data="gmm8", width=64, depth=2, batch_size=256, lr=2e-3, ema=0.95, warmup=20, ckpt_every=10**6)
@@ -102,6 +102,9 @@ def test_teacher_errors_are_clear(tmp_path, teacher):
         )
     with pytest.raises(ValueError, match="unknown method"):
         train(TrainConfig(method="nope", steps=2, out=str(tmp_path / "e.safetensors"), **SMALL))
+    with pytest.raises(ValueError, match="drop --teacher-dt"):
+        build_loss(TrainConfig(method="cd", teacher_dt=0.125, out=str(tmp_path / "f.safetensors"), **SMALL))
+    assert build_loss(TrainConfig(method="distill", teacher_dt=0.125, out="g", **SMALL)).ode_dt == 0.125
     assert not any((tmp_path / n).exists() for n in ("a.safetensors", "b.safetensors", "c.safetensors"))
 
 
