@@ -18,7 +18,7 @@ from torch import Tensor
 
 from flowmap.guidance import cfg_mix
 from flowmap.interpolants import Linear, expand, interpolate
-from flowmap.teacher import heun_solve, teacher_velocity
+from flowmap.teacher import heun_solve, heun_solve_rows, teacher_velocity
 from flowmap.timesamplers import TimeSampler
 
 
@@ -306,27 +306,28 @@ class Distill:
     uses: ClassVar[tuple[str, ...]] = ("teacher",)
 
     def __post_init__(self):
-        if self.ode_steps < 1 or not 0.0 <= self.ode_dt <= 1.0:
+        if self.ode_steps < 1:
+            raise ValueError(f"ode_steps must be >= 1, got {self.ode_steps}")
+        if not 0.0 <= self.ode_dt <= 1.0:
             raise ValueError(
-                f"ode_steps must be >= 1 and ode_dt in [0, 1], got {self.ode_steps}, {self.ode_dt}"
+                f"ode_dt (--teacher-dt) must be in [0, 1] (0: ode_steps per pair), got {self.ode_dt}"
             )
 
     def __call__(self, net, x0: Tensor, y: Tensor | None = None, *, teacher) -> Tensor:
         s, t = self.time(x0.shape[0], x0.device)
         x_s, _ = interpolate(self.interpolant, x0, torch.randn_like(x0), s)
         y = drop_labels(y, self.label_dropout, getattr(net, "num_classes", 0))
-        jump, steps = (s - t) > 1e-4, self.solve_steps(s - t)
-        target = torch.empty_like(x_s)
-        for k in [0] + steps[jump].unique().tolist():  # 0: the diagonal rows; then one solve per step count
-            idx = ((~jump) if k == 0 else (jump & (steps == k))).nonzero().squeeze(1)
-            if len(idx) == 0:
-                continue
-            b = _teacher_field(
-                teacher, None if y is None else y[idx], self.guidance, getattr(net, "num_classes", 0)
-            )
-            x, a, z = x_s[idx], s[idx], t[idx]
-            u = b(x, a) if k == 0 else (heun_solve(b, x, a, z, int(k)) - x) / expand(z - a, x)
-            target[idx] = u.to(target.dtype)
+        null = getattr(net, "num_classes", 0)
+        velocity = lambda rows: _teacher_field(teacher, None if y is None else y[rows], self.guidance, null)  # noqa: E731
+        jump, target = (s - t) > 1e-4, torch.empty_like(x_s)
+        rows = (~jump).nonzero().squeeze(1)  # diagonal rows need b(x_s, s) alone
+        if len(rows):
+            target[rows] = velocity(rows)(x_s[rows], s[rows]).to(target.dtype)
+        rows = jump.nonzero().squeeze(1)
+        if len(rows):
+            x, a, z = x_s[rows], s[rows], t[rows]
+            x_t = heun_solve_rows(lambda r: velocity(rows[r]), x, a, z, self.solve_steps(a - z))
+            target[rows] = ((x_t - x) / expand(z - a, x)).to(target.dtype)
         return sqnorm(net(x_s, s, t, y) - target)
 
     def solve_steps(self, length: Tensor) -> Tensor:

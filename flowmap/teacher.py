@@ -65,3 +65,22 @@ def heun_solve(b: Callable[[Tensor, Tensor], Tensor], x: Tensor, s: Tensor, t: T
         x = x + expand(h, x) * 0.5 * (d1 + d2)
         tau = tau + h
     return x
+
+
+@torch.no_grad()
+def heun_solve_rows(
+    field: Callable[[Tensor], Callable], x: Tensor, s: Tensor, t: Tensor, steps: Tensor
+) -> Tensor:
+    """heun_solve with a step count per row (steps: [B] >= 1): row i takes steps[i] equal steps from s[i]
+    to t[i]. At step j the rows still stepping (steps > j) are evaluated together, so the teacher runs
+    2 * max(steps) calls whatever the mix. field(rows) is the velocity b(x, tau) of those rows (their
+    labels)."""
+    h, tau, x = (t - s) / steps.to(s.dtype), s.clone(), x.clone()
+    for j in range(int(steps.max())):
+        rows = (steps > j).nonzero().squeeze(1)
+        b, xr, tr, hr = field(rows), x[rows], tau[rows], h[rows]
+        d1 = b(xr, tr)
+        d2 = b(xr + expand(hr, xr) * d1, tr + hr)
+        x[rows] = (xr + expand(hr, xr) * 0.5 * (d1 + d2)).to(x.dtype)
+        tau[rows] = tr + hr
+    return x

@@ -62,7 +62,7 @@ class TrainConfig:
     labels: str = "use"  # use, or drop: train an unconditional model on labelled data (same split)
     guidance: float = 1.0  # guidance scale baked into training (esd, cd, distill, lmd, emd)
     teacher: str | None = None  # teacher checkpoint for cd, distill, lmd, emd
-    teacher_dt: float = 0.0  # distill: the teacher solve's longest Heun step; 0: 8 Heun steps per pair
+    teacher_dt: float = 0.0  # distill: the teacher solve's longest Heun step; 0: a fixed count per pair
     init: str | None = None  # start from this checkpoint's weights (a second stage, e.g. esd then esdt)
     threads: int = 1
     precision: str = "fp32"  # fp32, or bf16 (autocast; esd JVP targets on a bf16 copy, lsd JVP in fp32)
@@ -78,6 +78,10 @@ class TrainConfig:
             raise ValueError(f"labels must be use or drop, got {self.labels!r}")
         if self.precision not in ("fp32", "bf16") or self.micro_batch < 0:
             raise ValueError(f"precision must be fp32 or bf16 (got {self.precision!r}), micro_batch >= 0")
+        if not 0.0 <= self.teacher_dt <= 1.0:
+            raise ValueError(
+                f"teacher_dt must be in [0, 1] (0: the method's fixed step count), got {self.teacher_dt}"
+            )
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
 
