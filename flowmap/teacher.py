@@ -53,18 +53,9 @@ def teacher_velocity(
     return torch.where(keep, cfg_mix(u, u_null, guidance), u)
 
 
-@torch.no_grad()
 def heun_solve(b: Callable[[Tensor, Tensor], Tensor], x: Tensor, s: Tensor, t: Tensor, steps: int) -> Tensor:
     """Solve dx/dtau = b(x, tau) from tau = s to tau = t per sample (s, t: [B]) with `steps` Heun steps."""
-    h = (t - s) / steps  # [B]; zero where s == t
-    tau = s.clone()
-    for _ in range(steps):
-        d1 = b(x, tau)
-        x_pred = x + expand(h, x) * d1
-        d2 = b(x_pred, tau + h)
-        x = x + expand(h, x) * 0.5 * (d1 + d2)
-        tau = tau + h
-    return x
+    return heun_solve_rows(lambda rows: b, x, s, t, torch.full_like(s, steps, dtype=torch.long))
 
 
 @torch.no_grad()
@@ -76,7 +67,7 @@ def heun_solve_rows(
     2 * max(steps) calls whatever the mix. field(rows) is the velocity b(x, tau) of those rows (their
     labels)."""
     h, tau, x = (t - s) / steps.to(s.dtype), s.clone(), x.clone()
-    for j in range(int(steps.max())):
+    for j in range(int(steps.max()) if len(steps) else 0):
         rows = (steps > j).nonzero().squeeze(1)
         b, xr, tr, hr = field(rows), x[rows], tau[rows], h[rows]
         d1 = b(xr, tr)
