@@ -26,6 +26,7 @@ from server.api_process.client import CoreClient, watch_states
 from server.api_process.health import responder, serve_probes
 from server.api_process.limits import guarded_http
 from server.common.frames import core_path
+from server.common.heap import freeze_startup_heap
 from server.common.settings import ServerSettings
 
 log = logging.getLogger("flowmap.server")
@@ -88,6 +89,7 @@ def build(settings: ServerSettings, run_dir: str):
         for c in clients:
             c.start()
         feeds.append(watch_states(ctx, f"ipc://{run_dir}/state", service.on_states))
+        freeze_startup_heap()  # last: everything the app and its clients built lives as long as we do
 
     async def stop():
         for io in feeds:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
 import logging
 import math
@@ -33,6 +32,7 @@ from server.common import messages as m
 from server.common import ranges
 from server.common import steer as steering
 from server.common.frames import MAX_FRAME, core_path
+from server.common.heap import freeze_startup_heap
 from server.common.settings import ServerSettings
 from server.common.spec import rows_per_sample
 from server.common.steer import SteerParams
@@ -298,8 +298,7 @@ def serve(index: int, spec: str, run_dir: str, settings: ServerSettings, parent:
         control.send(m.encode(m.Fatal(index=index, message=msg, code=2 if user else 1)))
         control.close()
         return 2 if user else 1
-    gc.collect()
-    gc.freeze()  # full collections would walk torch's ~10^6 startup objects under load (200+ ms stalls)
+    freeze_startup_heap()
     control.send(m.encode(m.Ready(index=index, pid=os.getpid(), info=served)))
     log.info("model %s ready (%s on %s)", served.name, served.engine, served.device)
     server = CoreServer(core, model, settings, link)
