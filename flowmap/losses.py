@@ -316,8 +316,8 @@ class Distill:
     def __call__(self, net, x0: Tensor, y: Tensor | None = None, *, teacher) -> Tensor:
         s, t = self.time(x0.shape[0], x0.device)
         x_s, _ = interpolate(self.interpolant, x0, torch.randn_like(x0), s)
-        y = drop_labels(y, self.label_dropout, getattr(net, "num_classes", 0))
         null = getattr(net, "num_classes", 0)
+        y = drop_labels(y, self.label_dropout, null)
         velocity = lambda rows: _teacher_field(teacher, None if y is None else y[rows], self.guidance, null)  # noqa: E731
         jump, target = (s - t) > 1e-4, torch.empty_like(x_s)
         rows = (~jump).nonzero().squeeze(1)  # diagonal rows need b(x_s, s) alone

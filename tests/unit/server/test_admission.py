@@ -266,10 +266,9 @@ def test_batches_whose_step_is_short_are_filled_whatever_the_knee():
     assert admission.batch_cap(mnist, 0.9, free=0.0005) == 8
 
 
-@pytest.mark.parametrize("knee, cap", [(0.9, 32), (0.0, 64)])
-def test_warm_up_times_every_batch_size_and_fills_batches_only_while_they_pay(knee, cap):
-    """A call of r rows costs 4 ms + 1 ms per row on a fake clock: the warm-up measures it at every bucket,
-    the scheduler then fills at most 32 rows (of 64 allowed) and a flood waits for its turn instead."""
+def linear_core():
+    """(scheduler, core, clock) of a 64-row core whose call of r rows costs 4 ms + 1 ms per row on a fake
+    clock (clock[0], seconds)."""
     clock = [0.0]
 
     class Linear(FakeEngine):
@@ -278,7 +277,18 @@ def test_warm_up_times_every_batch_size_and_fills_batches_only_while_they_pay(kn
             return super().__call__(x, s, t, y)
 
     sched = Scheduler(64, 10_000, 0.0, 4)
-    core = EngineCore("m", sched, Executor(Linear(), C, conditional=True), clock=lambda: clock[0])
+    return (
+        sched,
+        EngineCore("m", sched, Executor(Linear(), C, conditional=True), clock=lambda: clock[0]),
+        clock,
+    )
+
+
+@pytest.mark.parametrize("knee, cap", [(0.9, 32), (0.0, 64)])
+def test_warm_up_times_every_batch_size_and_fills_batches_only_while_they_pay(knee, cap):
+    """A call of r rows costs 4 ms + 1 ms per row on a fake clock: the warm-up measures it at every bucket,
+    the scheduler then fills at most 32 rows (of 64 allowed) and a flood waits for its turn instead."""
+    sched, core, clock = linear_core()
     settings = ServerSettings(max_batch_size=64, batch_knee=knee)
     costs = warm_up(core, SimpleNamespace(name="m", shape=SHAPE), settings)
     assert sorted(costs) == [1, 2, 4, 8, 16, 32, 64] and costs[32] == pytest.approx(0.036)
@@ -291,15 +301,7 @@ def test_warm_up_times_every_batch_size_and_fills_batches_only_while_they_pay(kn
 def test_warm_up_passes_the_free_bound_to_the_cap():
     """The same 4 ms + 1 ms per row engine: the knee alone caps at 32 rows; with --batch-free-ms 70 the
     64-row step (68 ms) counts as free, so the warm-up fills 64."""
-    clock = [0.0]
-
-    class Linear(FakeEngine):
-        def __call__(self, x, s, t, y):
-            clock[0] += 0.004 + 0.001 * len(x)
-            return super().__call__(x, s, t, y)
-
-    sched = Scheduler(64, 10_000, 0.0, 4)
-    core = EngineCore("m", sched, Executor(Linear(), C, conditional=True), clock=lambda: clock[0])
+    sched, core, clock = linear_core()
     warm_up(core, SimpleNamespace(name="m", shape=SHAPE), ServerSettings(max_batch_size=64, batch_free_ms=70))
     assert sched.max_batch == 64
 
