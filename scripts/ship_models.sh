@@ -2,9 +2,9 @@
 # Re-make the shipped models with the commands README.md ("Shipped models") documents: one torch thread,
 # seeded, so the same software gives the same weights. Writes runs/ship/ (or $1); compare with
 # `flowmap eval`, then copy gmm8, digits, digits_uncond and mnist .safetensors into flowmap/assets/ to ship
-# them. `bash scripts/ship_models.sh runs/ship mnist` makes only mnist: its three stages train data-parallel
-# over NPROC processes of one thread each (default 2, `torchrun --standalone`; about 1.9 h on this 2-vCPU
-# box, 3.3 h with NPROC=1). The weights depend on NPROC (each rank draws its own part of the batch).
+# them. `bash scripts/ship_models.sh runs/ship mnist` makes only mnist: its two stages train data-parallel
+# over NPROC processes of one thread each (default 2, `torchrun --standalone`; about 2.1 h on this 2-vCPU
+# box). The weights depend on NPROC (each rank draws its own part of the batch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
@@ -14,25 +14,15 @@ NPROC=${NPROC:-2}
 OUT=${1:-runs/ship}
 ONLY=${2:-all}
 
-train_mnist() {  # one stage of the mnist recipe, data-parallel over NPROC one-thread processes
-  if [ "$NPROC" -gt 1 ]; then
-    "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node "$NPROC" -m flowmap train "$@"
-  else
-    $FLOWMAP train "$@"
-  fi
-}
-
-mnist() {
-  # mnist: multi-resolution U-Net (preset: width 32, mults 1,2,4, bf16 autocast, batch 128), esd, esdt, distill
-  train_mnist --data mnist --method esd --steps 2000 --lr 6e-4 --ckpt-every 250 \
-    --out "$OUT/mnist_esd.safetensors"
-  train_mnist --data mnist --method esdt --init "$OUT/mnist_esd.safetensors" --steps 300 --lr 2e-4 \
-    --ema 0.998 --guidance 1.5 --warmup 50 --ckpt-every 100 --out "$OUT/mnist_esdt.safetensors"
-  # then distil the served jumps (--time-dist grid: segments of 1-4 step schedules) from that model's own
-  # ODE (8 Heun steps per segment, guidance 1.25), starting from its weights
-  train_mnist --data mnist --method distill --teacher "$OUT/mnist_esdt.safetensors" \
-    --init "$OUT/mnist_esdt.safetensors" --time-dist grid --diagonal 0.1 --guidance 1.25 --batch-size 64 \
-    --steps 1200 --lr 3e-4 --warmup 50 --ema 0.998 --ckpt-every 100 --out "$OUT/mnist.safetensors"
+train_mnist() {
+  # mnist: multi-resolution U-Net (preset: width 32, mults 1,2,4, bf16 autocast, batch 128): an fm teacher,
+  train_mnist --data mnist --method fm --steps 4000 --lr 6e-4 --ckpt-every 500 --out "$OUT/mnist_fm.safetensors"
+  # then distil the served jumps (--time-dist grid: segments of 1-4 step schedules) from its ODE (Heun steps
+  # no longer than 1/8, guidance 1.25), starting from its weights
+  train_mnist --data mnist --method distill --teacher "$OUT/mnist_fm.safetensors" \
+    --init "$OUT/mnist_fm.safetensors" --time-dist grid --diagonal 0.1 --guidance 1.25 --batch-size 64 \
+    --steps 2500 --lr 3e-4 --warmup 50 --ema 0.998 --ckpt-every 100 --teacher-dt 0.125 \
+    --out "$OUT/mnist.safetensors"
   $FLOWMAP eval --model "$OUT/mnist.safetensors" --steps 1,2,4 --ode-steps 64
 }
 if [ "$ONLY" = mnist ]; then

@@ -59,14 +59,16 @@ def test_shipped_models_load_by_name_under_that_name():
 
 
 def test_mnist_one_step_samples_are_the_requested_class_and_not_copies():
-    """The shipped mnist (28x28) at 1 step: README measures 98.4% class accuracy and classifier FD 18.7 (its
-    own 64-step ODE: 19.5) on 1000 samples of seed 0; these bars (seed 321) leave room for seed noise."""
+    """The shipped mnist (28x28) at 1 step: README measures 99.4-99.9% class accuracy, classifier FD 12.7-14.4
+    and pixel FD 3.57-3.85 over seeds 0-3 (seed 321 here: 99.3%, 13.3, 3.82); the bars leave room for seed
+    noise and are issue 21's where it set one (class accuracy >= 97%)."""
     from flowmap.quality import score_images
 
     model = load_model("mnist")
     assert model.shape == [1, 28, 28] and model.num_classes == 10
     one = score_images(*_digits(model, 1), data="mnist")
-    assert one["class_acc"] >= 0.95 and one["fd"] <= 40 and one["fd_pixel"] <= 8, one
+    assert one["class_acc"] >= 0.97 and one["fd"] <= 20 and one["fd_pixel"] <= 4.5, one
+    assert one["recall"] >= 0.65 and one["diversity"] >= 0.8, one
     assert one["memorised"] == 0 and one["nn_ratio"] >= 0.9, one
 
 
