@@ -1,7 +1,7 @@
 """The sweep: step count against latency AND quality, under open-loop load.
 
     python -m loadtests.sweep --model digits [--server URL] [--rates 50,100,200 | --rates auto]
-        [--steps 1,2,3,4,auto] [--seconds 6] [--repeat 2] [--out runs/sweep] [--keep-samples]
+        [--steps 1,2,3,4,auto] [--seconds 6] [--fill] [--repeat 2] [--out runs/sweep] [--keep-samples]
 
 For each step setting (fixed 1..4, and "auto" with deadline_ms = the SLO) at each offered load, it
 drives the server open loop (loadtests.openloop: Poisson arrivals, the request mix of --mix with its
@@ -11,7 +11,9 @@ with flowmap.quality.score_images (what `flowmap eval` calls) on the held-out sp
 requests with the library (batch invariance: server samples = library samples).
 
 Without --server it starts `flowmap serve` (1 API worker, 1 torch thread, --max-steps 4) and stops it
-after. `--rates auto` probes fixed-4-step capacity (closed loop) and offers 0.25x..3x of it.
+after. `--rates auto` probes fixed-4-step capacity (closed loop) and offers 0.25x..3x of it. A point runs
+--seconds; with --fill, long enough to return --per-class samples of every class (a mix with classes
+"cycle"), so that its FD is at eval's sample count at every load (a point past capacity returns fewer).
 Writes OUT/sweep.json, OUT/sweep.md and PNG plots; prints the markdown.
 """
 
@@ -55,12 +57,24 @@ def capacity(url: str, mix, steps: int = 4, seconds: float = 3.0) -> float:
     return wrkload.run(port, "/v1/generate", bodies, 32, seconds, warmup=1.0).req_s
 
 
+def point_seconds(mix, rate: float, a) -> float:
+    """Measured seconds of one point: --seconds; with --fill, long enough at `rate` for the returned
+    samples to fill the scored pool (--per-class of every class, 10% spare), at most --max-seconds. FD falls
+    with the sample count, so only points scored on the same count compare across loads, and with eval."""
+    if not a.fill:
+        return a.seconds
+    per_request = sum(e.weight * e.num_samples for e in mix.entries) / sum(e.weight for e in mix.entries)
+    need = 1.1 * a.per_class * max(1, a.classes) / (rate * per_request)
+    return min(max(a.seconds, need), a.max_seconds)
+
+
 def cell(url: str, mix, steps, rate: float, a, seed: int) -> tuple[dict, list[dict]]:
     """One (steps, offered load) point: its summary and the responses kept after the warm-up."""
+    seconds = point_seconds(mix, rate, a)
     plan = openloop.plan_mix(
         mix.with_steps(steps, a.auto_deadline_ms),
         rate,
-        a.warmup + a.seconds,
+        a.warmup + seconds,
         seed,
         a.classes,
         url + "/v1/generate",
@@ -69,7 +83,7 @@ def cell(url: str, mix, steps, rate: float, a, seed: int) -> tuple[dict, list[di
     s = openloop.summarize(out, a.warmup)
     kept = [r for r in openloop.responses(out) if plan.at[r["i"]] >= a.warmup]
     chosen = np.bincount([r["steps"] for r in kept], minlength=5)[1:].tolist() if kept else [0] * 4
-    s.update(steps=str(steps), rate=rate, chosen_steps=chosen, load=uptime())
+    s.update(steps=str(steps), rate=rate, seconds=seconds, chosen_steps=chosen, load=uptime())
     print(
         f"  steps={steps!s:4} offered {s['offered_rps']:7.1f}/s attain {s['attainment']:.3f} goodput "
         f"{s['goodput_rps']:7.1f}/s p50 {s['p50_ms']:7.1f} p99 {s['p99_ms']:7.1f} ms chosen {chosen} "
@@ -153,11 +167,22 @@ def parse(argv) -> argparse.Namespace:
         "--auto-deadline-ms", type=float, default=None, help="deadline_ms of auto requests (default: the SLO)"
     )
     p.add_argument("--per-class", type=int, default=score.PER_CLASS, help="samples per class scored")
+    p.add_argument(
+        "--fill",
+        action="store_true",
+        help="run each point until its samples fill --per-class of every class (longer at low load), so "
+        "every point's FD is at eval's sample count",
+    )
+    p.add_argument("--max-seconds", type=float, default=120.0, help="a --fill point's longest run")
     p.add_argument("--eval-seeds", default="0,1,2,3,4", help="seeds of the `flowmap eval` reference")
     p.add_argument("--out", default="runs/sweep")
     p.add_argument("--keep-samples", action="store_true", help="also write OUT/samples/*.npz")
     p.add_argument("--skip-eval", action="store_true", help="no `flowmap eval` reference (tests)")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    for name in ("seconds", "max_seconds", "per_class"):
+        if getattr(a, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(a, name)}")
+    return a
 
 
 def meta(a, url: str, ceiling: dict, cap: dict) -> dict:
@@ -175,6 +200,7 @@ def meta(a, url: str, ceiling: dict, cap: dict) -> dict:
         "ceiling": ceiling,
         "capacity_rps": cap,  # closed loop, 32 connections, by steps
         "seconds": a.seconds,
+        "fill": a.fill,
         "warmup": a.warmup,
         "mix": a.mix,
         "slo_ms": load_mix(a.mix).entries[0].slo_ms,

@@ -1,0 +1,35 @@
+"""--fill: a sweep point runs long enough for its samples to fill the scored pool at every offered load."""
+
+from __future__ import annotations
+
+import pytest
+
+from loadtests import sweep
+from loadtests.mix import load_mix
+
+
+def args(*extra: str, classes: int = 10):
+    a = sweep.parse(["--per-class", "100", "--seconds", "6", *extra])
+    a.classes = classes
+    return a
+
+
+def test_without_fill_every_point_runs_seconds():
+    mix = load_mix("sweep_mnist")
+    assert sweep.point_seconds(mix, 2.0, args()) == 6.0
+
+
+def test_fill_covers_the_pool_at_low_load_and_keeps_seconds_at_high_load():
+    mix = load_mix("sweep_mnist")  # 8-sample requests
+    # 1000 samples (100 of 10 classes) at 2 req/s x 8 samples: 62.5 s, with 10% spare
+    assert sweep.point_seconds(mix, 2.0, args("--fill")) == pytest.approx(68.75)
+    assert sweep.point_seconds(mix, 200.0, args("--fill")) == 6.0  # filled within --seconds anyway
+    assert sweep.point_seconds(mix, 0.1, args("--fill", "--max-seconds", "90")) == 90.0
+    assert sweep.point_seconds(mix, 2.0, args("--fill", classes=0)) == pytest.approx(6.875)  # one pool
+
+
+@pytest.mark.parametrize("flag", ["--seconds", "--max-seconds", "--per-class"])
+def test_non_positive_durations_and_pools_are_refused(flag, capsys):
+    with pytest.raises(SystemExit):
+        sweep.parse([flag, "0"])
+    assert f"{flag} must be > 0" in capsys.readouterr().err
