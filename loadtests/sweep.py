@@ -59,12 +59,13 @@ def capacity(url: str, mix, steps: int = 4, seconds: float = 3.0) -> float:
 
 def point_seconds(mix, rate: float, a) -> float:
     """Measured seconds of one point: --seconds; with --fill, long enough at `rate` for the returned
-    samples to fill the scored pool (--per-class of every class, 10% spare), at most --max-seconds. FD falls
-    with the sample count, so only points scored on the same count compare across loads, and with eval."""
+    samples to fill the scored pool (--per-class of every class; 25% spare for the arrivals' spread), at
+    most --max-seconds. FD falls with the sample count, so only points scored on the same count compare
+    across loads, and with eval."""
     if not a.fill:
         return a.seconds
     per_request = sum(e.weight * e.num_samples for e in mix.entries) / sum(e.weight for e in mix.entries)
-    need = 1.1 * a.per_class * max(1, a.classes) / (rate * per_request)
+    need = 1.25 * a.per_class * max(1, a.classes) / (rate * per_request)
     return min(max(a.seconds, need), a.max_seconds)
 
 

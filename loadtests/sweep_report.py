@@ -187,15 +187,18 @@ EVAL_COLUMNS = (
 
 
 def agree(fd: list, efd: list, n: list[int], n_eval: list[int]) -> str:
-    """Does the sweep's mean FD (over its points) lie within 2 seed-noise sd of eval's mean (over seeds)?
-    The seed noise is eval's sd over seeds at the same sample count; the ratio is printed."""
-    if len(efd) < 2 or not fd or None in fd:
+    """Does the sweep's mean FD (over its points scored on eval's sample count: FD falls with the count, so
+    only those compare) lie within 2 seed-noise sd of eval's mean (over seeds)? The seed noise is eval's sd
+    over seeds; the ratio is printed, and how many points were used when not all."""
+    if len(efd) < 2:
         return "n/a"
-    if min(n) < max(n_eval):
-        return f"n/a (scored {min(n)} samples, eval {max(n_eval)})"
+    full = [f for f, k in zip(fd, n, strict=True) if f is not None and k >= max(n_eval)]
+    if not full:
+        return f"n/a (scored at most {max(n, default=0)} samples, eval {max(n_eval)})"
     sd = float(np.std(efd, ddof=1))
-    z = abs(float(np.mean(fd)) - float(np.mean(efd))) / sd if sd else float("inf")
-    return f"{'yes' if z <= 2 else '**no**'} ({z:.1f} sd)"
+    z = abs(float(np.mean(full)) - float(np.mean(efd))) / sd if sd else float("inf")
+    used = "" if len(full) == len(fd) else f"; {len(full)} of {len(fd)} points at eval's count"
+    return f"{'yes' if z <= 2 else '**no**'} ({z:.1f} sd{used})"
 
 
 def mean_sd(v: list) -> str:

@@ -51,4 +51,8 @@ def test_agreement_with_eval_is_judged_in_seed_noise_units():
     eval_fds, n = [4.0, 5.0, 6.0], [1000, 1000]  # sd 1.0
     assert sweep_report.agree([6.5, 7.5], eval_fds, n, [1000]) == "yes (2.0 sd)"
     assert sweep_report.agree([7.5, 7.5], eval_fds, n, [1000]).startswith("**no**")
-    assert sweep_report.agree([5.0], eval_fds, [100], [1000]).startswith("n/a (scored 100")
+    assert sweep_report.agree([5.0], eval_fds, [100], [1000]).startswith("n/a (scored at most 100")
+    # only the points scored on eval's count are compared: the small-sample point's high FD is left out
+    assert sweep_report.agree([6.5, 30.0], eval_fds, [1000, 300], [1000]) == (
+        "yes (1.5 sd; 1 of 2 points at eval's count)"
+    )
