@@ -14,7 +14,15 @@ NPROC=${NPROC:-2}
 OUT=${1:-runs/ship}
 ONLY=${2:-all}
 
-train_mnist() {
+train_mnist() {  # one stage of the mnist recipe, data-parallel over NPROC one-thread processes
+  if [ "$NPROC" -gt 1 ]; then
+    "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node "$NPROC" -m flowmap train "$@"
+  else
+    $FLOWMAP train "$@"
+  fi
+}
+
+mnist() {
   # mnist: multi-resolution U-Net (preset: width 32, mults 1,2,4, bf16 autocast, batch 128): an fm teacher,
   train_mnist --data mnist --method fm --steps 4000 --lr 6e-4 --ckpt-every 500 --out "$OUT/mnist_fm.safetensors"
   # then distil the served jumps (--time-dist grid: segments of 1-4 step schedules) from its ODE (Heun steps
