@@ -74,6 +74,11 @@ def goals_of_repeat(rows: list[dict], noise: float = 0.0) -> dict:
     return out
 
 
+def rows_at(result: dict, steps: str) -> list[dict]:
+    """The sweep's points of one step setting ("1".."4" or "auto"), every load and repeat."""
+    return [r for r in result["rows"] if r["steps"] == steps]
+
+
 def same_n_fds(points: list[dict]) -> list[float]:
     """The FDs of the points scored on the most samples, in order. FD falls with the sample count (its
     small-sample bias), and a low-load point of a short run returns fewer samples than the pool holds:
@@ -210,7 +215,7 @@ def mean_sd(v: list) -> str:
 
 
 def eval_row(result: dict, steps: str) -> str:
-    rows = [r for r in result["rows"] if r["steps"] == steps]
+    rows = rows_at(result, steps)
     ev = result.get("eval", {}).get(steps, [])
     fd, efd = [q(r, "fd") for r in rows], [e["fd"] for e in ev]
     vals = [
@@ -294,9 +299,8 @@ def plot_all(result: dict, out: Path) -> list[Path]:
                 if _ == rate
             ]
     fd = {  # points scored on the most samples only: FD falls with the sample count
-        "sweep FD (mean over loads)": [
-            (int(s), float(np.mean(same_n_fds([r for r in result["rows"] if r["steps"] == s]) or [np.nan])))
-            for s in fixed
+        "sweep FD (mean of the points on the most samples)": [
+            (int(s), float(np.mean(same_n_fds(rows_at(result, s)) or [np.nan]))) for s in fixed
         ]
     }
     ev = result.get("eval", {})
@@ -335,7 +339,7 @@ def plot_auto(result: dict, out: Path, fixed: list[str]) -> Path:
     ref = {}  # the fixed-step FDs auto trades between: eval's (1,000 samples), else the sweep's best-scored
     for s in ("1", "4"):
         ev = [e["fd"] for e in result.get("eval", {}).get(s, [])]
-        v = ev or same_n_fds([r for r in result["rows"] if r["steps"] == s])
+        v = ev or same_n_fds(rows_at(result, s))
         if v and s in fixed:
             ref[f"fixed {s} steps{' (flowmap eval)' if ev else ''}"] = float(np.mean(v))
     slo_ms = result["meta"].get("slo_ms", 100.0)

@@ -33,3 +33,22 @@ def test_non_positive_durations_and_pools_are_refused(flag, capsys):
     with pytest.raises(SystemExit):
         sweep.parse([flag, "0"])
     assert f"{flag} must be > 0" in capsys.readouterr().err
+
+
+def test_a_filled_point_plans_its_arrivals_for_the_longer_run(monkeypatch):
+    """cell() schedules --warmup + point_seconds of arrivals (the open-loop plan is the point's length)."""
+    planned = []
+
+    class Stop(Exception):
+        pass
+
+    def plan_mix(mix, rate, seconds, *rest):
+        planned.append(seconds)
+        raise Stop
+
+    monkeypatch.setattr(sweep.openloop, "plan_mix", plan_mix)
+    mix = load_mix("sweep_mnist")
+    for a in (args(), args("--fill")):
+        with pytest.raises(Stop):
+            sweep.cell("http://127.0.0.1:1", mix, 4, 2.0, a, seed=0)
+    assert planned == [7.0, pytest.approx(1.0 + 78.125)]
