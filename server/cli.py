@@ -53,7 +53,8 @@ FLAGS = {
     "--early-exit": (
         "early_exit",
         str,
-        "on (default): rows whose deadline is at risk jump to data; off: steps chosen once (benchmarks)",
+        "on (default): rows whose deadline is at risk jump to data, waiting auto steps may be cut to admit; "
+        "off: steps chosen once (benchmarks)",
     ),
     "--default-steps": ("default_steps", int, "steps when a request gives none (default 1)"),
     "--max-steps": ("max_steps", int, "largest steps a request may ask, and auto's cap (default 8)"),

@@ -18,6 +18,10 @@ alone over budget) is not the queue's fault: early exit can cut any row to one j
 the request is admitted when one step fits (early exit finishes it in time, with fewer steps), and
 refused with Unmeetable (504, not retryable) when not even one step on an idle core fits. With early exit
 off (`--early-exit off`, the choose-once baseline) the request's own steps must fit.
+
+Before either bound refuses, the "auto" requests still waiting to start give up steps (`make_room`): they
+asked for the best steps that fit their deadlines, and a step less each (finishing them sooner) is a
+better trade than a 429 for the request behind them. Re-planning, like early exit: off with it.
 """
 
 from __future__ import annotations
@@ -61,15 +65,17 @@ def check(s: Scheduler, rows: int, steps: int, budget: float, max_queue: float) 
     `steps` miss `budget` even with no wait is planned at one step (early exit cuts it to fit); one whose
     single step misses it with no wait is Unmeetable (its own steps, with early exit off)."""
     wait = wait_seconds(s, rows)
+    if steps > 1 and s.exit_early and finish_seconds(s, rows, steps, 0.0) > budget:
+        steps = 1  # never fits as asked: early exit will cut it, so only its one jump must fit
+    compute = finish_seconds(s, rows, steps, 0.0)
+    if s.exit_early and compute <= budget and (wait > max_queue or wait + compute > budget):
+        wait = make_room(s, rows, min(max_queue, budget - compute), wait)
     if wait > max_queue:
         raise Refused(
             f"overloaded: predicted queue wait {1e3 * wait:.0f} ms is over the server's bound of "
             f"{1e3 * max_queue:.0f} ms",
             retry_after(wait - max_queue),
         )
-    if steps > 1 and s.exit_early and finish_seconds(s, rows, steps, 0.0) > budget:
-        steps = 1  # never fits as asked: early exit will cut it, so only its one jump must fit
-    compute = finish_seconds(s, rows, steps, 0.0)
     if compute > budget:
         raise Unmeetable(
             f"deadline_ms too short: {steps} step(s) take about {1e3 * compute:.0f} ms even with no queue, "
@@ -82,6 +88,19 @@ def check(s: Scheduler, rows: int, steps: int, budget: float, max_queue: float) 
             f"({1e3 * max(0.0, budget):.0f} ms)",
             retry_after(finish - budget),  # = wait - (budget - compute): the queue part only
         )
+
+
+def make_room(s: Scheduler, rows: int, limit: float, wait: float) -> float:
+    """The predicted wait of a job of `rows` rows once the waiting "auto" jobs that have not started give
+    up the steps it takes to bring it within `limit` seconds (Scheduler.shorten); `wait` (unchanged, and
+    nothing cut) when all they could give is not enough. The queue drains at full batches, so the work
+    ahead must fall to floor(limit / t(max_batch)) batches. O(1) when it cannot help (a flood's refusals
+    stay cheap)."""
+    b = s.max_batch
+    batches = math.floor(max(0.0, limit) / max(s.timer.predict(b), 1e-9))
+    if s.shorten(s.pending_work() - batches * b):
+        return wait_seconds(s, rows)
+    return wait
 
 
 CAP_FLOOR = 8  # rows: the cap never splits one step of an 8-sample request over two calls

@@ -80,6 +80,7 @@ class Job:
     on_preview: Callable[[Job, int, Tensor], None] | None = None  # (job, step 1..K, x0 [n, *shape])
     id: int = field(default_factory=lambda: next(_ids))
     # set by the scheduler
+    auto: bool = False  # steps were "auto": until the job starts, admission may cut them (Scheduler.shorten)
     arrival: float = 0.0
     result: Tensor | None = None  # [n, *shape] once done
     admitted: int = 0

@@ -85,6 +85,7 @@ class Scheduler(Rows, Forecast):
         self.waiting: deque[Job] = deque()
         self.jobs: dict[int, Job] = {}  # every job not yet done (waiting or in flight), by id
         self.waiting_work = 0  # row-steps of the samples not yet admitted (kept, not recounted: O(1))
+        self.auto_slack = 0  # of those, the row-steps "auto" jobs not yet started could give up (shorten)
         self._waiting_rows = 0
         self.next_deadline = math.inf
         self.previewing = 0  # jobs with on_preview not yet done: 0 keeps previews off the plain path
@@ -95,13 +96,14 @@ class Scheduler(Rows, Forecast):
         """Queue a job; resolves "auto" steps here. QueueFull as in `check_room`."""
         self.check_room(job.n * job.rows_per_sample)
         if job.steps is None:
-            job.steps = self.choose_steps(job, now)
+            job.auto, job.steps = True, self.choose_steps(job, now)
         if not 1 <= job.steps <= self.max_steps:
             raise ValueError(f"steps must be in 1..{self.max_steps}, got {job.steps}")
         job.arrival, job.remaining = now, job.n
         self.waiting.append(job)
         self._waiting_rows += job.n * job.rows_per_sample
         self.waiting_work += job.n * job.rows_per_sample * job.steps
+        self.auto_slack += self._slack(job)
         self.jobs[job.id] = job
         self.previewing += job.on_preview is not None
         if job.deadline is not None:
@@ -223,7 +225,33 @@ class Scheduler(Rows, Forecast):
         """One iteration of `rows` network rows took `seconds` (the "auto" steps estimate learns it)."""
         self.timer.observe(rows, seconds)
 
+    def shorten(self, work: int) -> int:
+        """Take at least `work` row-steps off the waiting "auto" jobs that have not started, a step at a time
+        from those with the most steps (the latest first among equals), none below one step; the row-steps
+        taken (none when `auto_slack` cannot cover `work`: then nothing changes). Their clients asked for
+        the best steps that fit; this lets a request in that the queue bound would refuse, for a step of
+        quality each, and only brings their own finish nearer."""
+        if work <= 0 or work > self.auto_slack:
+            return 0
+        jobs = [j for j in self.waiting if j.auto and j.first_admit is None and j.steps > 1]
+        taken = 0
+        while taken < work:
+            top = max(j.steps for j in jobs)
+            for j in reversed(jobs):
+                if j.steps == top and taken < work:
+                    rows = j.n * j.rows_per_sample
+                    j.steps -= 1
+                    taken += rows
+                    self.waiting_work -= rows
+                    self.auto_slack -= rows
+            jobs = [j for j in jobs if j.steps > 1]
+        return taken
+
     # ---------------------------------------------------------------- internals
+    def _slack(self, job: Job) -> int:
+        """The row-steps `job` (waiting, not started) could give up: all but one step, if "auto"."""
+        return job.n * job.rows_per_sample * (job.steps - 1) if job.auto else 0
+
     def _admit(self, now: float) -> None:
         """Move waiting samples into the state while rows are free (FIFO; one at least when empty)."""
         free, takes = max(0, self.max_batch - self.rows), []
@@ -244,6 +272,7 @@ class Scheduler(Rows, Forecast):
             self._waiting_rows -= take * r
             self.waiting_work -= take * r * job.steps
             if job.first_admit is None:
+                self.auto_slack -= self._slack(job)
                 job.first_admit = now
             if job.admitted < job.n:
                 break
@@ -270,6 +299,8 @@ class Scheduler(Rows, Forecast):
             left = (job.n - job.admitted) * job.rows_per_sample
             self._waiting_rows -= left
             self.waiting_work -= left * job.steps
+            if job.first_admit is None:
+                self.auto_slack -= self._slack(job)
         self.jobs.pop(job.id, None)
         if job.on_done is not None:
             job.on_done(job)

@@ -357,3 +357,73 @@ def test_a_lone_large_auto_request_on_an_idle_core_keeps_every_step():
     core = EngineCore("m", sched, ex, clock=lambda: 0.0)
     j = core.admit(200, lambda: job(200, None, deadline=1e6), steps=1, deadline=1e6, auto=True)
     assert j.steps == 4 and sched.demand.auto == 200  # counted after its choice
+
+
+def queue_auto(sched: Scheduler, count: int, n: int = 8) -> list[Job]:
+    """`count` "auto" jobs of `n` rows, no deadline (so 4 steps each), waiting."""
+    jobs = [job(n, None, seed=i) for i in range(count)]
+    for j in jobs:
+        sched.submit(j, 0.0)
+    assert all(j.auto and j.steps == 4 for j in jobs)
+    return jobs
+
+
+def test_waiting_auto_jobs_give_up_steps_instead_of_a_429():
+    """10 waiting "auto" jobs of 8 rows x 4 steps: 0.4 s of queue, over a 0.25 s bound. They give up the
+    15 steps of 8 rows that bring it to 0.25 s, levelled from the most steps (the latest first), and the
+    new request is admitted; every job then finishes with the steps it was left."""
+    sched, ex = setup()
+    jobs = queue_auto(sched, 10)
+    core = EngineCore("m", sched, ex, clock=lambda: 0.0, max_queue=0.25)
+    new = core.admit(1, job, steps=1, deadline=100.0)
+    assert [j.steps for j in jobs] == [3] * 5 + [2] * 5
+    assert sched.pending_work() == 8 * 25 + 1  # the first job has started (admitted at the boundary)
+    assert sched.auto_slack == 8 * (4 * 2 + 5 * 1)
+    run(sched, ex)
+    assert new.error is None and [j.steps_taken for j in jobs] == [3] * 5 + [2] * 5
+    assert sched.auto_slack == 0 and sched.waiting_work == 0
+
+
+def test_steps_are_cut_only_when_that_is_enough_and_never_below_one():
+    sched, ex = setup()
+    auto = queue_auto(sched, 2)  # 2 x 8 rows x 3 steps they could give up: 48 row-steps
+    for i in range(8):  # 32 full iterations of fixed steps, which nothing may cut
+        sched.submit(job(8, 4, seed=20 + i), 0.0)
+    core = EngineCore("m", sched, ex, clock=lambda: 0.0, max_queue=0.25)
+    with pytest.raises(QueueFull):  # 40 iterations queued, 25 allowed: 120 row-steps short, 48 to give
+        core.admit(1, job, steps=1, deadline=100.0)
+    assert [j.steps for j in auto] == [4, 4] and sched.auto_slack == 48  # a refusal changes nothing
+    assert sched.shorten(48) == 48 and [j.steps for j in auto] == [1, 1] and sched.auto_slack == 0
+
+
+def test_a_deadline_refusal_cuts_waiting_auto_steps_too():
+    sched, ex = setup()
+    jobs = queue_auto(sched, 3)  # 12 full iterations: a 1-step request finishes at 0.13 s
+    core = EngineCore("m", sched, ex, clock=lambda: 0.0)
+    j = core.admit(1, lambda: job(1, 1, seed=9, deadline=0.1), steps=1, deadline=0.1)  # 9 iterations fit
+    assert sum(x.steps for x in jobs) == 9  # 9 full iterations, then its own
+    run(sched, ex)
+    assert j.error is None and j.finished <= 0.1 + 1e-9
+
+
+def test_started_auto_jobs_keep_their_steps_and_the_baseline_cuts_none():
+    sched, ex = setup()
+    first = queue_auto(sched, 1)[0]
+    sched.next_batch(0.0)  # admitted: its rows are in flight on a 4-step grid
+    assert sched.auto_slack == 0 and sched.shorten(8) == 0 and first.steps == 4
+    base = Scheduler(8, 10_000, 0.0, 4, timer=timer(), exit_early=False)
+    jobs = queue_auto(base, 10)
+    core = EngineCore("m", base, ex, clock=lambda: 0.0, max_queue=0.25)
+    with pytest.raises(QueueFull):  # choose-once: re-planning is off, as early exit is
+        core.admit(1, job, steps=1, deadline=100.0)
+    assert [j.steps for j in jobs] == [4] * 10
+
+
+def test_a_cancelled_or_expired_waiting_auto_job_leaves_no_slack():
+    sched, ex = setup()
+    a, b = queue_auto(sched, 2)
+    sched.cancel(a, 0.0)
+    assert sched.auto_slack == 24
+    b.deadline, sched.next_deadline = 0.5, 0.5
+    sched.expire(1.0)
+    assert sched.auto_slack == 0 and sched.waiting_work == 0 and not sched.waiting
