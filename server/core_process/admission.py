@@ -43,12 +43,19 @@ class Unmeetable(DeadlineExceeded):
     """A deadline not even one step on an idle core can meet: retrying cannot help (504, no Retry-After)."""
 
 
-def wait_seconds(s: Scheduler, rows: int = 1) -> float:
-    """Predicted seconds until a job of `rows` network rows queued now is first admitted."""
+def wait_seconds(s: Scheduler, rows: int = 1, slack: int = 0) -> float:
+    """Predicted seconds until a job of `rows` network rows queued now is first admitted (`slack`: with
+    that many row-steps of the work ahead given up first)."""
     b = s.max_batch
     if s.batching == "step" and s.rows + s.waiting_rows() + min(rows, b) <= b:
         return 0.0
-    return math.ceil(s.pending_work() / b) * s.timer.predict(b)
+    return math.ceil(max(0, s.pending_work() - slack) / b) * s.timer.predict(b)
+
+
+def least_wait(s: Scheduler, rows: int = 1) -> float:
+    """The shortest wait `make_room` can give a job of `rows` rows: every waiting "auto" job not started
+    cut to one step. What the API processes shed by (a request they refuse, the core would refuse too)."""
+    return wait_seconds(s, rows, s.auto_slack if s.exit_early else 0)
 
 
 def finish_seconds(s: Scheduler, rows: int, steps: int, wait: float | None = None) -> float:

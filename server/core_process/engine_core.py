@@ -174,8 +174,9 @@ class EngineCore:
         self.scheduler.cancel(job, self.clock())
 
     def wait_seconds(self) -> float:
-        """Predicted queue wait of a request arriving now (server.core_process.admission)."""
-        return admission.wait_seconds(self.scheduler)
+        """The shortest queue wait admission can give a request arriving now, once waiting "auto" jobs give
+        up steps (server.core_process.admission.least_wait): what the API processes shed by."""
+        return admission.least_wait(self.scheduler)
 
     def step(self, emit: bool = True) -> float | None:
         """One iteration if there is work: then 0.0; else seconds to wait (batching window) or None (idle).

@@ -427,3 +427,16 @@ def test_a_cancelled_or_expired_waiting_auto_job_leaves_no_slack():
     b.deadline, sched.next_deadline = 0.5, 0.5
     sched.expire(1.0)
     assert sched.auto_slack == 0 and sched.waiting_work == 0 and not sched.waiting
+
+
+def test_the_wait_the_api_sheds_by_is_the_least_admission_can_give():
+    """The API processes refuse by the core's reported wait before asking it: with waiting "auto" jobs
+    that is the wait once they gave up all they can, or they would refuse what the core admits."""
+    sched, ex = setup()
+    queue_auto(sched, 10)  # 320 row-steps, 240 of them slack: 0.4 s, 0.1 s at the least
+    core = EngineCore("m", sched, ex, clock=lambda: 0.0, max_queue=0.25)
+    assert admission.wait_seconds(sched) == pytest.approx(0.4)
+    assert core.wait_seconds() == pytest.approx(0.1) == admission.least_wait(sched)
+    base = Scheduler(8, 10_000, 0.0, 4, timer=timer(), exit_early=False)
+    queue_auto(base, 10)
+    assert admission.least_wait(base) == pytest.approx(0.4)  # no cutting: the real wait
