@@ -7,6 +7,13 @@ then the ranges. Each server's `flowmap_batch_cap_rows` is read after every roun
     python -m loadtests.ab --model digits --workload b --b-args "--batch-free-ms 0" --rounds 6 --seconds 5
 
 Workloads are loadtests.peer_table's (a: 1x1, b: 8x2, c: 1x4, d: mixed 1-4 steps x1, e: mixed x8).
+
+Open loop instead (`--mix`, `--rate`): each turn offers the same Poisson schedule (seed: the round) of a
+request mix to A and then B, and reports SLO attainment, the answers that were not 200 and p99
+(loadtests.openloop). `--b-tree` runs B from another checkout, for an A/B of a code change:
+
+    git worktree add /tmp/before HEAD~1
+    python -m loadtests.ab --model mnist --mix sweep_mnist --mix-steps auto --rate 14 --b-tree /tmp/before
 """
 
 from __future__ import annotations
@@ -16,20 +23,23 @@ import json
 import re
 import shlex
 import sys
+from pathlib import Path
 
 import httpx
 
-from loadtests import wrkload
+from loadtests import openloop, wrkload
+from loadtests.mix import load_mix
 from loadtests.peer_table import WORKLOADS, bodies, span
 from loadtests.procs import Proc, free_port
 
+WARM_SEED = 10_000  # the warm-up's schedule (rounds use their own number)
 CAP = re.compile(r'^flowmap_batch_cap_rows\{[^}]*model="([^"]+)"[^}]*\}\s+(\S+)', re.M)
 
 
-def start(model: str, flags: list[str]) -> Proc:
+def start(model: str, flags: list[str], tree: str | None = None) -> Proc:
     port = free_port()
     cmd = [sys.executable, "-m", "server", "--model", model, "--port", str(port), *flags]
-    return Proc(cmd, port, "/readyz")
+    return Proc(cmd, port, "/readyz", cwd=tree)
 
 
 def batch_cap(url: str, model: str) -> int | None:
@@ -38,26 +48,56 @@ def batch_cap(url: str, model: str) -> int | None:
     return int(caps[model]) if model in caps else None
 
 
-def one_round(r: int, servers: dict[str, Proc], requests: list[dict], a: argparse.Namespace) -> dict:
+def load(srv: Proc, a: argparse.Namespace, requests, seconds: float, seed: int = 0) -> dict:
+    """One turn on one server: wrk closed loop (req/s, p99), or with --mix the open-loop schedule `seed`
+    (attainment, non-200 answers, p99); and the server's batch cap."""
+    if a.mix is None:
+        res = wrkload.run(srv.port, "/v1/generate", requests, a.connections, seconds).as_dict()
+        if res.get("errors"):  # non-2xx answers or socket errors: not what the ratio compares
+            print(f"{srv.url}: errors {res['errors']}", file=sys.stderr)
+    else:
+        plan = openloop.plan_mix(requests, a.rate, seconds + 1.0, seed, a.classes, srv.url + "/v1/generate")
+        res = openloop.summarize(openloop.drive(srv.url, plan), 1.0)
+        res["refused"] = sum(n for code, n in res["statuses"].items() if code != "200")
+    return {**res, "cap": batch_cap(srv.url, a.model)}
+
+
+def one_round(r: int, servers: dict[str, Proc], requests, a: argparse.Namespace) -> dict:
     """Round r: each server loaded in turn (A first on even rounds); their loads and caps, one table row."""
     order = ("A", "B") if r % 2 == 0 else ("B", "A")
-    res = {}
-    for name in order:
-        srv = servers[name]
-        load = wrkload.run(srv.port, "/v1/generate", requests, a.connections, a.seconds)
-        res[name] = {**load.as_dict(), "cap": batch_cap(srv.url, a.model)}
-        if load.errors:  # non-2xx answers or socket errors: not what the ratio compares
-            print(f"round {r + 1}, {name}: errors {load.errors}", file=sys.stderr)
+    res = {name: load(servers[name], a, requests, a.seconds, seed=r) for name in order}
     A, B = res["A"], res["B"]
-    print(
-        f"| {r + 1} | {A['req_s']:.0f} | {A['p99_ms']:.1f} | {A['cap']} | {B['req_s']:.0f} "
-        f"| {B['p99_ms']:.1f} | {B['cap']} | {B['req_s'] / max(A['req_s'], 1e-9):.2f}x |",
-        flush=True,
-    )
+    if a.mix is None:
+        cells = [
+            f"{A['req_s']:.0f}",
+            f"{A['p99_ms']:.1f}",
+            A["cap"],
+            f"{B['req_s']:.0f}",
+            f"{B['p99_ms']:.1f}",
+        ]
+        cells += [B["cap"], f"{B['req_s'] / max(A['req_s'], 1e-9):.2f}x"]
+    else:
+        cells = [f"{A['attainment']:.3f}", A["refused"], f"{A['p99_ms']:.0f}", A["cap"]]
+        cells += [f"{B['attainment']:.3f}", B["refused"], f"{B['p99_ms']:.0f}", B["cap"]]
+    print(f"| {r + 1} | " + " | ".join(str(c) for c in cells) + " |", flush=True)
     return res
 
 
-def summary(rows: list[dict]) -> None:
+def header(a: argparse.Namespace) -> str:
+    if a.mix is None:
+        cols = ["A req/s", "A p99 ms", "A cap", "B req/s", "B p99 ms", "B cap", "B / A"]
+    else:
+        cols = [f"{n} {c}" for n in "AB" for c in ("attainment", "not 200", "p99 ms", "cap")]
+    return f"| round | {' | '.join(cols)} |\n|---:|" + "---:|" * len(cols)
+
+
+def summary(rows: list[dict], mix: bool = False) -> None:
+    if mix:
+        for name in ("A", "B"):
+            att, p99 = [r[name]["attainment"] for r in rows], [r[name]["p99_ms"] for r in rows]
+            refused = sum(r[name]["refused"] for r in rows)
+            print(f"{name}: attainment {span(att, '.3f')}, {refused} not 200 in all, p99 {span(p99)} ms")
+        return
     for name in ("A", "B"):
         rps, p99 = [r[name]["req_s"] for r in rows], [r[name]["p99_ms"] for r in rows]
         print(f"{name}: {span(rps)} req/s, p99 {span(p99, '.1f')} ms")
@@ -74,23 +114,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--warm-seconds", type=float, default=3.0, help="unrecorded load on each before round 1")
+    p.add_argument("--b-tree", default=None, help="run server B from this checkout (an A/B of code)")
+    p.add_argument("--mix", default=None, help="open loop: a request mix (loadtests/mixes) instead of wrk")
+    p.add_argument("--mix-steps", default=None, help="with --mix: every entry at these steps (or auto)")
+    p.add_argument("--rate", type=float, default=None, help="with --mix: offered requests per second")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     if a.rounds < 1 or a.seconds <= 0 or a.connections < 1:
         p.error("--rounds, --seconds and --connections must be positive")
+    if (a.mix is None) != (a.rate is None) or (a.rate is not None and a.rate <= 0):
+        p.error("--mix and --rate go together (open loop), --rate > 0")
+    if a.b_tree is not None and not (Path(a.b_tree) / "server").is_dir():
+        p.error(f"--b-tree {a.b_tree}: not a checkout of this project (no server/ in it)")
     servers: dict[str, Proc] = {}
-    requests = bodies(a.workload)
+    if a.mix is None:
+        requests, what = bodies(a.workload), f"{WORKLOADS[a.workload][0]}, wrk -c{a.connections}"
+    else:
+        requests = load_mix(a.mix)
+        if a.mix_steps is not None:
+            requests = requests.with_steps(a.mix_steps if a.mix_steps == "auto" else int(a.mix_steps))
+        what = f"mix {requests.name}, open loop at {a.rate:g} req/s"
     try:
-        for name, flags in (("A", a.a_args), ("B", a.b_args)):
-            servers[name] = start(a.model, shlex.split(flags))
+        for name, flags, tree in (("A", a.a_args, None), ("B", a.b_args, a.b_tree)):
+            servers[name] = start(a.model, shlex.split(flags), tree)
+        a.classes = openloop.model_info(servers["A"].url)["num_classes"] if a.mix else 0
         for srv in servers.values():
-            wrkload.run(srv.port, "/v1/generate", requests, a.connections, a.warm_seconds)
-        print(f"{a.model}, {WORKLOADS[a.workload][0]}, wrk -c{a.connections} {a.seconds:g} s per turn")
-        print(f"A: {a.a_args or '(defaults)'}\nB: {a.b_args or '(defaults)'}")
-        print("| round | A req/s | A p99 ms | A cap | B req/s | B p99 ms | B cap | B / A |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+            load(srv, a, requests, a.warm_seconds, seed=WARM_SEED)
+        print(f"{a.model}, {what}, {a.seconds:g} s per turn")
+        tree = f" (from {a.b_tree})" if a.b_tree else ""
+        print(f"A: {a.a_args or '(defaults)'}\nB: {a.b_args or '(defaults)'}{tree}")
+        print(header(a))
         rows = [one_round(r, servers, requests, a) for r in range(a.rounds)]
-        summary(rows)
+        summary(rows, mix=a.mix is not None)
     finally:
         for name, srv in servers.items():
             changes = [ln for ln in srv.stderr_tail(1_000_000).splitlines() if "batches up to" in ln]

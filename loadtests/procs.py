@@ -25,11 +25,19 @@ def free_port() -> int:
 class Proc:
     """A server process in its own session (stopped with all its children); stderr kept in a temp file."""
 
-    def __init__(self, cmd: list[str], port: int, ready: str, timeout: float = 180):
+    def __init__(self, cmd: list[str], port: int, ready: str, timeout: float = 180, cwd: str | None = None):
+        """`cwd`: run from that directory, its packages first on the path (another checkout's code)."""
         self.port, self.url = port, f"http://127.0.0.1:{port}"
         self.err = tempfile.TemporaryFile("w+")
+        env = ENV if cwd is None else {**ENV, "PYTHONPATH": os.path.abspath(cwd)}
         self.p = subprocess.Popen(
-            cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=self.err, text=True, start_new_session=True
+            cmd,
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=self.err,
+            text=True,
+            start_new_session=True,
         )
         end = time.monotonic() + timeout
         while time.monotonic() < end:

@@ -10,6 +10,7 @@ import json
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -141,3 +142,34 @@ def test_ab_loads_two_servers_in_turn_and_reads_their_caps(capsys, tmp_path):
     rounds = json.loads(out.read_text())["rounds"]
     assert len(rounds) == 2 and all(r["A"]["ok"] > 0 and r["B"]["ok"] > 0 for r in rounds)
     assert all(r["B"]["cap"] == 32 and r["A"]["cap"] >= 8 for r in rounds)
+
+
+def test_ab_open_loop_offers_both_the_same_schedule_and_runs_b_from_a_tree(capsys, tmp_path):
+    """--mix/--rate: each round offers A and B the same Poisson schedule and reports attainment, the
+    answers that were not 200 and p99; --b-tree starts B from a checkout's directory (this one here)."""
+    from loadtests import ab
+
+    root = str(Path(__file__).resolve().parents[2])
+    mix = tmp_path / "m.json"
+    mix.write_text(json.dumps({"name": "m", "slo_ms": 2000, "request": [{"steps": 1, "num_samples": 1}]}))
+    out = tmp_path / "ab.json"
+    args = ["--model", "digits", "--mix", str(mix), "--mix-steps", "auto", "--rate", "20", "--rounds", "2"]
+    args += ["--seconds", "1", "--warm-seconds", "0.5", "--b-tree", root, "--a-args", "--engine eager"]
+    assert ab.main([*args, "--b-args", "--engine eager", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "open loop at 20 req/s" in text and f"(from {root})" in text and "| 2 |" in text, text
+    rounds = json.loads(out.read_text())["rounds"]
+    assert [r["A"]["sent"] for r in rounds] == [r["B"]["sent"] for r in rounds]  # one schedule per round
+    assert all(r[n]["attainment"] > 0.5 and r[n]["refused"] == 0 for r in rounds for n in "AB")
+
+
+@pytest.mark.parametrize(
+    "flags, problem",
+    [(["--mix", "mixed"], "go together"), (["--rate", "5"], "go together"), (["--b-tree", "/"], "no server/")],
+)
+def test_ab_refuses_half_an_open_loop_and_a_tree_that_is_not_a_checkout(flags, problem, capsys):
+    from loadtests import ab
+
+    with pytest.raises(SystemExit):
+        ab.main(flags)
+    assert problem in capsys.readouterr().err
