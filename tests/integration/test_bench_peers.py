@@ -165,7 +165,11 @@ def test_ab_open_loop_offers_both_the_same_schedule_and_runs_b_from_a_tree(capsy
 
 @pytest.mark.parametrize(
     "flags, problem",
-    [(["--mix", "mixed"], "go together"), (["--rate", "5"], "go together"), (["--b-tree", "/"], "no server/")],
+    [
+        (["--mix", "mixed"], "go together"),
+        (["--rate", "5"], "go together"),
+        (["--b-tree", "/"], "no server/"),
+    ],
 )
 def test_ab_refuses_half_an_open_loop_and_a_tree_that_is_not_a_checkout(flags, problem, capsys):
     from loadtests import ab
