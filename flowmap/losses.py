@@ -18,7 +18,7 @@ from torch import Tensor
 
 from flowmap.guidance import cfg_mix
 from flowmap.interpolants import Linear, expand, interpolate
-from flowmap.teacher import heun_solve, heun_solve_rows, teacher_velocity
+from flowmap.teacher import ab2_solve_rows, heun_solve, heun_solve_rows, teacher_velocity
 from flowmap.timesamplers import TimeSampler
 
 
@@ -289,13 +289,17 @@ def _teacher_field(teacher, y: Tensor | None, guidance: float, null: int):
     return lambda x, tau: teacher_velocity(teacher, x, tau, y, guidance, null)
 
 
+SOLVERS = {"heun": heun_solve_rows, "ab2": ab2_solve_rows}  # the teacher solves Distill can take
+
+
 @dataclass
 class Distill:
     """distill (direct regression, as in flow map matching, Boffi et al. 2024): X_{s,t}(x_s) ~
     X^teacher_{s,t}(x_s) by Heun on the teacher ODE, in u units; diagonal pairs learn the teacher velocity.
 
-    The solve takes `ode_steps` Heun steps per pair or, with `ode_dt` > 0, steps no longer than `ode_dt`
-    (ceil((s - t) / ode_dt) of them): a short segment then costs as little as its length asks."""
+    The solve takes `ode_steps` steps per pair or, with `ode_dt` > 0, steps no longer than `ode_dt`
+    (ceil((s - t) / ode_dt) of them): a short segment then costs as little as its length asks.
+    `solver`: heun (two teacher calls a step) or ab2 (Adams-Bashforth, one call a step)."""
 
     interpolant: object = field(default_factory=Linear)
     time: TimeSampler = field(default_factory=lambda: TimeSampler(diagonal=0.25))
@@ -303,11 +307,14 @@ class Distill:
     ode_steps: int = 8
     ode_dt: float = 0.0
     guidance: float = 1.0
+    solver: str = "heun"
     uses: ClassVar[tuple[str, ...]] = ("teacher",)
 
     def __post_init__(self):
         if self.ode_steps < 1:
             raise ValueError(f"ode_steps must be >= 1, got {self.ode_steps}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver (--teacher-solver) must be heun or ab2, got {self.solver!r}")
         if not 0.0 <= self.ode_dt <= 1.0:
             raise ValueError(
                 f"ode_dt (--teacher-dt) must be in [0, 1] (0: ode_steps per pair), got {self.ode_dt}"
@@ -326,12 +333,12 @@ class Distill:
         rows = jump.nonzero().squeeze(1)
         if len(rows):
             x, a, z = x_s[rows], s[rows], t[rows]
-            x_t = heun_solve_rows(lambda r: velocity(rows[r]), x, a, z, self.solve_steps(a - z))
+            x_t = SOLVERS[self.solver](lambda r: velocity(rows[r]), x, a, z, self.solve_steps(a - z))
             target[rows] = ((x_t - x) / expand(z - a, x)).to(target.dtype)
         return sqnorm(net(x_s, s, t, y) - target)
 
     def solve_steps(self, length: Tensor) -> Tensor:
-        """Heun steps of the teacher solve per pair of this segment length."""
+        """Steps of the teacher solve per pair of this segment length."""
         if self.ode_dt == 0.0:
             return torch.full_like(length, self.ode_steps, dtype=torch.long)
         return torch.ceil(length / self.ode_dt - 1e-4).clamp_min(1).long()

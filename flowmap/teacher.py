@@ -75,3 +75,24 @@ def heun_solve_rows(
         x[rows] = (xr + expand(hr, xr) * 0.5 * (d1 + d2)).to(x.dtype)
         tau[rows] = tr + hr
     return x
+
+
+@torch.no_grad()
+def ab2_solve_rows(
+    field: Callable[[Tensor], Callable], x: Tensor, s: Tensor, t: Tensor, steps: Tensor
+) -> Tensor:
+    """heun_solve_rows by 2-step Adams-Bashforth: one velocity call per step, not two. Row i takes
+    steps[i] equal steps h from s[i]: an Euler step, then x += h (3/2 b_j - 1/2 b_{j-1}). Second order
+    like Heun, so at half Heun's step it costs the same calls and errs less: the mnist fm teacher
+    (guidance 1.25, 16 calls) gives pixel FD 2.54 against Heun's 3.45 (docs/methods.md)."""
+    h, tau, x = (t - s) / steps.to(s.dtype), s.clone(), x.clone()
+    last = torch.zeros_like(x)
+    for j in range(int(steps.max()) if len(steps) else 0):
+        rows = (steps > j).nonzero().squeeze(1)
+        b, xr, tr, hr = field(rows), x[rows], tau[rows], h[rows]
+        d = b(xr, tr)
+        step = d if j == 0 else 1.5 * d - 0.5 * last[rows]
+        x[rows] = (xr + expand(hr, xr) * step).to(x.dtype)
+        last[rows] = d.to(last.dtype)
+        tau[rows] = tr + hr
+    return x

@@ -62,7 +62,8 @@ class TrainConfig:
     labels: str = "use"  # use, or drop: train an unconditional model on labelled data (same split)
     guidance: float = 1.0  # guidance scale baked into training (esd, cd, distill, lmd, emd)
     teacher: str | None = None  # teacher checkpoint for cd, distill, lmd, emd
-    teacher_dt: float = 0.0  # distill: the teacher solve's longest Heun step; 0: a fixed count per pair
+    teacher_dt: float = 0.0  # distill: the teacher solve's longest step; 0: a fixed count per pair
+    teacher_solver: str = "heun"  # distill: heun (2 teacher calls a step) or ab2 (Adams-Bashforth, 1 call)
     init: str | None = None  # start from this checkpoint's weights (a second stage, e.g. esd then esdt)
     threads: int = 1
     precision: str = "fp32"  # fp32, or bf16 (autocast; esd JVP targets on a bf16 copy, lsd JVP in fp32)
@@ -82,6 +83,8 @@ class TrainConfig:
             raise ValueError(
                 f"teacher_dt must be in [0, 1] (0: the method's fixed step count), got {self.teacher_dt}"
             )
+        if self.teacher_solver not in ("heun", "ab2"):
+            raise ValueError(f"teacher_solver must be heun or ab2, got {self.teacher_solver!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
 
@@ -117,6 +120,12 @@ def build_loss(cfg: TrainConfig):
                 f"method {cfg.method!r} does not solve the teacher ODE; drop --teacher-dt (distill)"
             )
         kwargs["ode_dt"] = cfg.teacher_dt
+    if cfg.teacher_solver != "heun":
+        if not hasattr(default, "solver"):
+            raise ValueError(
+                f"method {cfg.method!r} does not solve the teacher ODE; drop --teacher-solver (distill)"
+            )
+        kwargs["solver"] = cfg.teacher_solver
     return make_loss(cfg.method, **kwargs)
 
 

@@ -317,3 +317,41 @@ def test_distill_solves_each_segment_in_steps_no_longer_than_ode_dt():
     guided = 2  # a conditional and a null call per velocity
     assert n_calls == guided * (1 + 2 * 8)
     assert rows_evaluated == guided * (int((~jumps).sum()) + 2 * int(loss.solve_steps(s - t)[jumps].sum()))
+
+
+def test_ab2_solve_is_second_order_at_one_call_a_step_and_rows_solve_as_if_alone():
+    """--teacher-solver ab2: on dx/dtau = -x tau (exact x e^{(s^2 - t^2)/2}) halving the step quarters the
+    error; rows with different counts match their own solo solves; the field is called max(steps) times."""
+    from flowmap.teacher import ab2_solve_rows
+
+    calls = []
+
+    def field(rows):
+        return lambda x, tau: calls.append(len(rows)) or -x * expand(tau, x)
+
+    x = torch.randn(4, 3, dtype=torch.float64)
+    s, t = torch.ones(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+    exact = x * torch.exp(torch.tensor(0.5, dtype=torch.float64))
+    err = [(ab2_solve_rows(field, x, s, t, torch.full((4,), n)) - exact).abs().max() for n in (16, 32, 64)]
+    assert 3.5 < err[0] / err[1] < 4.5 and 3.5 < err[1] / err[2] < 4.5, err
+
+    calls.clear()
+    steps = torch.tensor([8, 4, 2, 1])
+    both = ab2_solve_rows(field, x, s, t * 0 + 0.5, steps)
+    assert calls == [4, 3, 2, 2, 1, 1, 1, 1]  # one call a step, rows drop out when done
+    for i in range(4):
+        one = slice(i, i + 1)
+        alone = ab2_solve_rows(field, x[one], s[one], t[one] * 0 + 0.5, steps[one])
+        assert torch.allclose(both[one], alone, rtol=1e-12), i
+
+
+def test_distill_with_ab2_takes_one_teacher_call_a_step():
+    loss = losses.Distill(time=TimeSampler("grid", diagonal=0.2), ode_dt=0.0625, solver="ab2")
+    teacher = torch.nn.Linear(2, 2).double()
+    calls = []
+    net = lambda x, s, t, y=None: calls.append(x.shape[0]) or teacher(x)  # noqa: E731
+    torch.manual_seed(0)
+    loss(lambda x, s, t, y=None: torch.zeros_like(x), torch.randn(64, 2, dtype=torch.float64), teacher=net)
+    assert len(calls) == 1 + 16  # the diagonal rows' call, then 16 steps for the (1, 0) jumps
+    with pytest.raises(ValueError, match="heun or ab2"):
+        losses.Distill(solver="rk4")
