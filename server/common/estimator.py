@@ -68,7 +68,8 @@ class ReturnPath:
 
 
 class ReportedWait:
-    """The queue wait an engine core last reported (with every result it sends: messages.Done.wait_s),
+    """The least queue wait an engine core last reported (with every result it sends: messages.Done.wait_s;
+    the wait once waiting "auto" jobs gave up all the steps they could, admission.least_wait),
     aged by the time since: the API process's view of the core's queue, so a request the core would
     refuse is refused before it is sent, at once, whatever the core is computing. The core checks again
     (server.core_process.admission), so a stale view can only let a request through, never wrongly keep

@@ -68,7 +68,7 @@ class Done:
     queue_s: float
     compute_s: float
     sent: float = 0.0  # time.monotonic() when the core sent it (one clock for all processes)
-    wait_s: float = 0.0  # the core's predicted queue wait for a new request, when it sent this
+    wait_s: float = 0.0  # the least queue wait the core could give a new request when it sent this
     TAG = 3
 
 

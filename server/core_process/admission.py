@@ -66,22 +66,25 @@ def finish_seconds(s: Scheduler, rows: int, steps: int, wait: float | None = Non
     return wait + steps * math.ceil(rows / b) * s.timer.predict(busy)
 
 
-def check(s: Scheduler, rows: int, steps: int, budget: float, max_queue: float) -> None:
+def check(s: Scheduler, rows: int, steps: int, budget: float, max_queue: float) -> int:
     """Refused unless a job of `rows` rows and `steps` steps (the fewest it may take: 1 for "auto") is
     predicted to finish within `budget` seconds and to wait at most `max_queue` seconds. A job whose own
     `steps` miss `budget` even with no wait is planned at one step (early exit cuts it to fit); one whose
-    single step misses it with no wait is Unmeetable (its own steps, with early exit off)."""
-    wait = wait_seconds(s, rows)
+    single step misses it with no wait is Unmeetable (its own steps, with early exit off). Changes
+    nothing: it returns the row-steps the waiting "auto" jobs must give up for the job to fit (0: none),
+    which the caller cuts (Scheduler.shorten) once the job is built."""
+    wait, cut = wait_seconds(s, rows), 0
     if steps > 1 and s.exit_early and finish_seconds(s, rows, steps, 0.0) > budget:
         steps = 1  # never fits as asked: early exit will cut it, so only its one jump must fit
     compute = finish_seconds(s, rows, steps, 0.0)
     if s.exit_early and compute <= budget and (wait > max_queue or wait + compute > budget):
-        wait = make_room(s, rows, min(max_queue, budget - compute), wait)
+        wait, cut = make_room(s, rows, min(max_queue, budget - compute), wait)
+    queued = least_wait(s, rows) if s.exit_early else wait  # what Retry-After waits for: the least wait
     if wait > max_queue:
         raise Refused(
             f"overloaded: predicted queue wait {1e3 * wait:.0f} ms is over the server's bound of "
             f"{1e3 * max_queue:.0f} ms",
-            retry_after(wait - max_queue),
+            retry_after(queued - max_queue),
         )
     if compute > budget:
         raise Unmeetable(
@@ -93,21 +96,23 @@ def check(s: Scheduler, rows: int, steps: int, budget: float, max_queue: float) 
         raise Refused(
             f"overloaded: predicted finish in {1e3 * finish:.0f} ms is past the request's deadline "
             f"({1e3 * max(0.0, budget):.0f} ms)",
-            retry_after(finish - budget),  # = wait - (budget - compute): the queue part only
+            retry_after(queued + compute - budget),  # = wait - (budget - compute): the queue part only
         )
+    return cut
 
 
-def make_room(s: Scheduler, rows: int, limit: float, wait: float) -> float:
-    """The predicted wait of a job of `rows` rows once the waiting "auto" jobs that have not started give
-    up the steps it takes to bring it within `limit` seconds (Scheduler.shorten); `wait` (unchanged, and
-    nothing cut) when all they could give is not enough. The queue drains at full batches, so the work
-    ahead must fall to floor(limit / t(max_batch)) batches. O(1) when it cannot help (a flood's refusals
-    stay cheap)."""
+def make_room(s: Scheduler, rows: int, limit: float, wait: float) -> tuple[float, int]:
+    """(the predicted wait, the row-steps to cut) of a job of `rows` rows once the waiting "auto" jobs that
+    have not started give up what brings it within `limit` seconds; (`wait`, 0) when all they could give
+    is not enough. The queue drains at full batches, so the work ahead must fall to floor(limit /
+    t(max_batch)) batches. O(1): nothing is cut here (Scheduler.shorten does, and may take a little more:
+    whole job-steps)."""
     b = s.max_batch
-    batches = math.floor(max(0.0, limit) / max(s.timer.predict(b), 1e-9))
-    if s.shorten(s.pending_work() - batches * b):
-        return wait_seconds(s, rows)
-    return wait
+    batches = math.floor(max(0.0, limit) / max(s.timer.predict(b), 1e-9) + 1e-9)
+    work = s.pending_work() - batches * b
+    if 0 < work <= s.auto_slack:
+        return min(wait_seconds(s, rows, work), limit), work  # min: float rounding, not a real excess
+    return wait, 0
 
 
 CAP_FLOOR = 8  # rows: the cap never splits one step of an 8-sample request over two calls

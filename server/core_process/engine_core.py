@@ -155,16 +155,20 @@ class EngineCore:
         `make` runs: a refusal draws no noise), and let waiting jobs join now when the core is between
         iterations (a step boundary) and no batching window holds them back. Every call counts as an
         arrival, admitted or not (`auto`: its steps are chosen at submission, from the arrivals before it:
-        a lone large request must not count as a rate of its own rows per second; scheduler.demand)."""
+        a lone large request must not count as a rate of its own rows per second; scheduler.demand).
+        When it fits only once waiting "auto" jobs give up steps (admission.check), they are cut after
+        `make` succeeds, and an "auto" job admitted so keeps no more steps than they do."""
         arrive = lambda: self.scheduler.demand.arrive(self.clock(), rows, None if auto else steps)
         try:
             self.scheduler.check_room(rows)
-            admission.check(self.scheduler, rows, steps, deadline - margin - self.clock(), self.max_queue)
+            budget = deadline - margin - self.clock()
+            cut = admission.check(self.scheduler, rows, steps, budget, self.max_queue)
         except SchedulingError:
             arrive()
             raise
-        job = make()
-        self.submit(job)
+        job = make()  # may raise: then nothing was cut
+        most = self.scheduler.shorten(cut) if cut else None
+        self.scheduler.submit(job, self.clock(), most)
         arrive()
         if self.scheduler.max_wait == 0 or self.scheduler.in_flight():
             self.scheduler.admit_waiting(self.clock())

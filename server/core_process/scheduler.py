@@ -92,11 +92,11 @@ class Scheduler(Rows, Forecast):
         super().__init__()  # the rows in flight: none yet
 
     # ---------------------------------------------------------------- intake
-    def submit(self, job: Job, now: float) -> None:
-        """Queue a job; resolves "auto" steps here. QueueFull as in `check_room`."""
+    def submit(self, job: Job, now: float, most: int | None = None) -> None:
+        """Queue a job; resolves "auto" steps here (at most `most`). QueueFull as in `check_room`."""
         self.check_room(job.n * job.rows_per_sample)
         if job.steps is None:
-            job.auto, job.steps = True, self.choose_steps(job, now)
+            job.auto, job.steps = True, min(self.choose_steps(job, now), most or self.max_steps)
         if not 1 <= job.steps <= self.max_steps:
             raise ValueError(f"steps must be in 1..{self.max_steps}, got {job.steps}")
         job.arrival, job.remaining = now, job.n
@@ -227,15 +227,16 @@ class Scheduler(Rows, Forecast):
 
     def shorten(self, work: int) -> int:
         """Take at least `work` row-steps off the waiting "auto" jobs that have not started, a step at a time
-        from those with the most steps (the latest first among equals), none below one step; the row-steps
-        taken (none when `auto_slack` cannot cover `work`: then nothing changes). Their clients asked for
-        the best steps that fit; this lets a request in that the queue bound would refuse, for a step of
-        quality each, and only brings their own finish nearer."""
+        from those with the most steps (the latest first among equals), none below one step. Their clients
+        asked for the best steps that fit; this lets in a request that the queue bound would refuse, for a
+        step of quality each, and only brings their own finish nearer. Returns the most steps such a job
+        keeps (0, and nothing changes, when `auto_slack` cannot cover `work`): an "auto" request let in by
+        the cut is given no more (`submit`'s `most`)."""
         if work <= 0 or work > self.auto_slack:
             return 0
         jobs = [j for j in self.waiting if j.auto and j.first_admit is None and j.steps > 1]
         taken = 0
-        while taken < work:
+        while taken < work and jobs:
             top = max(j.steps for j in jobs)
             for j in reversed(jobs):
                 if j.steps == top and taken < work:
@@ -245,7 +246,7 @@ class Scheduler(Rows, Forecast):
                     self.waiting_work -= rows
                     self.auto_slack -= rows
             jobs = [j for j in jobs if j.steps > 1]
-        return taken
+        return max((j.steps for j in jobs), default=1)
 
     # ---------------------------------------------------------------- internals
     def _slack(self, job: Job) -> int:

@@ -393,7 +393,54 @@ def test_steps_are_cut_only_when_that_is_enough_and_never_below_one():
     with pytest.raises(QueueFull):  # 40 iterations queued, 25 allowed: 120 row-steps short, 48 to give
         core.admit(1, job, steps=1, deadline=100.0)
     assert [j.steps for j in auto] == [4, 4] and sched.auto_slack == 48  # a refusal changes nothing
-    assert sched.shorten(48) == 48 and [j.steps for j in auto] == [1, 1] and sched.auto_slack == 0
+    assert sched.shorten(48) == 1 and [j.steps for j in auto] == [1, 1] and sched.auto_slack == 0
+
+
+def test_an_auto_request_let_in_by_a_cut_keeps_no_more_steps_than_the_jobs_cut_for_it():
+    sched, ex = setup()
+    jobs = queue_auto(sched, 10)
+    core = EngineCore("m", sched, ex, clock=lambda: 0.0, max_queue=0.25)
+    new = core.admit(8, lambda: job(8, None, seed=99), steps=1, deadline=100.0, auto=True)
+    assert new.auto and new.steps <= max(j.steps for j in jobs[1:]) == 3  # not the 4 no deadline gives
+    assert sched.auto_slack == sum(8 * (j.steps - 1) for j in [*jobs[1:], new])
+
+
+def test_a_request_whose_job_cannot_be_built_cuts_nothing():
+    sched, ex = setup()
+    jobs = queue_auto(sched, 10)
+    core = EngineCore("m", sched, ex, clock=lambda: 0.0, max_queue=0.25)
+
+    def make():
+        raise RuntimeError("reward unavailable")
+
+    with pytest.raises(RuntimeError):
+        core.admit(1, make, steps=1, deadline=100.0)
+    assert [j.steps for j in jobs] == [4] * 10 and sched.auto_slack == 8 * 3 * 10
+
+
+def test_auto_slack_is_the_waiting_auto_jobs_steps_after_any_mix_of_events():
+    """Guided (2 rows a sample) and plain jobs, fixed and "auto"; submit, start, cut, cancel, expire: the
+    counter stays the sum it stands for."""
+    sched, ex = setup()
+    want = lambda: sum(  # noqa: E731
+        j.n * j.rows_per_sample * (j.steps - 1) for j in sched.waiting if j.auto and j.first_admit is None
+    )
+    sizes = [(3, None), (2, 4), (4, None), (1, None), (2, None)]
+    jobs = [job(n, steps, seed=i) for i, (n, steps) in enumerate(sizes)]
+    jobs[2].guidance = jobs[4].guidance = 1.5  # guided: 2 rows a sample
+    for j in jobs:
+        sched.submit(j, 0.0)
+        assert sched.auto_slack == want()
+    sched.next_batch(0.0)  # the first starts (and maybe more), so its slack goes
+    assert sched.auto_slack == want()
+    assert sched.auto_slack >= 12 and sched.shorten(5) and sched.auto_slack == want()
+    sched.cancel(jobs[3], 0.0)
+    assert sched.auto_slack == want()
+    for j in sched.waiting:
+        j.deadline = 0.5
+    sched.next_deadline = 0.5
+    sched.expire(1.0)
+    assert sched.auto_slack == want() == 0
 
 
 def test_a_deadline_refusal_cuts_waiting_auto_steps_too():
