@@ -295,7 +295,7 @@ SOLVERS = {"heun": heun_solve_rows, "ab2": ab2_solve_rows}  # the teacher solves
 @dataclass
 class Distill:
     """distill (direct regression, as in flow map matching, Boffi et al. 2024): X_{s,t}(x_s) ~
-    X^teacher_{s,t}(x_s) by Heun on the teacher ODE, in u units; diagonal pairs learn the teacher velocity.
+    X^teacher_{s,t}(x_s) by solving the teacher ODE, in u units; diagonal pairs learn the teacher velocity.
 
     The solve takes `ode_steps` steps per pair or, with `ode_dt` > 0, steps no longer than `ode_dt`
     (ceil((s - t) / ode_dt) of them): a short segment then costs as little as its length asks.
@@ -314,7 +314,8 @@ class Distill:
         if self.ode_steps < 1:
             raise ValueError(f"ode_steps must be >= 1, got {self.ode_steps}")
         if self.solver not in SOLVERS:
-            raise ValueError(f"solver (--teacher-solver) must be heun or ab2, got {self.solver!r}")
+            names = ", ".join(SOLVERS)
+            raise ValueError(f"solver (--teacher-solver) must be one of {names}, got {self.solver!r}")
         if not 0.0 <= self.ode_dt <= 1.0:
             raise ValueError(
                 f"ode_dt (--teacher-dt) must be in [0, 1] (0: ode_steps per pair), got {self.ode_dt}"

@@ -19,7 +19,7 @@ from flowmap.checkpoint import atomic_write, read_tensors, save_checkpoint, save
 from flowmap.data import Dataset, load_data
 from flowmap.errors import UserError
 from flowmap.interpolants import get_interpolant
-from flowmap.losses import make_loss, uses
+from flowmap.losses import SOLVERS, make_loss, uses
 from flowmap.nets import build_net
 from flowmap.teacher import load_teacher
 from flowmap.timesamplers import TimeSampler
@@ -83,8 +83,9 @@ class TrainConfig:
             raise ValueError(
                 f"teacher_dt must be in [0, 1] (0: the method's fixed step count), got {self.teacher_dt}"
             )
-        if self.teacher_solver not in ("heun", "ab2"):
-            raise ValueError(f"teacher_solver must be heun or ab2, got {self.teacher_solver!r}")
+        if self.teacher_solver not in SOLVERS:
+            names = ", ".join(SOLVERS)
+            raise ValueError(f"teacher_solver must be one of {names}, got {self.teacher_solver!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
 

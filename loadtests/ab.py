@@ -9,8 +9,8 @@ then the ranges. Each server's `flowmap_batch_cap_rows` is read after every roun
 Workloads are loadtests.peer_table's (a: 1x1, b: 8x2, c: 1x4, d: mixed 1-4 steps x1, e: mixed x8).
 
 Open loop instead (`--mix`, `--rate`): each turn offers the same Poisson schedule (seed: the round) of a
-request mix to A and then B, and reports SLO attainment, the answers that were not 200 and p99
-(loadtests.openloop). `--b-tree` runs B from another checkout, for an A/B of a code change:
+request mix to both (plus an unrecorded 1 s lead-in), and reports SLO attainment, the answers that were
+not 200 and p99 (loadtests.openloop). `--b-tree` runs B from another checkout, for an A/B of a code change:
 
     git worktree add /tmp/before HEAD~1
     python -m loadtests.ab --model mnist --mix sweep_mnist --mix-steps auto --rate 14 --b-tree /tmp/before
@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 
 from loadtests import openloop, wrkload
-from loadtests.mix import load_mix
+from loadtests.mix import MixError, load_mix
 from loadtests.peer_table import WORKLOADS, bodies, span
 from loadtests.procs import Proc, free_port
 
@@ -58,7 +58,7 @@ def load(srv: Proc, a: argparse.Namespace, requests, seconds: float, seed: int =
     else:
         plan = openloop.plan_mix(requests, a.rate, seconds + 1.0, seed, a.classes, srv.url + "/v1/generate")
         res = openloop.summarize(openloop.drive(srv.url, plan), 1.0)
-        res["refused"] = sum(n for code, n in res["statuses"].items() if code != "200")
+        res["not_200"] = sum(n for code, n in res["statuses"].items() if code != "200")
     return {**res, "cap": batch_cap(srv.url, a.model)}
 
 
@@ -77,8 +77,8 @@ def one_round(r: int, servers: dict[str, Proc], requests, a: argparse.Namespace)
         ]
         cells += [B["cap"], f"{B['req_s'] / max(A['req_s'], 1e-9):.2f}x"]
     else:
-        cells = [f"{A['attainment']:.3f}", A["refused"], f"{A['p99_ms']:.0f}", A["cap"]]
-        cells += [f"{B['attainment']:.3f}", B["refused"], f"{B['p99_ms']:.0f}", B["cap"]]
+        cells = [f"{A['attainment']:.3f}", A["not_200"], f"{A['p99_ms']:.0f}", A["cap"]]
+        cells += [f"{B['attainment']:.3f}", B["not_200"], f"{B['p99_ms']:.0f}", B["cap"]]
     print(f"| {r + 1} | " + " | ".join(str(c) for c in cells) + " |", flush=True)
     return res
 
@@ -95,8 +95,8 @@ def summary(rows: list[dict], mix: bool = False) -> None:
     if mix:
         for name in ("A", "B"):
             att, p99 = [r[name]["attainment"] for r in rows], [r[name]["p99_ms"] for r in rows]
-            refused = sum(r[name]["refused"] for r in rows)
-            print(f"{name}: attainment {span(att, '.3f')}, {refused} not 200 in all, p99 {span(p99)} ms")
+            bad = sum(r[name]["not_200"] for r in rows)
+            print(f"{name}: attainment {span(att, '.3f')}, {bad} not 200 in all, p99 {span(p99)} ms")
         return
     for name in ("A", "B"):
         rps, p99 = [r[name]["req_s"] for r in rows], [r[name]["p99_ms"] for r in rows]
@@ -104,7 +104,8 @@ def summary(rows: list[dict], mix: bool = False) -> None:
     print(f"B / A: {span([r['B']['req_s'] / max(r['A']['req_s'], 1e-9) for r in rows], '.2f')}x")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, object, str]:
+    """The flags, checked; the requests (wrk bodies, or a mix) and a line saying what they are."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="digits")
     p.add_argument("--workload", default="b", choices=sorted(WORKLOADS))
@@ -124,16 +125,24 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--rounds, --seconds and --connections must be positive")
     if (a.mix is None) != (a.rate is None) or (a.rate is not None and a.rate <= 0):
         p.error("--mix and --rate go together (open loop), --rate > 0")
+    if a.mix_steps is not None and (a.mix is None or not (a.mix_steps == "auto" or a.mix_steps.isdigit())):
+        p.error(f"--mix-steps {a.mix_steps!r}: a step count or auto, with --mix")
     if a.b_tree is not None and not (Path(a.b_tree) / "server").is_dir():
         p.error(f"--b-tree {a.b_tree}: not a checkout of this project (no server/ in it)")
-    servers: dict[str, Proc] = {}
     if a.mix is None:
-        requests, what = bodies(a.workload), f"{WORKLOADS[a.workload][0]}, wrk -c{a.connections}"
-    else:
+        return a, bodies(a.workload), f"{WORKLOADS[a.workload][0]}, wrk -c{a.connections}"
+    try:
         requests = load_mix(a.mix)
-        if a.mix_steps is not None:
-            requests = requests.with_steps(a.mix_steps if a.mix_steps == "auto" else int(a.mix_steps))
-        what = f"mix {requests.name}, open loop at {a.rate:g} req/s"
+    except MixError as e:
+        p.error(str(e))
+    if a.mix_steps is not None:
+        requests = requests.with_steps(a.mix_steps if a.mix_steps == "auto" else int(a.mix_steps))
+    return a, requests, f"mix {requests.name}, open loop at {a.rate:g} req/s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    a, requests, what = parse(argv)
+    servers: dict[str, Proc] = {}
     try:
         for name, flags, tree in (("A", a.a_args, None), ("B", a.b_args, a.b_tree)):
             servers[name] = start(a.model, shlex.split(flags), tree)

@@ -29,7 +29,8 @@ class Proc:
         """`cwd`: run from that directory, its packages first on the path (another checkout's code)."""
         self.port, self.url = port, f"http://127.0.0.1:{port}"
         self.err = tempfile.TemporaryFile("w+")
-        env = ENV if cwd is None else {**ENV, "PYTHONPATH": os.path.abspath(cwd)}
+        path = os.pathsep.join(filter(None, [os.path.abspath(cwd) if cwd else "", ENV.get("PYTHONPATH", "")]))
+        env = {**ENV, "PYTHONPATH": path} if cwd else ENV
         self.p = subprocess.Popen(
             cmd,
             env=env,

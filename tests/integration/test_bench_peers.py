@@ -160,7 +160,7 @@ def test_ab_open_loop_offers_both_the_same_schedule_and_runs_b_from_a_tree(capsy
     assert "open loop at 20 req/s" in text and f"(from {root})" in text and "| 2 |" in text, text
     rounds = json.loads(out.read_text())["rounds"]
     assert [r["A"]["sent"] for r in rounds] == [r["B"]["sent"] for r in rounds]  # one schedule per round
-    assert all(r[n]["attainment"] > 0.5 and r[n]["refused"] == 0 for r in rounds for n in "AB")
+    assert all(r[n]["attainment"] > 0.5 and r[n]["not_200"] == 0 for r in rounds for n in "AB")
 
 
 @pytest.mark.parametrize(
@@ -169,6 +169,9 @@ def test_ab_open_loop_offers_both_the_same_schedule_and_runs_b_from_a_tree(capsy
         (["--mix", "mixed"], "go together"),
         (["--rate", "5"], "go together"),
         (["--b-tree", "/"], "no server/"),
+        (["--mix-steps", "2"], "with --mix"),
+        (["--mix", "mixed", "--rate", "5", "--mix-steps", "two"], "a step count or auto"),
+        (["--mix", "no_such_mix", "--rate", "5"], "not found"),
     ],
 )
 def test_ab_refuses_half_an_open_loop_and_a_tree_that_is_not_a_checkout(flags, problem, capsys):

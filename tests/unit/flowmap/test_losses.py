@@ -353,5 +353,5 @@ def test_distill_with_ab2_takes_one_teacher_call_a_step():
     torch.manual_seed(0)
     loss(lambda x, s, t, y=None: torch.zeros_like(x), torch.randn(64, 2, dtype=torch.float64), teacher=net)
     assert len(calls) == 1 + 16  # the diagonal rows' call, then 16 steps for the (1, 0) jumps
-    with pytest.raises(ValueError, match="heun or ab2"):
+    with pytest.raises(ValueError, match="one of heun, ab2"):
         losses.Distill(solver="rk4")
