@@ -25,11 +25,11 @@ train_mnist() {  # one stage of the mnist recipe, data-parallel over NPROC one-t
 mnist() {
   # mnist: multi-resolution U-Net (preset: width 32, mults 1,2,4, bf16 autocast, batch 128): an fm teacher,
   train_mnist --data mnist --method fm --steps 4000 --lr 6e-4 --ckpt-every 500 --out "$OUT/mnist_fm.safetensors"
-  # then distil the served jumps (--time-dist grid: segments of 1-4 step schedules) from its ODE (Heun steps
-  # no longer than 1/8, guidance 1.25), starting from its weights
+  # then distil the served jumps (--time-dist grid: segments of 1-4 step schedules) from its ODE (Adams-Bashforth
+  # steps no longer than 1/16, guidance 1.25), starting from its weights
   train_mnist --data mnist --method distill --teacher "$OUT/mnist_fm.safetensors" \
     --init "$OUT/mnist_fm.safetensors" --time-dist grid --diagonal 0.1 --guidance 1.25 --batch-size 64 \
-    --steps 2500 --lr 3e-4 --warmup 50 --ema 0.998 --ckpt-every 100 --teacher-dt 0.125 \
+    --steps 2500 --lr 3e-4 --warmup 50 --ema 0.998 --ckpt-every 100 --teacher-dt 0.0625 --teacher-solver ab2 \
     --out "$OUT/mnist.safetensors"
   $FLOWMAP eval --model "$OUT/mnist.safetensors" --steps 1,2,4 --ode-steps 64
 }
