@@ -23,6 +23,7 @@ import json
 import re
 import shlex
 import sys
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -97,6 +98,11 @@ def summary(rows: list[dict], mix: bool = False) -> None:
             att, p99 = [r[name]["attainment"] for r in rows], [r[name]["p99_ms"] for r in rows]
             bad = sum(r[name]["not_200"] for r in rows)
             print(f"{name}: attainment {span(att, '.3f')}, {bad} not 200 in all, p99 {span(p99)} ms")
+            why = Counter()
+            for r in rows:
+                why.update(r[name].get("reasons", {}))
+            for text, n in why.most_common():  # which bound refused, and where (API process or core)
+                print(f"  {n} x {text}")
         return
     for name in ("A", "B"):
         rps, p99 = [r[name]["req_s"] for r in rows], [r[name]["p99_ms"] for r in rows]

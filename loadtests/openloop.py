@@ -26,9 +26,11 @@ import base64
 import io
 import json
 import random
+import re
 import sys
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -62,6 +64,7 @@ class Outcome:
     done: np.ndarray  # [R] float64 (nan: no answer)
     payloads: list[bytes | None]
     connections: int = 0  # connections opened
+    reasons: dict[int, str] = field(default_factory=dict)  # request index -> why it was not a 200
 
     @property
     def latency_ms(self) -> np.ndarray:
@@ -188,6 +191,8 @@ async def _one(pool: Pool, i: int, plan: Plan, out: Outcome, t0: float, keep: bo
         out.done[i], out.status[i] = clock() - t0, status
         if keep and status == 200:
             out.payloads[i] = body
+        elif status != 200:
+            out.reasons[i] = reason(status, body)
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError):
         out.status[i] = CONN_ERROR
     finally:
@@ -234,7 +239,31 @@ def summarize(out: Outcome, warmup: float = 0.0) -> dict:
     p = out.plan
     sel = p.at >= warmup
     window = float(p.at[sel].max() - warmup) if sel.any() else 0.0
-    return stats(out.status[sel], out.latency_ms[sel], p.slo_ms[sel], window, (out.sent - p.at)[sel])
+    s = stats(out.status[sel], out.latency_ms[sel], p.slo_ms[sel], window, (out.sent - p.at)[sel])
+    s["reasons"] = reasons(out.reasons, np.flatnonzero(sel))
+    return s
+
+
+NUMBER = re.compile(r"\d+(\.\d+)?")
+
+
+def reason(status: int, body: bytes) -> str:
+    """One answer that was not a 200, as "STATUS message" with its numbers as N, so that answers refused
+    for the same reason count together (the server's 429s say which bound refused them, and whether the
+    API process or the engine core did: docs/server.md "Admission by predicted time")."""
+    try:
+        err = json.loads(body)
+        msg = err.get("detail") or err.get("error") or ""
+        msg = msg.get("message", "") if isinstance(msg, dict) else msg
+    except (ValueError, AttributeError):
+        msg = body[:200].decode(errors="replace")
+    return f"{status} {NUMBER.sub('N', str(msg)).strip()}".strip()
+
+
+def reasons(why: dict[int, str], sel: np.ndarray) -> dict[str, int]:
+    """Counts of the reasons (`reason`) of the selected requests' answers that were not a 200, most first."""
+    got = Counter(why[i] for i in sel.tolist() if i in why)
+    return dict(got.most_common())
 
 
 def stats(status: np.ndarray, latency_ms: np.ndarray, slo_ms: np.ndarray, window: float, lag) -> dict:

@@ -156,3 +156,63 @@ def test_the_connection_pool_never_reuses_a_connection_idle_past_the_server_keep
 
     statuses, opened = asyncio.run(main())
     assert statuses == [200, 200] and opened == 2
+
+
+@pytest.mark.parametrize(
+    "body, want",
+    [
+        (
+            b'{"detail": "overloaded: predicted queue wait 312 ms is past the server\'s bound"}',
+            "429 overloaded: predicted queue wait N ms is past the server's bound",
+        ),
+        (b'{"error": "queue full"}', "429 queue full"),
+        (b'{"error": {"message": "wait 1.5 s", "type": "x"}}', "429 wait N s"),
+        (b"<html>busy</html>", "429 <html>busy</html>"),
+    ],
+)
+def test_reason_names_a_refusal_by_its_message_with_the_numbers_taken_out(body, want):
+    assert openloop.reason(429, body) == want
+
+
+def test_drive_counts_the_answers_that_were_not_200_by_reason_after_the_warmup():
+    """A refusal's message says which bound refused it and where (the API process or the core): the
+    report counts them apart, so an A/B can tell a stale shed from a real one."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    answers = iter(
+        [(429, "wait 900 ms is past the bound"), (200, "")]
+        + [(429, "wait 1 ms is past the bound")] * 2
+        + [(429, "predicted finish in 5 ms is past the deadline"), (200, "")]
+    )
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as the server
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            code, msg = next(answers)
+            body = json.dumps({"detail": msg}).encode() if code != 200 else b"{}"
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        req = openloop.http_post(f"127.0.0.1:{srv.server_address[1]}", "/v1/generate", b"{}")
+        at = np.arange(6) * 0.05  # one at a time, in order: the first is the warm-up's
+        plan = openloop.Plan(at, [req] * 6, np.zeros(6, int), np.full(6, 1e4))
+        s = openloop.summarize(openloop.drive(url, plan, cap=1), warmup=0.04)
+    finally:
+        srv.shutdown()
+    assert s["statuses"] == {"200": 2, "429": 3}
+    assert s["reasons"] == {
+        "429 wait N ms is past the bound": 2,
+        "429 predicted finish in N ms is past the deadline": 1,
+    }
