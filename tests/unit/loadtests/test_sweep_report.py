@@ -32,6 +32,9 @@ def test_goals_of_a_repeat():
     assert g["goodput_ratio"] == 199 / 100
     assert g["worst_attainment_to_2x"] == 0.98  # up to 2 x 200 = 400 included
     assert g["fd_monotone"] is True
+    assert g["top"] == (400, 392 / 40)  # the highest load both were offered: where the trade shows
+    report = sweep_report.goals({"rows": [{**r, "repeat": 0} for r in rows]})
+    assert "9.80x at 400 req/s, 2.0x L90" in "\n".join(report)
     rows[-1]["quality"]["fd"] = 4.0  # FD falls with load: not a smooth rise
     assert sweep_report.goals_of_repeat(rows)["fd_monotone"] is False
     assert sweep_report.goals_of_repeat(rows, noise=0.25)["fd_monotone"] is True  # 9 -> 4: within 2.8 x 25%
