@@ -223,6 +223,7 @@ def _eval_parser(sub) -> None:
         help="the network's compute precision; bf16: as `flowmap serve --precision bf16` samples (autocast)",
     )
     p.add_argument("--json", default=None, help="also write the results as JSON here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
 
@@ -241,6 +242,7 @@ def cmd_eval(args) -> int:
         plot=args.plot,
         grids=args.grids,
         precision=args.precision,
+        progress=not args.no_progress,
     )
     print("\n\n".join(format_table(r) for r in results))
     if args.json:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from flowmap.checkpoint import Model
 from flowmap.data import Dataset, gmm8_sample, load_data
@@ -41,11 +42,13 @@ def eval_gmm8(
     seed: int = 0,
     sampler: str = "auto",
     ode_steps: list[int] = (),
+    progress: bool = False,
 ) -> list[dict]:
     """Relative MSE against the exact flow and energy distance to fresh data, per (sampler, steps)."""
     ref = gmm8_sample(n, torch.Generator().manual_seed(seed + 7))
     rows = []
-    for name, k in runs(model, steps, sampler, list(ode_steps)):
+    todo = runs(model, steps, sampler, list(ode_steps))
+    for name, k in bar(todo, model, progress, len(todo), "run"):
         run = lambda z: generate(model, k, z.float(), sampler=name, seed=seed)  # noqa: B023
         noise = make_noise(n, [2], seed)
         rows.append(
@@ -72,18 +75,22 @@ def eval_images(
     guidance: float = 1.0,
     sampler: str = "auto",
     ode_steps: list[int] = (),
+    progress: bool = False,
 ) -> dict:
     """Per (sampler, steps): flowmap.quality.score_images of class-balanced samples (the sweep scores
-    server samples with the same function), with the train split's own FDs as floors."""
+    server samples with the same function), with the train split's own FDs as floors. `progress`: a bar
+    on stderr over the runs' classes (a 64-step ODE run at 28x28 takes minutes on a CPU)."""
     from flowmap.quality import reference_floors, score_images
 
     floors = reference_floors(data.name)
     c = max(model.num_classes, 1)
     y = balanced_labels(c, per_class) if model.num_classes else None
-    rows = []
-    for name, k in runs(model, steps, sampler, list(ode_steps)):
-        x = _sample_labelled(model, k, c * per_class, y, seed, guidance, name)
-        rows.append({"sampler": name, "steps": k} | score_images(x, y, data=data.name, seed=seed))
+    rows, todo = [], runs(model, steps, sampler, list(ode_steps))
+    with bar(None, model, progress, len(todo) * c, "class" if model.num_classes else "run") as b:
+        for name, k in todo:
+            b.set_postfix_str(f"{name}, {k} step{'s' * (k > 1)}")
+            x = _sample_labelled(model, k, c * per_class, y, seed, guidance, name, b.update)
+            rows.append({"sampler": name, "steps": k} | score_images(x, y, data=data.name, seed=seed))
     return {
         "fd_floor_train_vs_test": floors["fd"],
         "fd_pixel_floor_train_vs_test": floors["fd_pixel"],
@@ -93,17 +100,28 @@ def eval_images(
 
 @torch.inference_mode()
 def _sample_labelled(
-    model: Model, steps: int, n: int, y, seed: int, guidance: float, sampler: str = "flowmap"
+    model: Model, steps: int, n: int, y, seed: int, guidance: float, sampler: str = "flowmap", done=None
 ) -> torch.Tensor:
+    """n samples (of class y[i] each, if y), drawn a class at a time; `done(1)` after each class."""
     noise, keys = make_noise(n, model.shape, seed), sample_keys(seed, n)
+    done = done or (lambda _: None)
     if y is None:
-        return generate(model, steps, noise, sampler=sampler, seed=seed)
+        x = generate(model, steps, noise, sampler=sampler, seed=seed)
+        done(1)
+        return x
     kw = dict(guidance=guidance, sampler=sampler, seed=seed)
-    parts = [
-        generate(model, steps, noise[y == c], class_label=c, keys=keys[y == c], **kw)
-        for c in y.unique().tolist()
-    ]
+    parts = []
+    for c in y.unique().tolist():
+        parts.append(generate(model, steps, noise[y == c], class_label=c, keys=keys[y == c], **kw))
+        done(1)
     return torch.cat(parts)
+
+
+def bar(items, model: Model, progress: bool, total: int, unit: str) -> tqdm:
+    """`flowmap eval`'s progress bar (stderr; off unless `progress`)."""
+    return tqdm(
+        items, total=total, disable=not progress, desc=f"eval {model.name}", unit=unit, dynamic_ncols=True
+    )
 
 
 def evaluate(
@@ -115,11 +133,12 @@ def evaluate(
     guidance: float = 1.0,
     sampler: str = "auto",
     ode_steps: list[int] = (),
+    progress: bool = False,
 ) -> dict:
     name = model.config["data"]["name"]
     head = {"model": model.name, "data": name, "method": model.config.get("method"), "path": str(model.path)}
     if name == "gmm8":
-        return head | {"rows": eval_gmm8(model, steps, n, seed, sampler, ode_steps)}
+        return head | {"rows": eval_gmm8(model, steps, n, seed, sampler, ode_steps, progress)}
     if name not in ("digits", "mnist"):
         raise ValueError(
             f"flowmap eval scores gmm8, digits and mnist only (their held-out splits; a classifier and PCA"
@@ -128,7 +147,7 @@ def evaluate(
     data = load_data(name)
     if list(data.shape) != model.shape:
         raise ValueError(f"model {model.name!r} has shape {model.shape}, data {name!r} has {data.shape}")
-    return head | eval_images(model, data, steps, per_class, seed, guidance, sampler, ode_steps)
+    return head | eval_images(model, data, steps, per_class, seed, guidance, sampler, ode_steps, progress)
 
 
 @torch.inference_mode()

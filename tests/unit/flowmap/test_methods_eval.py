@@ -85,10 +85,12 @@ def test_eval_cli_compares_models_with_json_plot_and_grids(tiny, capsys):
             str(d / "q.png"),
             "--grids",
             str(d / "grids"),
+            "--no-progress",
         ]
     )
     assert rc == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "eval fm" not in err  # --no-progress: no bar
     assert "model fm on gmm8" in out and "model ct on gmm8" in out and "stochastic" in out
     results = json.loads((d / "r.json").read_text())
     assert [r["model"] for r in results] == ["fm", "ct"] and len(results[0]["rows"]) == 3
@@ -102,7 +104,7 @@ def test_eval_cli_bad_steps_is_one_clear_error(tiny, capsys):
     assert "--ode-steps must be comma-separated integers" in capsys.readouterr().err
 
 
-def test_digits_eval_reports_precision_recall_and_plots_the_floor(tmp_path):
+def test_digits_eval_reports_precision_recall_and_plots_the_floor(tmp_path, capsys):
     cfg = dict(data="digits", steps=10, width=32, depth=1, batch_size=64, ckpt_every=10**6)
     ckpt = train(TrainConfig(method="fm", out=str(tmp_path / "d.safetensors"), **cfg), progress=False)
     rc = main(
@@ -125,6 +127,8 @@ def test_digits_eval_reports_precision_recall_and_plots_the_floor(tmp_path):
         ]
     )
     assert rc == 0
+    err = capsys.readouterr().err  # the progress bar: 2 runs x 10 classes, the run it is on
+    assert "eval d" in err and "20/20" in err and "heun, 2 steps" in err
     res = json.loads((tmp_path / "d.json").read_text())
     assert res["fd_floor_train_vs_test"] > 0 and res["fd_pixel_floor_train_vs_test"] > 0
     assert Image.open(tmp_path / "d_pixel.png").size[0] > 100
