@@ -48,7 +48,8 @@ def eval_gmm8(
     ref = gmm8_sample(n, torch.Generator().manual_seed(seed + 7))
     rows = []
     todo = runs(model, steps, sampler, list(ode_steps))
-    for name, k in bar(todo, model, progress, len(todo), "run"):
+    for name, k in (b := _bar(todo, model, progress, len(todo), "run")):
+        b.set_postfix_str(f"{name}, {k} step{'s' * (k > 1)}")
         run = lambda z: generate(model, k, z.float(), sampler=name, seed=seed)  # noqa: B023
         noise = make_noise(n, [2], seed)
         rows.append(
@@ -79,14 +80,15 @@ def eval_images(
 ) -> dict:
     """Per (sampler, steps): flowmap.quality.score_images of class-balanced samples (the sweep scores
     server samples with the same function), with the train split's own FDs as floors. `progress`: a bar
-    on stderr over the runs' classes (a 64-step ODE run at 28x28 takes minutes on a CPU)."""
+    on stderr over the runs' classes sampled (a 64-step ODE run at 28x28 takes minutes on a CPU; each
+    run's scoring, seconds, follows its last class)."""
     from flowmap.quality import reference_floors, score_images
 
     floors = reference_floors(data.name)
     c = max(model.num_classes, 1)
     y = balanced_labels(c, per_class) if model.num_classes else None
     rows, todo = [], runs(model, steps, sampler, list(ode_steps))
-    with bar(None, model, progress, len(todo) * c, "class" if model.num_classes else "run") as b:
+    with _bar(None, model, progress, len(todo) * c, "class" if model.num_classes else "run") as b:
         for name, k in todo:
             b.set_postfix_str(f"{name}, {k} step{'s' * (k > 1)}")
             x = _sample_labelled(model, k, c * per_class, y, seed, guidance, name, b.update)
@@ -102,7 +104,8 @@ def eval_images(
 def _sample_labelled(
     model: Model, steps: int, n: int, y, seed: int, guidance: float, sampler: str = "flowmap", done=None
 ) -> torch.Tensor:
-    """n samples (of class y[i] each, if y), drawn a class at a time; `done(1)` after each class."""
+    """n samples (of class y[i] each, if y), drawn a class at a time; `done(1)` after each class (once, if
+    unconditional)."""
     noise, keys = make_noise(n, model.shape, seed), sample_keys(seed, n)
     done = done or (lambda _: None)
     if y is None:
@@ -117,7 +120,7 @@ def _sample_labelled(
     return torch.cat(parts)
 
 
-def bar(items, model: Model, progress: bool, total: int, unit: str) -> tqdm:
+def _bar(items, model: Model, progress: bool, total: int, unit: str) -> tqdm:
     """`flowmap eval`'s progress bar (stderr; off unless `progress`)."""
     return tqdm(
         items, total=total, disable=not progress, desc=f"eval {model.name}", unit=unit, dynamic_ncols=True

@@ -10,7 +10,8 @@ Workloads are loadtests.peer_table's (a: 1x1, b: 8x2, c: 1x4, d: mixed 1-4 steps
 
 Open loop instead (`--mix`, `--rate`): each turn offers the same Poisson schedule (seed: the round) of a
 request mix to both (plus an unrecorded 1 s lead-in), and reports SLO attainment, the answers that were
-not 200 and p99 (loadtests.openloop). `--b-tree` runs B from another checkout, for an A/B of a code change:
+not 200 (and, at the end, why: which bound refused, and where) and p99 (loadtests.openloop). `--b-tree`
+runs B from another checkout, for an A/B of a code change:
 
     git worktree add /tmp/before HEAD~1
     python -m loadtests.ab --model mnist --mix sweep_mnist --mix-steps auto --rate 14 --b-tree /tmp/before

@@ -9,8 +9,9 @@ run, whatever the server does, and each has its own `slo_ms`. A request meets it
         --rate 200 --seconds 10 [--keep-samples DIR]
 
 Reports per run: SLO attainment (met / sent), goodput (met per second), throughput, p50/p99 latency,
-statuses, and the generator's lag behind its schedule. `ceiling()` measures the generator itself
-against GET /healthz (the cheapest route of the same server), printed before every run.
+statuses and why those that were not 200 failed, and the generator's lag behind its schedule.
+`ceiling()` measures the generator itself against GET /healthz (the cheapest route of the same server),
+printed before every run.
 
 Lean on purpose (the server and the generator share the CPU): raw asyncio streams on uvloop when
 installed, keep-alive connections reused from a pool, request bytes built before the clock starts,
@@ -64,7 +65,7 @@ class Outcome:
     done: np.ndarray  # [R] float64 (nan: no answer)
     payloads: list[bytes | None]
     connections: int = 0  # connections opened
-    reasons: dict[int, str] = field(default_factory=dict)  # request index -> why it was not a 200
+    errors: dict[int, bytes] = field(default_factory=dict)  # request index -> the start of a non-200 body
 
     @property
     def latency_ms(self) -> np.ndarray:
@@ -192,7 +193,7 @@ async def _one(pool: Pool, i: int, plan: Plan, out: Outcome, t0: float, keep: bo
         if keep and status == 200:
             out.payloads[i] = body
         elif status != 200:
-            out.reasons[i] = reason(status, body)
+            out.errors[i] = body[:ERROR_BYTES]  # parsed after the run (`reasons`)
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError):
         out.status[i] = CONN_ERROR
     finally:
@@ -240,29 +241,42 @@ def summarize(out: Outcome, warmup: float = 0.0) -> dict:
     sel = p.at >= warmup
     window = float(p.at[sel].max() - warmup) if sel.any() else 0.0
     s = stats(out.status[sel], out.latency_ms[sel], p.slo_ms[sel], window, (out.sent - p.at)[sel])
-    s["reasons"] = reasons(out.reasons, np.flatnonzero(sel))
+    s["reasons"] = reasons(out, np.flatnonzero(sel))
     return s
 
 
-NUMBER = re.compile(r"\d+(\.\d+)?")
+ERROR_BYTES = 512  # of a non-200 body kept: its message, not a peer's whole traceback
+NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")  # 312, 1.5; not the 16 of bf16 or the 1 of v1
+UNANSWERED = {CONN_ERROR: "connection error", NOT_DONE: "no answer"}
 
 
 def reason(status: int, body: bytes) -> str:
-    """One answer that was not a 200, as "STATUS message" with its numbers as N, so that answers refused
-    for the same reason count together (the server's 429s say which bound refused them, and whether the
-    API process or the engine core did: docs/server.md "Admission by predicted time")."""
+    """One answer that was not a 200, as "STATUS message" with its numbers as N, on one line of at most
+    200 characters, so that answers refused for the same reason count together (the server's 429s say
+    which bound refused them, and whether the API process or the engine core did: docs/loadtests.md)."""
     try:
         err = json.loads(body)
         msg = err.get("detail") or err.get("error") or ""
-        msg = msg.get("message", "") if isinstance(msg, dict) else msg
-    except (ValueError, AttributeError):
-        msg = body[:200].decode(errors="replace")
-    return f"{status} {NUMBER.sub('N', str(msg)).strip()}".strip()
+        if isinstance(msg, list) and msg and isinstance(msg[0], dict):  # FastAPI's 422: [{loc, msg}, ...]
+            msg = msg[0].get("msg", msg[0])
+        if isinstance(msg, dict):
+            msg = msg.get("message") or json.dumps(msg)
+    except (ValueError, AttributeError, RecursionError):  # not JSON, or JSON but not an object
+        msg = body.decode(errors="replace")
+    text = " ".join(NUMBER.sub("N", str(msg)).split())[:200]
+    return f"{status} {text}".strip()
 
 
-def reasons(why: dict[int, str], sel: np.ndarray) -> dict[str, int]:
-    """Counts of the reasons (`reason`) of the selected requests' answers that were not a 200, most first."""
-    got = Counter(why[i] for i in sel.tolist() if i in why)
+def reasons(out: Outcome, sel: np.ndarray) -> dict[str, int]:
+    """Counts of why the selected requests got no 200 (`reason`; connection errors and requests with no
+    answer by the end of the drain too, so the counts sum to the non-200 statuses), most first."""
+    got = Counter()
+    for i in sel.tolist():
+        status = int(out.status[i])
+        if status in UNANSWERED:
+            got[UNANSWERED[status]] += 1
+        elif status != 200:
+            got[reason(status, out.errors.get(i, b""))] += 1
     return dict(got.most_common())
 
 

@@ -168,6 +168,13 @@ def test_the_connection_pool_never_reuses_a_connection_idle_past_the_server_keep
         (b'{"error": "queue full"}', "429 queue full"),
         (b'{"error": {"message": "wait 1.5 s", "type": "x"}}', "429 wait N s"),
         (b"<html>busy</html>", "429 <html>busy</html>"),
+        (b'{"detail": [{"loc": ["body", "steps"], "msg": "must be <= 4"}]}', "429 must be <= N"),
+        (b'{"error": {"type": "x"}}', '429 {"type": "x"}'),
+        (b"[1, 2]", "429 [N, N]"),
+        (b"", "429"),
+        (b"Traceback:\n  line 12\n\xff" + b"x" * 500, "429 Traceback: line N \ufffd" + "x" * 181),
+        (b'{"error": "bf16 engine down on /v1/generate"}', "429 bf16 engine down on /v1/generate"),
+        (b"[" * 100_000 + b"]" * 100_000, "429 " + "[" * 200),
     ],
 )
 def test_reason_names_a_refusal_by_its_message_with_the_numbers_taken_out(body, want):
@@ -216,3 +223,15 @@ def test_drive_counts_the_answers_that_were_not_200_by_reason_after_the_warmup()
         "429 wait N ms is past the bound": 2,
         "429 predicted finish in N ms is past the deadline": 1,
     }
+
+
+def test_reasons_count_every_answer_that_was_not_200_so_they_sum_to_the_statuses():
+    at = np.arange(5) * 0.1
+    plan = openloop.Plan(at, [b""] * 5, np.zeros(5, int), np.full(5, 100.0))
+    status = np.array([429, 200, openloop.CONN_ERROR, openloop.NOT_DONE, 429])
+    out = openloop.Outcome(
+        plan, status, at, at + 0.01, [None] * 5, errors={0: b"{}", 4: b'{"detail": "full 5"}'}
+    )
+    s = openloop.summarize(out, warmup=0.05)  # the first (a 429) is the warm-up's
+    assert s["reasons"] == {"connection error": 1, "no answer": 1, "429 full N": 1}
+    assert sum(s["reasons"].values()) == sum(n for code, n in s["statuses"].items() if code != "200")

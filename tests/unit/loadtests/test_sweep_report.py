@@ -35,6 +35,10 @@ def test_goals_of_a_repeat():
     assert g["top"] == (400, 392 / 40)  # the highest load both were offered: where the trade shows
     report = sweep_report.goals({"rows": [{**r, "repeat": 0} for r in rows]})
     assert "9.80x at 400 req/s, 2.0x L90" in "\n".join(report)
+    assert sweep_report.goals_of_repeat(rows[:2] + rows[3:5])["top"] == (200, 1.99)  # no common 400
+    assert sweep_report.goals_of_repeat(rows[:3])["top"] is None  # no auto at all
+    rows[2]["goodput_rps"] = 0.0  # fixed 4 steps met nothing there
+    assert sweep_report.goals_of_repeat(rows)["top"] == (400, float("inf"))
     rows[-1]["quality"]["fd"] = 4.0  # FD falls with load: not a smooth rise
     assert sweep_report.goals_of_repeat(rows)["fd_monotone"] is False
     assert sweep_report.goals_of_repeat(rows, noise=0.25)["fd_monotone"] is True  # 9 -> 4: within 2.8 x 25%
