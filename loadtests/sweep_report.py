@@ -67,7 +67,8 @@ def goals_of_repeat(rows: list[dict], noise: float = 0.0) -> dict:
     }
     both = sorted(set(four) & set(auto))
     if both:  # the highest load offered to both: past the knee, if the ladder reaches it
-        top, (a, f) = both[-1], (by_rate[both[-1]]["goodput_rps"] for by_rate in (auto, four))
+        top = both[-1]
+        a, f = auto[top]["goodput_rps"], four[top]["goodput_rps"]
         out["top"] = (top, a / f if f > 0 else (float("inf") if a > 0 else None))
     if l90 is None or not auto:
         return out
