@@ -49,7 +49,7 @@ def eval_gmm8(
     rows = []
     todo = runs(model, steps, sampler, list(ode_steps))
     for name, k in (b := _bar(todo, model, progress, len(todo), "run")):
-        b.set_postfix_str(f"{name}, {k} step{'s' * (k > 1)}")
+        b.set_postfix_str(_run_label(name, k))
         run = lambda z: generate(model, k, z.float(), sampler=name, seed=seed)  # noqa: B023
         noise = make_noise(n, [2], seed)
         rows.append(
@@ -90,7 +90,7 @@ def eval_images(
     rows, todo = [], runs(model, steps, sampler, list(ode_steps))
     with _bar(None, model, progress, len(todo) * c, "class" if model.num_classes else "run") as b:
         for name, k in todo:
-            b.set_postfix_str(f"{name}, {k} step{'s' * (k > 1)}")
+            b.set_postfix_str(_run_label(name, k))
             x = _sample_labelled(model, k, c * per_class, y, seed, guidance, name, b.update)
             rows.append({"sampler": name, "steps": k} | score_images(x, y, data=data.name, seed=seed))
     return {
@@ -118,6 +118,10 @@ def _sample_labelled(
         parts.append(generate(model, steps, noise[y == c], class_label=c, keys=keys[y == c], **kw))
         done(1)
     return torch.cat(parts)
+
+
+def _run_label(sampler: str, steps: int) -> str:
+    return f"{sampler}, {steps} step{'s' * (steps > 1)}"
 
 
 def _bar(items, model: Model, progress: bool, total: int, unit: str) -> tqdm:

@@ -29,8 +29,10 @@ class Proc:
         """`cwd`: run from that directory, its packages first on the path (another checkout's code)."""
         self.port, self.url = port, f"http://127.0.0.1:{port}"
         self.err = tempfile.TemporaryFile("w+")
-        path = os.pathsep.join(filter(None, [os.path.abspath(cwd) if cwd else "", ENV.get("PYTHONPATH", "")]))
-        env = {**ENV, "PYTHONPATH": path} if cwd else ENV
+        env = ENV
+        if cwd:  # that checkout first, then whatever path the caller had
+            path = os.pathsep.join(filter(None, [os.path.abspath(cwd), ENV.get("PYTHONPATH", "")]))
+            env = {**ENV, "PYTHONPATH": path}
         self.p = subprocess.Popen(
             cmd,
             env=env,

@@ -79,12 +79,11 @@ def check(s: Scheduler, rows: int, steps: int, budget: float, max_queue: float) 
     compute = finish_seconds(s, rows, steps, 0.0)
     if s.exit_early and compute <= budget and (wait > max_queue or wait + compute > budget):
         wait, cut = make_room(s, rows, min(max_queue, budget - compute), wait)
-    queued = least_wait(s, rows) if s.exit_early else wait  # what Retry-After waits for: the least wait
     if wait > max_queue:
         raise Refused(
             f"overloaded: predicted queue wait {1e3 * wait:.0f} ms is over the server's bound of "
             f"{1e3 * max_queue:.0f} ms",
-            retry_after(queued - max_queue),
+            retry_after(queued(s, rows, wait) - max_queue),
         )
     if compute > budget:
         raise Unmeetable(
@@ -96,9 +95,17 @@ def check(s: Scheduler, rows: int, steps: int, budget: float, max_queue: float) 
         raise Refused(
             f"overloaded: predicted finish in {1e3 * finish:.0f} ms is past the request's deadline "
             f"({1e3 * max(0.0, budget):.0f} ms)",
-            retry_after(queued + compute - budget),  # = wait - (budget - compute): the queue part only
+            retry_after(
+                queued(s, rows, wait) + compute - budget
+            ),  # = wait - (budget - compute): the queue part only
         )
     return cut
+
+
+def queued(s: Scheduler, rows: int, wait: float) -> float:
+    """The wait Retry-After counts from (computed on refusals only): the least wait `make_room` can give,
+    or `wait` itself with re-planning off."""
+    return least_wait(s, rows) if s.exit_early else wait
 
 
 def make_room(s: Scheduler, rows: int, limit: float, wait: float) -> tuple[float, int]:
