@@ -100,8 +100,8 @@ def _sample_parser(sub) -> None:
     p.add_argument(
         "--model",
         default="mnist",
-        help="shipped name (mnist, digits, gmm8), checkpoint path, or a user's model pkg.module:fn or "
-        ".pt/.onnx with its manifest (docs/models.md)",
+        help="shipped name (mnist, digits, digits_uncond, gmm8), checkpoint path, or a user's model "
+        "pkg.module:fn or .pt/.onnx with its manifest (docs/models.md)",
     )
     p.add_argument("--steps", type=int, default=1)
     p.add_argument(
@@ -206,7 +206,7 @@ def _sample_steered(args, model, out: Path) -> int:
 
 def _eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="measure quality on held-out data")
-    p.add_argument("--model", default="digits", help="shipped name or checkpoint; several: a,b,c")
+    p.add_argument("--model", default="mnist", help="shipped name or checkpoint; several: a,b,c")
     p.add_argument("--steps", default="1,2,4", help="comma-separated step counts")
     p.add_argument("--sampler", default="auto", help="auto (flow map; re-noising for ct/cd), flowmap, ...")
     p.add_argument("--ode-steps", default="", help="also the teacher ODE (Heun) at these steps, e.g. 1,2,4")

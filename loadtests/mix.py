@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 MIXES = Path(__file__).with_name("mixes")
+TOP_KEYS = {"name", "slo_ms", "output", "request"}
 KEYS = {"weight", "steps", "num_samples", "classes", "slo_ms", "deadline_ms", "output"}
 
 
@@ -104,6 +105,9 @@ def parse_mix(raw: dict, name: str = "mix", where: str = "mix") -> Mix:
     reqs = raw.get("request") if isinstance(raw, dict) else None
     if not isinstance(reqs, list) or not reqs:
         raise MixError(f"{where}: needs at least one [[request]] entry")
+    unknown = set(raw) - TOP_KEYS
+    if unknown:
+        raise MixError(f"{where}: unknown top-level field(s) {sorted(unknown)}; known: {sorted(TOP_KEYS)}")
     defaults = {"slo_ms": raw.get("slo_ms", 100.0), "output": raw.get("output", "npy")}
     return Mix(
         raw.get("name", name),

@@ -5,6 +5,7 @@ python -m loadtests.sweep_report runs/sweep/sweep.json    # re-render OUT/sweep.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections import defaultdict
@@ -397,7 +398,14 @@ def plot_auto(result: dict, out: Path, fixed: list[str]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    path = Path((argv or sys.argv[1:])[0])
+    p = argparse.ArgumentParser(
+        prog="python -m loadtests.sweep_report",
+        description="Re-render a sweep's report (sweep.md and its plots, next to the JSON) from sweep.json.",
+    )
+    p.add_argument("path", type=Path, help="the sweep's JSON (OUT/sweep.json)")
+    path = p.parse_args(argv).path
+    if not path.is_file():
+        p.error(f"{path}: no such file")
     result = json.loads(path.read_text())
     text = markdown(result)
     (path.parent / "sweep.md").write_text(text)

@@ -10,8 +10,9 @@ FLAGS = {
     "--model": (
         "models",
         str,
-        "model to serve: mnist, digits, gmm8, a .safetensors path, or a user's model pkg.module:fn or "
-        ".pt/.onnx with its manifest (docs/models.md; repeat for several; the first is the default)",
+        "model to serve: mnist, digits, digits_uncond, gmm8, a .safetensors path, or a user's model "
+        "pkg.module:fn or .pt/.onnx with its manifest (docs/models.md; repeat for several; the first is the "
+        "default)",
     ),
     "--engine": (
         "engine",

@@ -92,6 +92,7 @@ def test_with_steps_replaces_steps_and_gives_auto_a_deadline():
         ({"request": [{"num_samples": True}]}, "num_samples must be an integer"),
         ({"request": [{"classes": "many"}]}, "classes must be"),
         ({"request": [{"stepz": 2}]}, "unknown field"),
+        ({"slo_m": 5, "request": [{}]}, r"unknown top-level field\(s\) \['slo_m'\]"),
         ({"request": [{"output": "jpg"}]}, "output must be"),
     ],
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from loadtests import sweep_report
 
 
@@ -63,3 +65,12 @@ def test_agreement_with_eval_is_judged_in_seed_noise_units():
     assert sweep_report.agree([6.5, 30.0], eval_fds, [1000, 300], [1000]) == (
         "yes (1.5 sd; 1 of 2 points at eval's count)"
     )
+
+
+def test_main_has_a_usage_and_names_a_missing_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        sweep_report.main(["--help"])
+    assert e.value.code == 0 and "sweep.json" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        sweep_report.main([str(tmp_path / "nope.json")])
+    assert e.value.code == 2 and "nope.json: no such file" in capsys.readouterr().err
