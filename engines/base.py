@@ -165,6 +165,10 @@ class BaseEngine:
         for b in self.buckets:
             self(*example_inputs(self.model, b, self.device))
 
+    def release_memory(self) -> None:
+        """Give back memory the engine keeps for batches larger than it now serves (the server calls it
+        once, after its warm-up ran every bucket): a no-op unless the runtime keeps a cache of its own."""
+
 
 class Bucketed(BaseEngine):
     """Base for compiled engines: subclasses implement `forward` for bucket-sized batches only."""

@@ -67,6 +67,12 @@ class ByRows:
             if warm is not None:
                 warm()
 
+    def release_memory(self) -> None:
+        for engine in self.engines.values():
+            release = getattr(engine, "release_memory", None)
+            if release is not None:
+                release()
+
     def choose(self, model, reps: int = 3) -> dict[int, str]:
         """Time every engine at every bucket (interleaved, best of `reps`) and route by the result."""
         self.costs = {name: {} for name in self.engines}

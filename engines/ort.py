@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from engines.base import Bucketed, EngineError, cache_root
+from engines.base import Bucketed, EngineError, cache_root, example_inputs
 from engines.onnx_export import OUTPUT, export_onnx
 
 PROVIDERS = {
@@ -93,14 +93,26 @@ class OnnxRuntimeEngine(Bucketed):
         self.providers = self.session.get_providers()
         self.input_names = [i.name for i in self.session.get_inputs()]  # an unused y may be dropped
 
-    def forward(self, x: Tensor, s: Tensor, t: Tensor, y: Tensor) -> Tensor:
+    def forward(self, x: Tensor, s: Tensor, t: Tensor, y: Tensor, run_options=None) -> Tensor:
         feeds = {
             n: v for n, v in zip(("x", "s", "t", "y"), (x, s, t, y), strict=True) if n in self.input_names
         }
         if self.device.type == "cuda":
             return self._forward_cuda(feeds, x)
-        out = self.session.run([OUTPUT], {n: v.detach().contiguous().numpy() for n, v in feeds.items()})
-        return torch.from_numpy(out[0])
+        feeds = {n: v.detach().contiguous().numpy() for n, v in feeds.items()}
+        return torch.from_numpy(self.session.run([OUTPUT], feeds, run_options)[0])
+
+    def release_memory(self) -> None:
+        """Shrink the CPU arena to what one smallest-bucket call holds. ONNX Runtime's arena keeps the peak
+        of every call for good, so after a warm-up up to 128 rows an mnist session holds ~180 MB of
+        activations that a batch cap of 8-16 rows never uses again (docs/server.md "Memory"); batches that
+        need it later grow it again. CPU only: a CUDA arena is left as it is."""
+        if self.device.type != "cpu":
+            return
+        opts = import_ort().RunOptions()
+        opts.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        x, s, t, y = example_inputs(self.model, self.buckets[0], self.device)
+        self.forward(x, s, t, y, run_options=opts)
 
     def _forward_cuda(self, feeds: dict[str, Tensor], x: Tensor) -> Tensor:
         """Bind torch CUDA tensors as the session's inputs and output (same stream, no copies)."""

@@ -225,6 +225,9 @@ def warm_up(core: EngineCore, model: Model, settings: ServerSettings) -> dict[in
         core.scheduler.max_batch,
         ", ".join(f"{n}: {1e3 * t:.1f}" for n, t in costs.items()),
     )
+    release = getattr(engine, "release_memory", None)  # a user's engine class may not have it
+    if release is not None:
+        release()  # what the largest buckets' calls left cached (the C heap is trimmed at the freeze)
     return costs
 
 

@@ -48,6 +48,18 @@ def test_onnxruntime_runs_one_thread_all_optimisations(tiny):
     assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
 
+def test_onnxruntime_releases_its_arena_and_answers_the_same(tiny):
+    """release_memory (one smallest-bucket call with arena shrinkage) changes no result, at the largest
+    bucket (whose activations it gave back) or the smallest."""
+    pytest.importorskip("onnxruntime")
+    engine = load_engine("onnxruntime", tiny, buckets=(1, 64))
+    big, small = example_inputs(tiny, 64, seed=3), example_inputs(tiny, 1, seed=4)
+    want = engine(*big), engine(*small)
+    engine.release_memory()
+    torch.testing.assert_close(engine(*big), want[0], rtol=0, atol=0)
+    torch.testing.assert_close(engine(*small), want[1], rtol=0, atol=0)
+
+
 @pytest.mark.slow
 def test_compile_engine_one_bucket(tiny, tmp_path):
     engine = load_engine("compile", tiny, buckets=(2,), cache_dir=tmp_path / "inductor")

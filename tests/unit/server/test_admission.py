@@ -298,6 +298,18 @@ def test_warm_up_times_every_batch_size_and_fills_batches_only_while_they_pay(kn
     assert sched.next_batch(clock[0]).rows == cap
 
 
+def test_warm_up_gives_back_what_its_largest_batches_left_cached():
+    """After timing every bucket (the largest last), the engine is asked once to release what it caches for
+    batches past the cap; an engine without `release_memory` (a user's class) is fine too."""
+    sched, core, clock = linear_core()
+    engine, seen = core.executor.engine, []
+    engine.release_memory = lambda: seen.append(sched.max_batch)
+    warm_up(core, SimpleNamespace(name="m", shape=SHAPE), ServerSettings(max_batch_size=64))
+    assert seen == [32]  # once, after the cap was chosen
+    del engine.release_memory
+    warm_up(core, SimpleNamespace(name="m", shape=SHAPE), ServerSettings(max_batch_size=64))
+
+
 def test_warm_up_passes_the_free_bound_to_the_cap():
     """The same 4 ms + 1 ms per row engine: the knee alone caps at 32 rows; with --batch-free-ms 70 the
     64-row step (68 ms) counts as free, so the warm-up fills 64."""
