@@ -45,6 +45,7 @@ class Generate:
 @dataclass
 class Cancel:
     id: int
+    sent: float = 0.0  # the API process's time.monotonic() when it cancelled (0: not known)
     TAG = 2
 
 

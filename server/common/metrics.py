@@ -30,6 +30,26 @@ from server.common.stats import IterationStats, Rejection, RequestStats, SteerSt
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1, 2, 5, 10, 30)
 CALL_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.5)
+# a cancel waits out the step running when it arrives: fractions of a 1-500 ms step
+CANCEL_BUCKETS = (
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.015,
+    0.02,
+    0.025,
+    0.03,
+    0.04,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1,
+    2.5,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 STATUSES = frozenset({200, 400, 401, 404, 408, 413, 422, 429, 499, 500, 503, 504})
 REASONS = frozenset(
@@ -96,6 +116,12 @@ class Metrics:
             "Rows of requests ended early (client gone, deadline) dropped at a step boundary",
             model,
         )
+        self.cancel_free = hist(
+            "flowmap_cancel_free_seconds",
+            "From an API process cancelling a request with rows in flight to the core dropping them",
+            model,
+            CANCEL_BUCKETS,
+        )
         self.failed = count("flowmap_engine_failures_total", "Network calls that raised", model)
         self.rejections = count(
             "flowmap_rejections_total", "Requests turned away, by reason", ["reason", "model"]
@@ -134,6 +160,8 @@ class Metrics:
         self.depth_seconds.labels(s.model).set(s.queue_seconds)
         if s.dropped:
             self.dropped.labels(s.model).inc(s.dropped)
+        for seconds in s.freed:
+            self.cancel_free.labels(s.model).observe(seconds)
         if not s.ok:
             self.failed.labels(s.model).inc()
 

@@ -20,6 +20,7 @@ class IterationStats:
     ok: bool = True
     queue_seconds: float = 0.0  # predicted wait of a request arriving now (the work queued ahead of it)
     dropped: int = 0  # rows of requests ended early (cancelled, expired) dropped before this call
+    freed: list[float] | tuple = ()  # seconds from each cancel to its rows' drop, before this call
 
 
 @dataclass(frozen=True)

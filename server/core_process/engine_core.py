@@ -174,8 +174,10 @@ class EngineCore:
             self.scheduler.admit_waiting(self.clock())
         return job
 
-    def cancel(self, job: Job) -> None:
-        self.scheduler.cancel(job, self.clock())
+    def cancel(self, job: Job, since: float | None = None) -> None:
+        """`since`: when the API process cancelled it (time.monotonic(), which every process on the host
+        shares), for the time until its rows are dropped (flowmap_cancel_free_seconds)."""
+        self.scheduler.cancel(job, self.clock(), since)
 
     def wait_seconds(self) -> float:
         """The shortest queue wait admission can give a request arriving now, once waiting "auto" jobs give
@@ -243,6 +245,7 @@ class EngineCore:
             ok=ok,
             queue_seconds=admission.wait_seconds(self.scheduler),
             dropped=self.scheduler.take_dropped(),
+            freed=self.scheduler.take_freed(),
         )
 
     def emit(self) -> None:

@@ -81,7 +81,7 @@ class CoreServer:
             elif isinstance(msg, m.Cancel) and type(msg.id) is int:
                 job = self.jobs.get((ident, msg.id))
                 if job is not None:
-                    self.core.cancel(job)
+                    self.core.cancel(job, msg.sent if type(msg.sent) is float and msg.sent > 0 else None)
         except (m.WireError, TypeError, ValueError) as e:
             log.warning("model %s: dropped a frame: %s", self.core.name, e)
 

@@ -36,6 +36,8 @@ class Rows:
     def __init__(self) -> None:
         self.dead: set[int] = set()  # ids of jobs ended early whose rows are still in the state
         self.dropped = 0  # rows of jobs ended early dropped from the state, since the last take_dropped
+        self.cancelled_at: dict[int, float] = {}  # dead ids of cancelled jobs: when they were cancelled
+        self.freed: list[float] = []  # seconds from a cancel to its rows' drop, since the last take_freed
         self._clear()
 
     def _clear(self) -> None:
@@ -56,6 +58,13 @@ class Rows:
         """Rows of jobs ended early (cancelled, expired, failed) dropped since the last call."""
         n, self.dropped = self.dropped, 0
         return n
+
+    def take_freed(self) -> list[float]:
+        """Seconds from each cancel to its job's rows leaving the state, since the last call."""
+        if not self.freed:
+            return []
+        out, self.freed = self.freed, []
+        return out
 
     def _append(self, takes: list[tuple[Job, int, int]]) -> None:
         """Add the rows of `takes` [(job, first sample, count)]: one array op per state field (none to
@@ -96,12 +105,17 @@ class Rows:
             return np.ones(self.in_flight(), bool)
         return ~np.isin(self.job, np.array(sorted(self.dead), np.int64))
 
-    def _compact(self, keep: np.ndarray) -> None:
-        """Keep the rows where `keep` is True and whose job is alive."""
+    def _compact(self, keep: np.ndarray, now: float | None = None) -> None:
+        """Keep the rows where `keep` is True and whose job is alive (`now`: the time the rows of cancelled
+        jobs leave, for take_freed)."""
         if self.dead:
             alive = self._alive()
             self.dropped += int(np.count_nonzero(~alive))
             keep = keep & alive
+            for jid in self.dead if self.cancelled_at else ():
+                since = self.cancelled_at.pop(jid, None)
+                if since is not None and now is not None:
+                    self.freed.append(now - since)
             self.dead.clear()
         idx = keep.nonzero()[0]
         if len(idx) == len(keep):

@@ -121,16 +121,22 @@ class Scheduler(Rows, Forecast):
         if self.batching == "step" or not self.in_flight():
             self._admit(now)
 
-    def cancel(self, job: Job, now: float) -> None:
-        if not job.done:
-            self._finish(job, now, Cancelled("request cancelled"))
+    def cancel(self, job: Job, now: float, since: float | None = None) -> None:
+        """End `job`; its rows in flight are dropped at the next step boundary (next_batch), and the time from
+        `since` (when the caller cancelled it: `now` unless given; never later than `now`, and a value an
+        hour old or more is taken as wrong) to then is kept for take_freed."""
+        if job.done:
+            return
+        if job.rows_in_flight > 0:
+            self.cancelled_at[job.id] = now if since is None or not now - 3600 < since else min(since, now)
+        self._finish(job, now, Cancelled("request cancelled"))
 
     # ---------------------------------------------------------------- schedule / update
     def next_batch(self, now: float) -> Batch | float | None:
         """The next batch; or seconds to wait for the batching window; or None when idle."""
         self.expire(now)
         if self.dead:  # drop the rows of jobs that ended early
-            self._compact(np.ones(self.in_flight(), bool))
+            self._compact(np.ones(self.in_flight(), bool), now)
         if not self.in_flight():
             if not self.waiting:
                 return None

@@ -3,6 +3,7 @@ flow map run by hand; rows of a request ended early are dropped at the next step
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from flowmap.samplers import make_noise, uniform_grid
@@ -70,6 +71,42 @@ def test_a_cancelled_requests_rows_are_dropped_at_the_next_step_and_counted():
     core.cancel(other)
     assert core.step() is None  # nothing left to run: the drop is still reported
     assert sum(s.dropped for s in stats) == 6 and sched.in_flight() == 0 and not sched.jobs
+
+
+def test_the_time_from_a_cancel_to_its_rows_drop_is_reported_once():
+    """A cancel sent at 10.0 (the API's clock) reaches the core mid-step; the rows leave at the next boundary
+    (the core's clock at 10.03): 30 ms reported, in that iteration's stats only. A waiting job's cancel
+    frees no rows, and is not reported; a `since` later than now (or an hour old) is taken as now."""
+    stats, now = [], [10.0]
+    sched = Scheduler(4, 16, 0.0, 4)
+    executor = Executor(FakeEngine(), C, conditional=True)
+    core = EngineCore("toy", sched, executor, stats.append, clock=lambda: now[0])
+    a, b, waiting = (Job(make_noise(2, SHAPE, i), [0, 1], 4) for i in range(3))
+    for j in (a, b, waiting):
+        core.submit(j)
+    core.step()
+    now[0] = 10.02
+    core.cancel(a, since=10.0)
+    core.cancel(waiting, since=10.0)  # never admitted (the batch holds 4 rows): nothing in flight to free
+    now[0] = 10.03
+    core.step()
+    assert [s.freed for s in stats] == [[], [pytest.approx(0.03)]]
+    now[0] = 10.05
+    core.cancel(b, since=99.0)  # a clock that cannot be: counted from the core's own now
+    now[0] = 10.07
+    core.step()
+    assert stats[-1].freed == [pytest.approx(0.02)] and not sched.cancelled_at and sched.in_flight() == 0
+
+
+def test_a_failed_call_forgets_the_cancels_it_dropped():
+    sched = Scheduler(4, 16, 0.0, 4)
+    a, b = Job(make_noise(2, SHAPE, 0), [0, 1], 4), Job(make_noise(2, SHAPE, 1), [0, 1], 4)
+    sched.submit(a, 0.0)
+    sched.submit(b, 0.0)
+    batch = sched.next_batch(0.0)
+    sched.cancel(a, 0.1, since=0.05)
+    sched.fail(batch, RuntimeError("boom"), 0.2)
+    assert not sched.cancelled_at and sched.take_freed() == [] and b.done
 
 
 def test_a_steered_request_previews_one_row_per_sample_ending_at_its_result():

@@ -33,3 +33,19 @@ def test_a_malformed_model_spec_is_a_wire_error(info):
     frame = m.msgpack.packb([m.Ready.TAG, 0, 1, info])
     with pytest.raises(m.WireError):
         m.decode(frame)
+
+
+def test_a_cancel_carries_when_it_was_sent_and_an_older_frame_still_decodes():
+    assert m.decode(m.encode(m.Cancel(7, 123.5))) == m.Cancel(id=7, sent=123.5)
+    assert m.decode(m.msgpack.packb([m.Cancel.TAG, 7])) == m.Cancel(id=7, sent=0.0)
+
+
+def test_the_cancel_to_free_times_become_a_histogram():
+    from server.common.metrics import Metrics
+    from server.common.stats import IterationStats
+
+    metrics = Metrics()
+    metrics.iteration(IterationStats("mnist", 8, 8, 0.025, 0, 4, freed=[0.012, 0.030]))
+    text = metrics.render().decode()
+    assert 'flowmap_cancel_free_seconds_count{model="mnist"} 2.0' in text
+    assert 'flowmap_cancel_free_seconds_bucket{le="0.015",model="mnist"} 1.0' in text
