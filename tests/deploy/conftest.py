@@ -63,7 +63,9 @@ def server_series() -> dict[str, frozenset[str]]:
     m = Metrics()
     m.build_info("0", "eager", "off")
     m.iteration(
-        IterationStats("digits", rows=2, samples=1, seconds=0.01, queue_depth=0, in_flight=1, ok=False)
+        IterationStats(
+            "digits", rows=2, samples=1, seconds=0.01, queue_depth=0, in_flight=1, ok=False, freed=[0.01]
+        )
     )
     m.request(RequestStats("digits", steps=1, status=200, seconds=0.01, queue_seconds=0.001))
     m.reject(Rejection("queue_full", "digits"))
