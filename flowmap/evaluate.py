@@ -154,7 +154,26 @@ def evaluate(
     data = load_data(name)
     if list(data.shape) != model.shape:
         raise ValueError(f"model {model.name!r} has shape {model.shape}, data {name!r} has {data.shape}")
-    return head | eval_images(model, data, steps, per_class, seed, guidance, sampler, ode_steps, progress)
+    result = head | eval_images(model, data, steps, per_class, seed, guidance, sampler, ode_steps, progress)
+    ratios = vs_ode(result["rows"]) if ode_steps else None
+    return result | {"vs_ode": ratios} if ratios else result
+
+
+def vs_ode(rows: list[dict], metrics: tuple[str, ...] = ("fd", "fd_pixel")) -> dict | None:
+    """Each few-step row's FDs over those of the model's own ODE, the Heun row with the most steps, from the
+    same noise (issue 21's goals: FD at 1 / 2 / 4 steps <= 1.3x / 1.1x / 1.0x the 64-step ODE's): {"ode":
+    "heun K", "rows": [{"sampler", "steps", "fd": ratio, "fd_pixel": ratio}]}; None without a few-step row."""
+    ode = max((r for r in rows if r["sampler"] == "heun"), key=lambda r: r["steps"])
+    ratio = lambda r, k: r[k] / ode[k] if ode.get(k) and r.get(k) is not None else None
+    few = [r for r in rows if r is not ode and r["sampler"] != "heun"]
+    if not few:
+        return None
+    return {
+        "ode": f"heun {ode['steps']}",
+        "rows": [
+            {"sampler": r["sampler"], "steps": r["steps"]} | {k: ratio(r, k) for k in metrics} for r in few
+        ],
+    }
 
 
 @torch.inference_mode()
@@ -181,7 +200,20 @@ def format_table(result: dict) -> str:
     for r in rows:
         cells = (_cell(r.get(c), width[c]) for c in cols)
         lines.append("  ".join(cells))
+    if result.get("vs_ode"):
+        lines.append(_vs_ode_line(result["vs_ode"]))
     return "\n".join(lines)
+
+
+def _vs_ode_line(v: dict) -> str:
+    """ "against its own ODE (heun 64, same noise), at 1 / 2 / 4 steps: FD 1.130x / ...; pixel FD ..."."""
+    at = " / ".join(str(r["steps"]) for r in v["rows"])
+    parts = [
+        f"{label} " + " / ".join(f"{r[k]:.3f}x" for r in v["rows"])
+        for k, label in (("fd", "FD"), ("fd_pixel", "pixel FD"))
+        if all(r.get(k) is not None for r in v["rows"])
+    ]
+    return f"against its own ODE ({v['ode']}, same noise), at {at} steps: {'; '.join(parts)}"
 
 
 def _cell(value, width: int) -> str:

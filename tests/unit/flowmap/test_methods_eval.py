@@ -138,3 +138,22 @@ def test_digits_eval_reports_precision_recall_and_plots_the_floor(tmp_path, caps
         assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
     width, height = Image.open(tmp_path / "d_1step.png").size  # a row of 8 per class, 10 rows, 4x scale
     assert (width, height) == (4 * (8 * 9 + 1), 4 * (10 * 9 + 1))
+
+
+def test_few_step_rows_are_compared_with_the_models_own_ode():
+    """Ratios to the Heun row with the most steps (same noise), printed under the table; none without a
+    few-step row."""
+    from flowmap.evaluate import format_table, vs_ode
+
+    row = lambda sampler, k, fd, px: {"sampler": sampler, "steps": k, "fd": fd, "fd_pixel": px}
+    rows = [row("flowmap", 1, 13.0, 2.8), row("flowmap", 4, 11.5, 2.5), row("heun", 8, 12.0, 3.0)]
+    rows.append(row("heun", 64, 10.0, 2.0))
+    v = vs_ode(rows)
+    assert v["ode"] == "heun 64" and [r["steps"] for r in v["rows"]] == [1, 4]
+    assert v["rows"][0]["fd"] == pytest.approx(1.3) and v["rows"][1]["fd_pixel"] == pytest.approx(1.25)
+    text = format_table({"model": "m", "data": "mnist", "rows": rows, "vs_ode": v})
+    assert text.endswith(
+        "against its own ODE (heun 64, same noise), at 1 / 4 steps: "
+        "FD 1.300x / 1.150x; pixel FD 1.400x / 1.250x"
+    )
+    assert vs_ode([row("heun", 4, 1.0, 1.0), row("heun", 64, 1.0, 1.0)]) is None
