@@ -91,16 +91,23 @@ def run(a) -> dict:
         }
         before = read(metrics())
         load: dict = {}
-        bg = threading.Thread(
-            target=lambda: load.update(overload.phase(server.url, body, a.rate, a.seconds, seed=a.seed))
-        )
+
+        def background() -> None:
+            try:
+                load.update(overload.phase(server.url, body, a.rate, a.seconds, seed=a.seed))
+            except Exception as e:  # re-raised below: a failed load must not print as a result
+                load["error"] = e
+
+        bg = threading.Thread(target=background)
         bg.start()
-        sent, t_end = 0, time.monotonic() + a.seconds
-        while time.monotonic() < t_end:
+        sent, start = 0, time.monotonic()
+        while (at := start + sent * a.every) < start + a.seconds:  # one every `every` s, start to start
+            time.sleep(max(0.0, at - time.monotonic()))
             give_up(server.url, body, float(rng.uniform(*a.after)))
             sent += 1
-            time.sleep(max(0.0, a.every - a.after[1]))
         bg.join()
+        if "error" in load:
+            raise RuntimeError(f"the background load failed: {load['error']!r}") from load["error"]
         time.sleep(1.0)  # the core records an iteration's metrics between steps, or every 50 ms
         after = read(metrics())
     finally:
@@ -154,13 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--rate", type=float, default=6.0, help="background req/s (mnist 8x4: ~8 is capacity)")
     p.add_argument("--seconds", type=float, default=20.0)
-    p.add_argument("--every", type=float, default=0.4, help="seconds between clients that give up")
+    p.add_argument("--every", type=float, default=0.4, help="seconds from one quitter to the next")
     p.add_argument("--after", type=float, nargs=2, default=(0.05, 0.25), metavar=("LO", "HI"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args(argv)
-    if not 0 < a.after[0] <= a.after[1] or a.every <= 0 or a.rate <= 0 or a.seconds <= 0:
-        p.error("--after LO HI needs 0 < LO <= HI; --every, --rate and --seconds must be > 0")
+    if not 0 < a.after[0] <= a.after[1] <= a.every or a.rate <= 0 or a.seconds <= 0:
+        p.error("--after LO HI needs 0 < LO <= HI <= --every; --rate and --seconds must be > 0")
     r = run(a)
     if a.json:
         with open(a.json, "w") as f:

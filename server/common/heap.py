@@ -28,7 +28,7 @@ def trim_c_heap() -> bool:
     malloc_trim (musl, macOS): nothing to do there."""
     try:
         fn = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    except Exception:  # OSError, AttributeError; TypeError where CDLL(None) is not allowed (Windows)
         return False
     fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
     fn(0)

@@ -226,8 +226,11 @@ def warm_up(core: EngineCore, model: Model, settings: ServerSettings) -> dict[in
         ", ".join(f"{n}: {1e3 * t:.1f}" for n, t in costs.items()),
     )
     release = getattr(engine, "release_memory", None)  # a user's engine class may not have it
-    if release is not None:
-        release()  # what the largest buckets' calls left cached (the C heap is trimmed at the freeze)
+    try:
+        if release is not None:
+            release()  # what the largest buckets' calls left cached (the C heap is trimmed at the freeze)
+    except Exception as e:  # memory, not correctness: the engine serves as it is
+        log.warning("model %s: the engine kept its warm-up memory (%s: %s)", model.name, type(e).__name__, e)
     return costs
 
 

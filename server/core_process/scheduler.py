@@ -122,13 +122,14 @@ class Scheduler(Rows, Forecast):
             self._admit(now)
 
     def cancel(self, job: Job, now: float, since: float | None = None) -> None:
-        """End `job`; its rows in flight are dropped at the next step boundary (next_batch), and the time from
-        `since` (when the caller cancelled it: `now` unless given; never later than `now`, and a value an
-        hour old or more is taken as wrong) to then is kept for take_freed."""
+        """End `job`; its rows in flight are dropped at the next step boundary (next_batch). With `since`,
+        when the API process cancelled it (time.monotonic(), shared by the host's processes), the time from
+        then to the drop is kept for take_freed; a cancel without one (a closed connection's jobs) or with
+        one that cannot be (after `now`, or an hour before it) is not timed."""
         if job.done:
             return
-        if job.rows_in_flight > 0:
-            self.cancelled_at[job.id] = now if since is None or not now - 3600 < since else min(since, now)
+        if job.rows_in_flight > 0 and since is not None and now - 3600 < since <= now:
+            self.cancelled_at[job.id] = since
         self._finish(job, now, Cancelled("request cancelled"))
 
     # ---------------------------------------------------------------- schedule / update
@@ -199,8 +200,10 @@ class Scheduler(Rows, Forecast):
             chunks = rows.split(counts) if len(counts) > 1 else (rows,)
             # a job's rows are admitted (and so finish) in sample order: its chunks concatenate in order
             for jid, chunk in zip(ids[starts].tolist(), chunks, strict=True):
-                self._collect(self.jobs[jid], chunk, now)
-        self._compact(~done)
+                job = self.jobs.get(jid)  # None: ended while this loop ran (a result's send failed, and
+                if job is not None:  # the closed connection cancelled its other jobs: CoreServer.dropped)
+                    self._collect(job, chunk, now)
+        self._compact(~done, now)
 
     def fail(self, batch: Batch, error: Exception, now: float) -> None:
         """A failed network call fails the requests in it, nothing else."""
@@ -208,7 +211,7 @@ class Scheduler(Rows, Forecast):
             job = self.jobs.get(jid)
             if job is not None:
                 self._finish(job, now, error)
-        self._compact(np.zeros(self.in_flight(), bool))
+        self._compact(np.zeros(self.in_flight(), bool), now)
 
     def expire(self, now: float) -> None:
         if now <= self.next_deadline:

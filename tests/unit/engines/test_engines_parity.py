@@ -55,7 +55,16 @@ def test_onnxruntime_releases_its_arena_and_answers_the_same(tiny):
     engine = load_engine("onnxruntime", tiny, buckets=(1, 64))
     big, small = example_inputs(tiny, 64, seed=3), example_inputs(tiny, 1, seed=4)
     want = engine(*big), engine(*small)
+    run, asked = engine.session.run, []
+    engine.session.run = lambda out, feeds, options=None: (
+        asked.append((feeds, options)),
+        run(out, feeds, options),
+    )[1]
     engine.release_memory()
+    ((feeds, options),) = asked  # one call, at the smallest bucket, asking ONNX Runtime to shrink its arena
+    assert len(feeds["x"]) == 1
+    assert options.get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"
+    del engine.session.run
     torch.testing.assert_close(engine(*big), want[0], rtol=0, atol=0)
     torch.testing.assert_close(engine(*small), want[1], rtol=0, atol=0)
 

@@ -310,6 +310,18 @@ def test_warm_up_gives_back_what_its_largest_batches_left_cached():
     warm_up(core, SimpleNamespace(name="m", shape=SHAPE), ServerSettings(max_batch_size=64))
 
 
+def test_a_release_that_fails_does_not_stop_the_core(caplog):
+    """Memory, not correctness: the engine serves as it is, with a warning naming the model."""
+    sched, core, clock = linear_core()
+
+    def fails():
+        raise RuntimeError("no arena")
+
+    core.executor.engine.release_memory = fails
+    warm_up(core, SimpleNamespace(name="m", shape=SHAPE), ServerSettings(max_batch_size=64))
+    assert sched.max_batch == 32 and "model m: the engine kept its warm-up memory" in caplog.text
+
+
 def test_warm_up_passes_the_free_bound_to_the_cap():
     """The same 4 ms + 1 ms per row engine: the knee alone caps at 32 rows; with --batch-free-ms 70 the
     64-row step (68 ms) counts as free, so the warm-up fills 64."""

@@ -8,7 +8,7 @@ import torch
 
 from flowmap.samplers import make_noise, uniform_grid
 from server.core_process.engine_core import EngineCore, Executor
-from server.core_process.scheduler import Batch, Job, Scheduler
+from server.core_process.scheduler import Batch, Cancelled, Job, Scheduler
 from tests.unit.server.test_scheduler import SHAPE, C, FakeEngine, drain
 
 
@@ -76,7 +76,8 @@ def test_a_cancelled_requests_rows_are_dropped_at_the_next_step_and_counted():
 def test_the_time_from_a_cancel_to_its_rows_drop_is_reported_once():
     """A cancel sent at 10.0 (the API's clock) reaches the core mid-step; the rows leave at the next boundary
     (the core's clock at 10.03): 30 ms reported, in that iteration's stats only. A waiting job's cancel
-    frees no rows, and is not reported; a `since` later than now (or an hour old) is taken as now."""
+    frees no rows and is not reported; nor is a cancel without a time (a closed connection's jobs) or with
+    one that cannot be (after now, or an hour before): their rows are dropped all the same."""
     stats, now = [], [10.0]
     sched = Scheduler(4, 16, 0.0, 4)
     executor = Executor(FakeEngine(), C, conditional=True)
@@ -91,14 +92,36 @@ def test_the_time_from_a_cancel_to_its_rows_drop_is_reported_once():
     now[0] = 10.03
     core.step()
     assert [s.freed for s in stats] == [[], [pytest.approx(0.03)]]
-    now[0] = 10.05
-    core.cancel(b, since=99.0)  # a clock that cannot be: counted from the core's own now
-    now[0] = 10.07
+    for since in (99.0, 10.0 - 3600, None):
+        job = Job(make_noise(2, SHAPE, 5), [0, 1], 4)
+        core.submit(job)
+        core.step()
+        core.cancel(job, since=since)
+        core.step()
+        assert stats[-1].freed == [] and job.done and not sched.cancelled_at
+    assert b.done and b.error is None  # 4 steps made meanwhile
+    last = Job(make_noise(2, SHAPE, 6), [0, 1], 4)
+    core.submit(last)
     core.step()
-    assert stats[-1].freed == [pytest.approx(0.02)] and not sched.cancelled_at and sched.in_flight() == 0
+    core.cancel(last, since=now[0])
+    assert core.step() is None and stats[-1].freed == [0.0] and sched.in_flight() == 0 and not sched.jobs
 
 
-def test_a_failed_call_forgets_the_cancels_it_dropped():
+def test_a_job_ended_while_results_are_handed_out_does_not_stop_the_core():
+    """A result's send can fail mid-update (a closed API connection), and the core then cancels that
+    connection's other jobs: a batch-mate finishing in the same step must not be looked up after it."""
+    sched = Scheduler(8, 16, 0.0, 4)
+    core = EngineCore("toy", sched, Executor(FakeEngine(), C, conditional=True), clock=lambda: 1.0)
+    b = Job(make_noise(2, SHAPE, 1), [0, 1], 1)
+    a = Job(make_noise(2, SHAPE, 0), [0, 1], 1, on_done=lambda j: core.cancel(b, since=1.0))
+    core.submit(a)
+    core.submit(b)
+    core.step()
+    assert a.error is None and a.result.shape[0] == 2 and isinstance(b.error, Cancelled)
+    assert sched.in_flight() == 0 and not sched.jobs and not sched.cancelled_at
+
+
+def test_a_failed_call_times_the_cancels_it_drops():
     sched = Scheduler(4, 16, 0.0, 4)
     a, b = Job(make_noise(2, SHAPE, 0), [0, 1], 4), Job(make_noise(2, SHAPE, 1), [0, 1], 4)
     sched.submit(a, 0.0)
@@ -106,7 +129,7 @@ def test_a_failed_call_forgets_the_cancels_it_dropped():
     batch = sched.next_batch(0.0)
     sched.cancel(a, 0.1, since=0.05)
     sched.fail(batch, RuntimeError("boom"), 0.2)
-    assert not sched.cancelled_at and sched.take_freed() == [] and b.done
+    assert not sched.cancelled_at and sched.take_freed() == [pytest.approx(0.15)] and b.done
 
 
 def test_a_steered_request_previews_one_row_per_sample_ending_at_its_result():

@@ -40,10 +40,11 @@ def test_a_cancel_carries_when_it_was_sent_and_an_older_frame_still_decodes():
     assert m.decode(m.msgpack.packb([m.Cancel.TAG, 7])) == m.Cancel(id=7, sent=0.0)
 
 
-def test_the_cancel_to_free_times_become_a_histogram():
+def test_the_cancel_to_free_times_become_a_histogram(monkeypatch):
     from server.common.metrics import Metrics
     from server.common.stats import IterationStats
 
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)  # this process's registry alone
     metrics = Metrics()
     metrics.iteration(IterationStats("mnist", 8, 8, 0.025, 0, 4, freed=[0.012, 0.030]))
     text = metrics.render().decode()
