@@ -134,7 +134,6 @@ def goals(result: dict) -> list[str]:
     worst = [g["worst_attainment_to_2x"] for g in gs]
     mono = [g["fd_monotone"] for g in gs]
     all_ok = lambda vs, f: None if not vs or None in vs else all(f(v) for v in vs)
-
     rows = [
         (
             "fixed 4 steps: lowest offered load below 90% attainment (L90)",

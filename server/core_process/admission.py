@@ -92,12 +92,11 @@ def check(s: Scheduler, rows: int, steps: int, budget: float, max_queue: float) 
         )
     finish = wait + compute
     if finish > budget:
+        excess = queued(s, rows, wait) + compute - budget  # = wait - (budget - compute): the queue part only
         raise Refused(
             f"overloaded: predicted finish in {1e3 * finish:.0f} ms is past the request's deadline "
             f"({1e3 * max(0.0, budget):.0f} ms)",
-            retry_after(
-                queued(s, rows, wait) + compute - budget
-            ),  # = wait - (budget - compute): the queue part only
+            retry_after(excess),
         )
     return cut
 

@@ -105,7 +105,7 @@ class Rows:
             return np.ones(self.in_flight(), bool)
         return ~np.isin(self.job, np.array(sorted(self.dead), np.int64))
 
-    def _compact(self, keep: np.ndarray, now: float | None = None) -> None:
+    def _compact(self, keep: np.ndarray, now: float) -> None:
         """Keep the rows where `keep` is True and whose job is alive (`now`: the time the rows of cancelled
         jobs leave, for take_freed)."""
         if self.dead:
@@ -114,7 +114,7 @@ class Rows:
             keep = keep & alive
             for jid in self.dead if self.cancelled_at else ():
                 since = self.cancelled_at.pop(jid, None)
-                if since is not None and now is not None:
+                if since is not None:
                     self.freed.append(now - since)
             self.dead.clear()
         idx = keep.nonzero()[0]
