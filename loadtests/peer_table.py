@@ -5,8 +5,11 @@ Workloads (a) 1 sample 1 step, (b) 8 samples 2 steps, (c) 1 sample 4 steps, (d) 
 with its default flags (`flowmap serve --model M --engine E --port P`), the LitServe peer
 (loadtests.litserve_peer) at max_batch_size 8 and 32 (the better one is "LitServe"), and the naive
 endpoint (loadtests.baselines). Load: wrk, one thread, 32 connections for `--seconds` (after a 1 s
-warm-up: throughput and p99), then 1 connection for `--p50-seconds` (p50 at low load). Prints two
-markdown tables with the goals' ratios; --json FILE keeps the raw numbers. Default run: ~7 minutes.
+warm-up: throughput and p99), then 1 connection for `--p50-seconds` (p50 at low load). Before each
+repeat the bare engine is timed (`flowmap bench`, a fresh process, one thread, every batch size the server
+builds): each server's share of its best rows per second is printed next to its throughput, in the same
+run. Prints two markdown tables with the goals' ratios; --json FILE keeps the raw numbers. Default run:
+~8 minutes on digits.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import random
 import shlex
 import subprocess
 import sys
+import tempfile
 from datetime import date
 
 from loadtests import wrkload
@@ -33,6 +37,8 @@ WORKLOADS = {  # key: (label, samples per request, steps or None for mixed 1-4)
 }
 SERVERS = ("flowmap", "litserve-8", "litserve-32", "naive")
 LITSERVE = ("litserve-8", "litserve-32")
+BARE_BATCHES = "1,2,4,8,16,32,64,128"  # the server's buckets at its default max_batch_size
+BARE_ITERS = 20  # timed calls per batch size (the median is kept)
 
 
 def bodies(key: str, count: int = 64) -> list[dict]:
@@ -44,6 +50,35 @@ def bodies(key: str, count: int = 64) -> list[dict]:
     else:
         mix = [steps] * count
     return [{"steps": k, "num_samples": n, "seed": i} for i, k in enumerate(mix)]
+
+
+def row_steps(key: str) -> float:
+    """Network rows x steps per request of a workload, on average over its bodies (mixed: 2.5 steps)."""
+    b = bodies(key)
+    return sum(x["num_samples"] * x["steps"] for x in b) / len(b)
+
+
+def bare_engine(a) -> dict:
+    """The bare engine's best rows per second over the server's batch sizes, timed now in a fresh process
+    (`flowmap bench`, one thread, which also times eager for its ratio): {"rows_s", "batch"}, or
+    {"error"} when the bench failed (the share columns then read n/a)."""
+    with tempfile.TemporaryDirectory(prefix="bare-") as d:
+        out = os.path.join(d, "bench.json")
+        cmd = [sys.executable, "-m", "flowmap", "bench", "--model", a.model, "--engines", a.engine]
+        cmd += ["--batches", BARE_BATCHES, "--iters", str(BARE_ITERS), "--threads", "1", "--no-step"]
+        p = subprocess.run([*cmd, "--json", out], capture_output=True, text=True)
+        if p.returncode != 0 or not os.path.exists(out):
+            print(f"  bare engine: bench failed: {(p.stderr or p.stdout)[-500:]}", file=sys.stderr)
+            return {"error": (p.stderr or p.stdout)[-500:]}
+        with open(out) as f:
+            rows = [r for r in json.load(f)["rows"] if r["engine"] == a.engine]
+    if not rows:
+        print(f"  bare engine: {a.engine} did not load", file=sys.stderr)
+        return {"error": f"{a.engine} did not load"}
+    best = max(rows, key=lambda r: r["samples_per_s"])
+    msg = f"best {best['samples_per_s']:.0f} rows/s at {best['batch']} rows"
+    print(f"  bare engine {a.engine}: {msg}", file=sys.stderr, flush=True)
+    return {"rows_s": best["samples_per_s"], "batch": best["batch"]}
 
 
 def start(server: str, a) -> tuple[Proc, str]:
@@ -124,8 +159,17 @@ def ratio(x: float | None, y: float | None) -> float | None:
     return x / y if x is not None and y else None
 
 
-def derived(rep: dict) -> dict:
-    """Per repeat and workload: the best LitServe and the goal ratios."""
+def share(rep: dict, server: str | None, key: str | None, bare: dict | None) -> float | None:
+    """server's network rows x steps per second (2xx only) as a share of the bare engine's best rows/s."""
+    if server is None or key is None or not bare or "rows_s" not in bare:
+        return None
+    rps = get(rep, server, "c32", "req_s")
+    return None if rps is None else rps * row_steps(key) / bare["rows_s"]
+
+
+def derived(rep: dict, key: str | None = None, bare: dict | None = None) -> dict:
+    """Per repeat and workload: the best LitServe and the goal ratios (the shares of the bare engine with
+    the workload's key and that repeat's bare-engine timing)."""
     best = best_litserve(rep)
     low = [s for s in LITSERVE if get(rep, s, "c1", "p50_ms") is not None]
     return {
@@ -138,6 +182,8 @@ def derived(rep: dict) -> dict:
         "p99_vs_ls": ratio(get(rep, "flowmap", "c32", "p99_ms"), get(rep, best, "c32", "p99_ms")),
         "vs_naive": ratio(get(rep, "flowmap", "c32", "req_s"), get(rep, "naive", "c32", "req_s")),
         "p50_vs_naive": ratio(get(rep, "flowmap", "c1", "p50_ms"), get(rep, "naive", "c1", "p50_ms")),
+        "share": share(rep, "flowmap", key, bare),
+        "ls_share": share(rep, best, key, bare),
     }
 
 
@@ -153,12 +199,14 @@ THROUGHPUT_COLUMNS = (
     "p99 ms",
     "flowmap / LitServe",
     "flowmap / naive",
+    "flowmap share of bare engine",
+    "LitServe's share",
 )
 
 
-def throughput_cells(reps: list[dict]) -> list[str]:
-    """One workload's row over its repeats."""
-    ds = [derived(r) for r in reps]
+def throughput_cells(reps: list[dict], key: str | None = None, bares: list | None = None) -> list[str]:
+    """One workload's row over its repeats (bares: each repeat's bare-engine timing)."""
+    ds = [derived(r, key, b) for r, b in zip(reps, bares or [None] * len(reps), strict=True)]
     case = lambda s, f, spec=".0f": span([get(r, s, "c32", f) for r in reps], spec)
     dd = lambda f, spec, suffix="": span([d[f] for d in ds], spec, suffix)
     return [
@@ -173,13 +221,16 @@ def throughput_cells(reps: list[dict]) -> list[str]:
         case("naive", "p99_ms", ".1f"),
         dd("vs_ls", ".2f", "x"),
         dd("vs_naive", ".2f", "x"),
+        dd("share", ".0%"),
+        dd("ls_share", ".0%"),
     ]
 
 
-def throughput_table(runs: list[dict], keys: list[str]) -> list[str]:
+def throughput_table(runs: list[dict], keys: list[str], bares: list | None = None) -> list[str]:
     L = ["| workload | " + " | ".join(THROUGHPUT_COLUMNS) + " |", "|---|" + "---:|" * len(THROUGHPUT_COLUMNS)]
     for k in keys:
-        L.append(f"| {WORKLOADS[k][0]} | " + " | ".join(throughput_cells([r[k] for r in runs])) + " |")
+        cells = throughput_cells([r[k] for r in runs], k, bares)
+        L.append(f"| {WORKLOADS[k][0]} | " + " | ".join(cells) + " |")
     return L
 
 
@@ -211,18 +262,21 @@ def worst(values: list[float | None], fn, limit: float) -> bool | None:
     return fn(values) >= limit if fn is min else fn(values) <= limit
 
 
-def goals(runs: list[dict], keys: list[str]) -> list[str]:
-    """Issue 8's goals, judged on the worst repeat."""
+def goals(runs: list[dict], keys: list[str], bares: list | None = None) -> list[str]:
+    """Issues 8, 19 and 21's goals, judged on the worst repeat."""
     L = ["Goals (worst repeat):"]
+    bares = bares or [None] * len(runs)
     for k in keys:
-        ds = [derived(r[k]) for r in runs]
+        ds = [derived(r[k], k, b) for r, b in zip(runs, bares, strict=True)]
         ratio_ok = worst([d["vs_ls"] for d in ds], min, 1.5)
         # p99 no higher than LitServe's best: flowmap p99 / LitServe p99 <= 1 in every repeat
         p99_ok = worst([d["p99_vs_ls"] for d in ds], max, 1.0)
         both = None if ratio_ok is None or p99_ok is None else ratio_ok and p99_ok
-        p50_ok = worst([d["p50_vs_naive"] for d in ds], max, 1.2)
+        p50_ok = worst([d["p50_vs_naive"] for d in ds], max, 1.15)
         L.append(f"- {WORKLOADS[k][0]}: >= 1.5x LitServe at equal or lower p99: {verdict(both)}")
-        L.append(f"- {WORKLOADS[k][0]}: 1-connection p50 within 1.2x naive: {verdict(p50_ok)}")
+        L.append(f"- {WORKLOADS[k][0]}: 1-connection p50 within 1.15x naive: {verdict(p50_ok)}")
+        share_ok = worst([d["share"] for d in ds], min, 0.9)
+        L.append(f"- {WORKLOADS[k][0]}: keeps >= 90% of the bare engine: {verdict(share_ok)}")
     if "c" in keys:
         ok = worst([derived(r["c"])["vs_naive"] for r in runs], min, 3.0)
         L.append(f"- 1 sample, 4 steps: >= 3x naive throughput: {verdict(ok)}")
@@ -263,12 +317,15 @@ def wrk_version() -> str | None:
     return (p.stdout or p.stderr).splitlines()[0].strip()
 
 
-def report(a, runs: list[dict], ceil: dict) -> str:
+def report(a, runs: list[dict], ceil: dict, bares: list | None = None) -> str:
     keys = list(runs[0])
     L = header(a, ceil)
-    L += ["", "### Throughput and tail at 32 connections", "", *throughput_table(runs, keys)]
+    if bares:
+        got = [f"{b['rows_s']:.0f} rows/s at {b['batch']} rows" for b in bares if "rows_s" in b]
+        L += [f"Bare engine's best, timed before each repeat: {'; '.join(got) or 'failed'}."]
+    L += ["", "### Throughput and tail at 32 connections", "", *throughput_table(runs, keys, bares)]
     L += ["", "### Latency at low load (1 connection)", "", *latency_table(runs, keys), ""]
-    return "\n".join(L + goals(runs, keys))
+    return "\n".join(L + goals(runs, keys, bares))
 
 
 def servers_for(a) -> list[str]:
@@ -292,11 +349,12 @@ def run(a) -> int:
         raise SystemExit(f"unknown workload in {keys}; choose from {list(WORKLOADS)}")
     servers = servers_for(a)
     ceil = ceiling(a)
-    runs = []
+    runs, bares = [], []
     for rep in range(a.repeat):
         print(f"repeat {rep + 1}/{a.repeat}", file=sys.stderr, flush=True)
+        bares.append(bare_engine(a))
         runs.append({k: {s: measure(s, k, a) for s in servers} for k in keys})
-    print(report(a, runs, ceil))
+    print(report(a, runs, ceil, bares))
     if a.json:
         meta = {k: v for k, v in vars(a).items() if isinstance(v, (str, int, float, bool, type(None)))}
         raw = {
@@ -309,7 +367,8 @@ def run(a) -> int:
             "workloads": {k: WORKLOADS[k][0] for k in keys},
             "ceiling": ceil,
             "runs": runs,
-            "derived": [{k: derived(r[k]) for k in keys} for r in runs],
+            "bare_engine": bares,
+            "derived": [{k: derived(r[k], k, b) for k in keys} for r, b in zip(runs, bares, strict=True)],
         }
         with open(a.json, "w") as f:
             json.dump(raw, f, indent=1)

@@ -121,11 +121,23 @@ def test_report_ratios_and_ranges():
         repeat=2,
         batch_timeout=0.005,
     )
-    text = peer_table.report(a, runs, {})
+    # the bare engine made 1,600 then 2,000 rows/s: 1x1 rows x steps are req/s, so shares 94% and 80%
+    bares = [{"rows_s": 1600.0, "batch": 64}, {"rows_s": 2000.0, "batch": 128}]
+    assert peer_table.derived(runs[0]["a"], "a", bares[0])["share"] == 1500 / 1600
+    assert peer_table.derived(runs[0]["a"], "a", bares[0])["ls_share"] == 1000 / 1600
+    text = peer_table.report(a, runs, {}, bares)
     row = next(ln for ln in text.splitlines() if ln.startswith("| 1 sample, 1 step | 1500"))
     assert "| 1500–1600 |" in row and "| 1.50–1.60x |" in row and "n/a" in row
+    assert "| 80%–94% | 50%–62% |" in row
+    assert "1600 rows/s at 64 rows; 2000 rows/s at 128 rows" in text
     assert ">= 1.5x LitServe at equal or lower p99: met" in text
-    assert "p50 within 1.2x naive: n/a" in text
+    assert "p50 within 1.15x naive: n/a" in text
+    assert "keeps >= 90% of the bare engine: NOT met" in text  # the worst repeat (80%)
+    assert "| n/a | n/a |" in peer_table.report(a, runs, {})  # no timing: no shares
+
+
+def test_row_steps_count_rows_and_mean_steps():
+    assert [peer_table.row_steps(k) for k in "abcde"] == [1, 16, 4, 2.5, 20]
 
 
 def test_ab_loads_two_servers_in_turn_and_reads_their_caps(capsys, tmp_path):
@@ -180,3 +192,12 @@ def test_ab_refuses_half_an_open_loop_and_a_tree_that_is_not_a_checkout(flags, p
     with pytest.raises(SystemExit):
         ab.main(flags)
     assert problem in capsys.readouterr().err
+
+
+def test_bare_engine_times_the_best_batch_and_names_a_failure():
+    """The bare-engine timing runs `flowmap bench` in a fresh process; an engine that cannot load here
+    (TensorRT needs CUDA) gives an error the report turns into n/a, not a crash."""
+    a = argparse.Namespace(model="digits", engine="eager")
+    got = peer_table.bare_engine(a)
+    assert got["rows_s"] > 0 and str(got["batch"]) in peer_table.BARE_BATCHES.split(",")
+    assert "error" in peer_table.bare_engine(argparse.Namespace(model="digits", engine="tensorrt"))
