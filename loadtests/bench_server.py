@@ -23,13 +23,13 @@ import platform
 import random
 import re
 import sys
-import time
 from datetime import date
 
 import httpx
 import numpy as np
 
 from loadtests import httpload
+from loadtests.bare_engine import time_bare
 from loadtests.procs import Proc, start_baselines, start_module
 
 
@@ -58,24 +58,7 @@ def batch_stats(url: str) -> tuple[float, float]:
 
 def engine_throughput(model: str, engine: str, batch: int, seconds: float = 2.0) -> float:
     """Network rows per second of the bare engine at `batch` rows (one thread, no HTTP, no scheduler)."""
-    import torch
-
-    from engines import load_engine
-    from flowmap.checkpoint import load_model
-
-    torch.set_num_threads(1)
-    m = load_model(model)
-    eng = load_engine(engine, m, device="cpu", buckets=tuple(sorted({1, 8, 32, 64, batch})))
-    x = torch.randn(batch, *m.shape)
-    s, t = torch.full((batch,), 1.0), torch.full((batch,), 0.5)
-    y = torch.zeros(batch, dtype=torch.long)
-    for _ in range(20):
-        eng(x, s, t, y)
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        eng(x, s, t, y)
-        n += 1
-    return n * batch / (time.perf_counter() - t0)
+    return time_bare(model, engine, [batch], seconds)[batch]
 
 
 def latency_grid(srv: Proc, secs: float) -> list[dict]:

@@ -22,7 +22,6 @@ import random
 import shlex
 import subprocess
 import sys
-import tempfile
 from datetime import date
 
 from loadtests import wrkload
@@ -37,8 +36,6 @@ WORKLOADS = {  # key: (label, samples per request, steps or None for mixed 1-4)
 }
 SERVERS = ("flowmap", "litserve-8", "litserve-32", "naive")
 LITSERVE = ("litserve-8", "litserve-32")
-BARE_BATCHES = "1,2,4,8,16,32,64,128"  # the server's buckets at its default max_batch_size
-BARE_ITERS = 20  # timed calls per batch size (the median is kept)
 
 
 def bodies(key: str, count: int = 64) -> list[dict]:
@@ -60,25 +57,23 @@ def row_steps(key: str) -> float:
 
 def bare_engine(a) -> dict:
     """The bare engine's best rows per second over the server's batch sizes, timed now in a fresh process
-    (`flowmap bench`, one thread, which also times eager for its ratio): {"rows_s", "batch"}, or
-    {"error"} when the bench failed (the share columns then read n/a)."""
-    with tempfile.TemporaryDirectory(prefix="bare-") as d:
-        out = os.path.join(d, "bench.json")
-        cmd = [sys.executable, "-m", "flowmap", "bench", "--model", a.model, "--engines", a.engine]
-        cmd += ["--batches", BARE_BATCHES, "--iters", str(BARE_ITERS), "--threads", "1", "--no-step"]
-        p = subprocess.run([*cmd, "--json", out], capture_output=True, text=True)
-        if p.returncode != 0 or not os.path.exists(out):
-            print(f"  bare engine: bench failed: {(p.stderr or p.stdout)[-500:]}", file=sys.stderr)
-            return {"error": (p.stderr or p.stdout)[-500:]}
-        with open(out) as f:
-            rows = [r for r in json.load(f)["rows"] if r["engine"] == a.engine]
-    if not rows:
-        print(f"  bare engine: {a.engine} did not load", file=sys.stderr)
-        return {"error": f"{a.engine} did not load"}
-    best = max(rows, key=lambda r: r["samples_per_s"])
-    msg = f"best {best['samples_per_s']:.0f} rows/s at {best['batch']} rows"
-    print(f"  bare engine {a.engine}: {msg}", file=sys.stderr, flush=True)
-    return {"rows_s": best["samples_per_s"], "batch": best["batch"]}
+    (loadtests.bare_engine: that engine alone, one thread): {"rows_s", "batch"}, or {"error"} when it
+    failed (the share columns then read n/a)."""
+    cmd = [sys.executable, "-m", "loadtests.bare_engine", "--model", a.model, "--engine", a.engine]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        rates = {int(b): r for b, r in json.loads(p.stdout.strip().splitlines()[-1]).items()}
+    except (ValueError, IndexError):
+        why = f"{a.engine}: {(p.stderr or p.stdout).strip()[-300:]}"
+        print(f"  bare engine failed: {why}", file=sys.stderr)
+        return {"error": why}
+    batch = max(rates, key=rates.get)
+    print(
+        f"  bare engine {a.engine}: best {rates[batch]:.0f} rows/s at {batch} rows",
+        file=sys.stderr,
+        flush=True,
+    )
+    return {"rows_s": rates[batch], "batch": batch, "by_batch": rates}
 
 
 def start(server: str, a) -> tuple[Proc, str]:

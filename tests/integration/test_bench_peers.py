@@ -195,9 +195,19 @@ def test_ab_refuses_half_an_open_loop_and_a_tree_that_is_not_a_checkout(flags, p
 
 
 def test_bare_engine_times_the_best_batch_and_names_a_failure():
-    """The bare-engine timing runs `flowmap bench` in a fresh process; an engine that cannot load here
-    (TensorRT needs CUDA) gives an error the report turns into n/a, not a crash."""
-    a = argparse.Namespace(model="digits", engine="eager")
-    got = peer_table.bare_engine(a)
-    assert got["rows_s"] > 0 and str(got["batch"]) in peer_table.BARE_BATCHES.split(",")
-    assert "error" in peer_table.bare_engine(argparse.Namespace(model="digits", engine="tensorrt"))
+    """The bare-engine timing runs loadtests.bare_engine in a fresh process; an engine that cannot load
+    here (TensorRT needs CUDA) gives an error the report turns into n/a, not a crash."""
+    got = peer_table.bare_engine(argparse.Namespace(model="digits", engine="eager"))
+    assert got["rows_s"] == max(got["by_batch"].values()) > 0
+    assert got["by_batch"][got["batch"]] == got["rows_s"]
+    assert set(got["by_batch"]) == {1, 2, 4, 8, 16, 32, 64, 128}
+    bad = peer_table.bare_engine(argparse.Namespace(model="digits", engine="tensorrt"))
+    assert "tensorrt" in bad["error"]
+
+
+def test_bare_engine_cli_refuses_bad_batches(capsys):
+    from loadtests import bare_engine
+
+    with pytest.raises(SystemExit):
+        bare_engine.main(["--batches", "8,x"])
+    assert "--batches must be comma-separated integers" in capsys.readouterr().err
