@@ -6,10 +6,11 @@ with its default flags (`flowmap serve --model M --engine E --port P`), the LitS
 (loadtests.litserve_peer) at max_batch_size 8 and 32 (the better one is "LitServe"), and the naive
 endpoint (loadtests.baselines). Load: wrk, one thread, 32 connections for `--seconds` (after a 1 s
 warm-up: throughput and p99), then 1 connection for `--p50-seconds` (p50 at low load). Before each
-repeat the bare engine is timed (`flowmap bench`, a fresh process, one thread, every batch size the server
-builds): each server's share of its best rows per second is printed next to its throughput, in the same
-run. Prints two markdown tables with the goals' ratios; --json FILE keeps the raw numbers. Default run:
-~8 minutes on digits.
+workload's servers the bare engine is timed (loadtests.bare_engine: a fresh process, one thread, every
+batch size the server builds; this box's speed drifts by 10-20% over minutes, so a timing taken once per
+run would not do): each server's share of its best rows per second is printed next to its throughput.
+Prints two markdown tables with the goals' ratios; --json FILE keeps the raw numbers. Default run: ~9
+minutes on digits, ~20 on mnist.
 """
 
 from __future__ import annotations
@@ -154,17 +155,19 @@ def ratio(x: float | None, y: float | None) -> float | None:
     return x / y if x is not None and y else None
 
 
-def share(rep: dict, server: str | None, key: str | None, bare: dict | None) -> float | None:
-    """server's network rows x steps per second (2xx only) as a share of the bare engine's best rows/s."""
-    if server is None or key is None or not bare or "rows_s" not in bare:
+def share(rep: dict, server: str | None, key: str | None) -> float | None:
+    """server's network rows x steps per second (2xx only) as a share of the bare engine's best rows/s,
+    timed right before this workload's servers (rep["bare"])."""
+    bare = rep.get("bare") or {}
+    if server is None or key is None or "rows_s" not in bare:
         return None
     rps = get(rep, server, "c32", "req_s")
     return None if rps is None else rps * row_steps(key) / bare["rows_s"]
 
 
-def derived(rep: dict, key: str | None = None, bare: dict | None = None) -> dict:
-    """Per repeat and workload: the best LitServe and the goal ratios (the shares of the bare engine with
-    the workload's key and that repeat's bare-engine timing)."""
+def derived(rep: dict, key: str | None = None) -> dict:
+    """Per repeat and workload: the best LitServe and the goal ratios (the shares of the bare engine need
+    the workload's key)."""
     best = best_litserve(rep)
     low = [s for s in LITSERVE if get(rep, s, "c1", "p50_ms") is not None]
     return {
@@ -177,8 +180,8 @@ def derived(rep: dict, key: str | None = None, bare: dict | None = None) -> dict
         "p99_vs_ls": ratio(get(rep, "flowmap", "c32", "p99_ms"), get(rep, best, "c32", "p99_ms")),
         "vs_naive": ratio(get(rep, "flowmap", "c32", "req_s"), get(rep, "naive", "c32", "req_s")),
         "p50_vs_naive": ratio(get(rep, "flowmap", "c1", "p50_ms"), get(rep, "naive", "c1", "p50_ms")),
-        "share": share(rep, "flowmap", key, bare),
-        "ls_share": share(rep, best, key, bare),
+        "share": share(rep, "flowmap", key),
+        "ls_share": share(rep, best, key),
     }
 
 
@@ -194,14 +197,15 @@ THROUGHPUT_COLUMNS = (
     "p99 ms",
     "flowmap / LitServe",
     "flowmap / naive",
+    "bare engine best rows/s",
     "flowmap share of bare engine",
     "LitServe's share",
 )
 
 
-def throughput_cells(reps: list[dict], key: str | None = None, bares: list | None = None) -> list[str]:
-    """One workload's row over its repeats (bares: each repeat's bare-engine timing)."""
-    ds = [derived(r, key, b) for r, b in zip(reps, bares or [None] * len(reps), strict=True)]
+def throughput_cells(reps: list[dict], key: str | None = None) -> list[str]:
+    """One workload's row over its repeats."""
+    ds = [derived(r, key) for r in reps]
     case = lambda s, f, spec=".0f": span([get(r, s, "c32", f) for r in reps], spec)
     dd = lambda f, spec, suffix="": span([d[f] for d in ds], spec, suffix)
     return [
@@ -216,15 +220,16 @@ def throughput_cells(reps: list[dict], key: str | None = None, bares: list | Non
         case("naive", "p99_ms", ".1f"),
         dd("vs_ls", ".2f", "x"),
         dd("vs_naive", ".2f", "x"),
+        span([(r.get("bare") or {}).get("rows_s") for r in reps]),
         dd("share", ".0%"),
         dd("ls_share", ".0%"),
     ]
 
 
-def throughput_table(runs: list[dict], keys: list[str], bares: list | None = None) -> list[str]:
+def throughput_table(runs: list[dict], keys: list[str]) -> list[str]:
     L = ["| workload | " + " | ".join(THROUGHPUT_COLUMNS) + " |", "|---|" + "---:|" * len(THROUGHPUT_COLUMNS)]
     for k in keys:
-        cells = throughput_cells([r[k] for r in runs], k, bares)
+        cells = throughput_cells([r[k] for r in runs], k)
         L.append(f"| {WORKLOADS[k][0]} | " + " | ".join(cells) + " |")
     return L
 
@@ -257,12 +262,11 @@ def worst(values: list[float | None], fn, limit: float) -> bool | None:
     return fn(values) >= limit if fn is min else fn(values) <= limit
 
 
-def goals(runs: list[dict], keys: list[str], bares: list | None = None) -> list[str]:
+def goals(runs: list[dict], keys: list[str]) -> list[str]:
     """Issues 8, 19 and 21's goals, judged on the worst repeat."""
     L = ["Goals (worst repeat):"]
-    bares = bares or [None] * len(runs)
     for k in keys:
-        ds = [derived(r[k], k, b) for r, b in zip(runs, bares, strict=True)]
+        ds = [derived(r[k], k) for r in runs]
         ratio_ok = worst([d["vs_ls"] for d in ds], min, 1.5)
         # p99 no higher than LitServe's best: flowmap p99 / LitServe p99 <= 1 in every repeat
         p99_ok = worst([d["p99_vs_ls"] for d in ds], max, 1.0)
@@ -312,15 +316,12 @@ def wrk_version() -> str | None:
     return (p.stdout or p.stderr).splitlines()[0].strip()
 
 
-def report(a, runs: list[dict], ceil: dict, bares: list | None = None) -> str:
+def report(a, runs: list[dict], ceil: dict) -> str:
     keys = list(runs[0])
     L = header(a, ceil)
-    if bares:
-        got = [f"{b['rows_s']:.0f} rows/s at {b['batch']} rows" for b in bares if "rows_s" in b]
-        L += [f"Bare engine's best, timed before each repeat: {'; '.join(got) or 'failed'}."]
-    L += ["", "### Throughput and tail at 32 connections", "", *throughput_table(runs, keys, bares)]
+    L += ["", "### Throughput and tail at 32 connections", "", *throughput_table(runs, keys)]
     L += ["", "### Latency at low load (1 connection)", "", *latency_table(runs, keys), ""]
-    return "\n".join(L + goals(runs, keys, bares))
+    return "\n".join(L + goals(runs, keys))
 
 
 def servers_for(a) -> list[str]:
@@ -344,12 +345,11 @@ def run(a) -> int:
         raise SystemExit(f"unknown workload in {keys}; choose from {list(WORKLOADS)}")
     servers = servers_for(a)
     ceil = ceiling(a)
-    runs, bares = [], []
+    runs = []
     for rep in range(a.repeat):
         print(f"repeat {rep + 1}/{a.repeat}", file=sys.stderr, flush=True)
-        bares.append(bare_engine(a))
-        runs.append({k: {s: measure(s, k, a) for s in servers} for k in keys})
-    print(report(a, runs, ceil, bares))
+        runs.append({k: {"bare": bare_engine(a), **{s: measure(s, k, a) for s in servers}} for k in keys})
+    print(report(a, runs, ceil))
     if a.json:
         meta = {k: v for k, v in vars(a).items() if isinstance(v, (str, int, float, bool, type(None)))}
         raw = {
@@ -362,8 +362,7 @@ def run(a) -> int:
             "workloads": {k: WORKLOADS[k][0] for k in keys},
             "ceiling": ceil,
             "runs": runs,
-            "bare_engine": bares,
-            "derived": [{k: derived(r[k], k, b) for k in keys} for r, b in zip(runs, bares, strict=True)],
+            "derived": [{k: derived(r[k], k) for k in keys} for r in runs],
         }
         with open(a.json, "w") as f:
             json.dump(raw, f, indent=1)
