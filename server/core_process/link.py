@@ -161,7 +161,9 @@ class Listener:
         self.conns.pop(conn.id, None)
         self.sel.unregister(conn.sock)
         conn.sock.close()
-        if any(cid == conn.id for cid, _ in self.inbox):
-            self.inbox = deque(item for item in self.inbox if item[0] != conn.id)
+        if any(cid == conn.id for cid, _ in self.inbox):  # in place: the core may be reading it now
+            keep = [item for item in self.inbox if item[0] != conn.id]
+            self.inbox.clear()
+            self.inbox.extend(keep)
         if self.on_close is not None:
             self.on_close(conn.id)

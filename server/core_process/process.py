@@ -67,6 +67,7 @@ class CoreServer:
         self.outbox: list[tuple[int, bytes]] = []  # only without a link (tests read it)
         self.rewards: dict[str, object] = {}  # reward spec -> callable (checked specs only)
         self.samplers = samplers_of(model)[0]
+        self.closed: set[int] = set()  # API connections closed since the last receive(): cancelled there
 
     def handle(self, ident: int, frame: bytes) -> None:
         """One frame from an API process; a frame that is not a well-formed message is dropped (logged),
@@ -219,20 +220,31 @@ class CoreServer:
 
     def dropped(self, ident: int) -> None:
         """API connection `ident` closed (that process stopped or reconnected; it failed the requests it
-        held there): cancel them, so they stop taking batch rows, and send nothing more for them."""
-        for key in [k for k in self.jobs if k[0] == ident]:
+        held there): nothing more is sent to it, and its requests are cancelled at the next receive(),
+        between steps. The close can be found while a result is sent, inside the scheduler's update of a
+        step: ending jobs there would pull them from under it."""
+        self.closed.add(ident)
+
+    def cancel_closed(self) -> None:
+        """Cancel the requests of the connections closed since the last call, so they stop taking rows."""
+        closed, self.closed = self.closed, set()
+        for key in [k for k in self.jobs if k[0] in closed]:
             job = self.jobs.pop(key)
             self.owner.pop(job.id, None)
             self.core.cancel(job)
 
     def receive(self) -> None:
-        """The messages waiting now, without blocking: at most RECEIVE_MAX before the next iteration,
-        so a flood of requests cannot starve the ones already running."""
-        inbox = self.link.inbox
-        for _ in range(min(RECEIVE_MAX, len(inbox))):
+        """The closed connections' cancels, then the messages waiting now, without blocking: at most
+        RECEIVE_MAX before the next iteration, so a flood of requests cannot starve the ones running."""
+        self.cancel_closed()
+        inbox, taken = self.link.inbox, 0
+        while inbox and taken < RECEIVE_MAX:  # a connection closed by a send here leaves the inbox shorter
             self.handle(*inbox.popleft())
+            taken += 1
 
     def send(self, ident: int, msg) -> None:
+        if ident in self.closed:  # its process failed the request itself; cancelled at the next receive()
+            return
         if isinstance(msg, m.Done | m.Failed):  # what the API processes shed by before asking (service.py)
             msg.wait_s, msg.sent = self.core.wait_seconds(), time.monotonic()
         frame = m.encode(msg)

@@ -148,8 +148,10 @@ def test_a_closed_connection_drops_its_waiting_frames_and_tells_the_core():
         stays.sendall(pack(b"c"))
         _poll_until(core, lambda: len(core.inbox) == 3)
         (gone_id,) = {cid for cid, f in core.inbox if f == b"a"}
+        inbox = core.inbox  # what the core's receive() is reading when a send of its closes `gone`
         gone.close()
         _poll_until(core, lambda: closed)
         assert closed == [gone_id] and [f for _, f in core.inbox] == [b"c"]
+        assert core.inbox is inbox  # dropped in place: no frame of `stays` is read twice
         stays.close()
         core.close()

@@ -463,6 +463,25 @@ def test_a_closed_api_connection_cancels_what_it_asked_for_and_nothing_is_sent_t
     for ident, rid in ((7, 1), (7, 2), (8, 1)):
         core.server.handle(ident, gen(rid))
     core.server.dropped(7)  # that API process's connection closed (link.Listener's on_close)
+    core.server.cancel_closed()  # at the next receive(), between steps
+    core.server.core.run_until_idle()
+    outs = [(ident, type(m.decode(f)).__name__) for ident, f in core.server.outbox]
+    assert outs == [(8, "Done")] and not core.server.jobs and not core.server.owner
+
+
+def test_a_connection_closed_during_a_step_is_cancelled_after_it_and_sent_nothing():
+    """A close found while a result is sent (inside the scheduler's update) ends nothing there: the
+    requests of that connection are cancelled at the next receive(), and nothing more goes to it."""
+    core = InProcessCore(ServerSettings(max_steps=4, max_samples=16))
+    gen = lambda i, steps: m.encode(m.Generate(i, 2, i, steps, [1, 2], 1.0, time.monotonic() + 10))
+    core.server.handle(7, gen(1, 1))
+    core.server.handle(7, gen(2, 4))
+    core.server.handle(8, gen(1, 4))
+    core.server.dropped(7)
+    core.server.core.step()  # one step: 7's 1-step request finishes, but 7 is closed: not sent
+    assert core.server.outbox == [] and len(core.server.jobs) == 3 - 1
+    core.server.cancel_closed()
+    assert list(core.server.jobs) == [(8, 1)]
     core.server.core.run_until_idle()
     outs = [(ident, type(m.decode(f)).__name__) for ident, f in core.server.outbox]
     assert outs == [(8, "Done")] and not core.server.jobs and not core.server.owner
