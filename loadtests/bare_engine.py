@@ -3,8 +3,8 @@ no HTTP, no scheduler, no other engine between its calls): `python -m loadtests.
 --engine onnxruntime [--batches 1,2,4,8,16,32,64,128] [--seconds 1]` prints JSON {batch: rows/s}.
 
 The denominator of "the server keeps >= 90% of the bare engine's best throughput" (issue 21): the peer
-table runs it in a fresh process before each repeat. A rate over a timed run of back-to-back calls, as a
-server would make them, not a median latency.
+table runs it in a fresh process right before each workload's servers. A rate over a timed run of
+back-to-back calls, as a server would make them, not a median latency.
 """
 
 from __future__ import annotations
@@ -55,7 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--batches must be comma-separated integers, got {a.batches!r}")
     if not batches or min(batches) < 1 or a.seconds <= 0:
         p.error("--batches must name sizes >= 1 and --seconds must be > 0")
-    print(json.dumps(time_bare(a.model, a.engine, batches, a.seconds)))
+    from engines.base import EngineError
+    from flowmap.errors import UserError
+
+    try:
+        rates = time_bare(a.model, a.engine, batches, a.seconds)
+    except (EngineError, UserError, FileNotFoundError) as e:  # an engine or model that cannot load here
+        p.exit(2, f"{p.prog}: {a.engine} on {a.model}: {e}\n")
+    print(json.dumps(rates))
     return 0
 
 

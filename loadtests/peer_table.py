@@ -23,9 +23,11 @@ import random
 import shlex
 import subprocess
 import sys
+import time
 from datetime import date
 
 from loadtests import wrkload
+from loadtests.bench_server import batch_stats
 from loadtests.procs import Proc, free_port, start_baselines
 
 WORKLOADS = {  # key: (label, samples per request, steps or None for mixed 1-4)
@@ -56,19 +58,21 @@ def row_steps(key: str) -> float:
     return sum(x["num_samples"] * x["steps"] for x in b) / len(b)
 
 
-def bare_engine(a) -> dict:
-    """The bare engine's best rows per second over the server's batch sizes, timed now in a fresh process
-    (loadtests.bare_engine: that engine alone, one thread): {"rows_s", "batch"}, or {"error"} when it
-    failed (the share columns then read n/a)."""
+def bare_engine(a, seconds: float = 1.0) -> dict:
+    """The bare engine's best rows per second over the batch sizes the server builds at its default
+    max_batch_size (1-128), timed now in a fresh process (loadtests.bare_engine: that engine alone, one
+    thread, `seconds` per size): {"rows_s", "batch", "by_batch"}, or {"error"} when it failed (the share
+    columns then read n/a)."""
     cmd = [sys.executable, "-m", "loadtests.bare_engine", "--model", a.model, "--engine", a.engine]
-    p = subprocess.run(cmd, capture_output=True, text=True)
     try:
-        rates = {int(b): r for b, r in json.loads(p.stdout.strip().splitlines()[-1]).items()}
-    except (ValueError, IndexError):
-        why = f"{a.engine}: {(p.stderr or p.stdout).strip()[-300:]}"
+        p = subprocess.run([*cmd, "--seconds", str(seconds)], capture_output=True, text=True, timeout=900)
+        rates = {int(b): float(r) for b, r in json.loads(p.stdout.strip().splitlines()[-1]).items()}
+        batch = max(rates, key=rates.get)
+    except (ValueError, IndexError, AttributeError, TypeError, subprocess.TimeoutExpired) as e:
+        out = "" if isinstance(e, subprocess.TimeoutExpired) else (p.stderr or p.stdout).strip()
+        why = out.splitlines()[-1][-300:] if out else f"{type(e).__name__}: {e}"
         print(f"  bare engine failed: {why}", file=sys.stderr)
         return {"error": why}
-    batch = max(rates, key=rates.get)
     print(
         f"  bare engine {a.engine}: best {rates[batch]:.0f} rows/s at {batch} rows",
         file=sys.stderr,
@@ -100,7 +104,10 @@ def measure(server: str, key: str, a) -> dict:
         return {"error": str(e)[-500:]}
     try:
         b = bodies(key)
-        hi = wrkload.run(proc.port, path, b, 32, a.seconds, warmup=1.0, generator=a.generator)
+        wrkload.run(proc.port, path, b, 32, 1.0, generator=a.generator)  # warm-up, not recorded
+        rows0, t0 = served_rows(server, proc), time.monotonic()
+        hi = wrkload.run(proc.port, path, b, 32, a.seconds, generator=a.generator)
+        rows1, t1 = served_rows(server, proc), time.monotonic()
         lo = wrkload.run(proc.port, path, b, 1, a.p50_seconds, generator=a.generator)
     finally:
         proc.stop()
@@ -110,7 +117,15 @@ def measure(server: str, key: str, a) -> dict:
         file=sys.stderr,
         flush=True,
     )
-    return {"c32": hi.as_dict(), "c1": lo.as_dict()}
+    c32 = hi.as_dict()
+    if rows0 is not None and rows1 is not None:
+        c32["row_steps_s"] = (rows1 - rows0) / (t1 - t0)
+    return {"c32": c32, "c1": lo.as_dict()}
+
+
+def served_rows(server: str, proc: Proc) -> float | None:
+    """The network rows flowmap has run so far (its flowmap_batch_samples sum); None for the peers."""
+    return batch_stats(proc.url)[0] if server == "flowmap" else None
 
 
 def ceiling(a) -> dict:
@@ -156,11 +171,16 @@ def ratio(x: float | None, y: float | None) -> float | None:
 
 
 def share(rep: dict, server: str | None, key: str | None) -> float | None:
-    """server's network rows x steps per second (2xx only) as a share of the bare engine's best rows/s,
-    timed right before this workload's servers (rep["bare"])."""
+    """server's network rows x steps per second as a share of the bare engine's best rows/s, timed right
+    before this workload's servers (rep["bare"]). Rows the server counted itself where it did (flowmap's
+    /metrics: its refusals fall more on 4-step requests, so the 2xx answers of a mix average fewer steps
+    than the bodies), else 2xx req/s x the workload's rows x steps (the peers refuse nothing)."""
     bare = rep.get("bare") or {}
     if server is None or key is None or "rows_s" not in bare:
         return None
+    served = ((rep.get(server) or {}).get("c32") or {}).get("row_steps_s")
+    if served is not None:
+        return served / bare["rows_s"]
     rps = get(rep, server, "c32", "req_s")
     return None if rps is None else rps * row_steps(key) / bare["rows_s"]
 

@@ -195,13 +195,25 @@ def test_ab_refuses_half_an_open_loop_and_a_tree_that_is_not_a_checkout(flags, p
 
 def test_bare_engine_times_the_best_batch_and_names_a_failure():
     """The bare-engine timing runs loadtests.bare_engine in a fresh process; an engine that cannot load
-    here (TensorRT needs CUDA) gives an error the report turns into n/a, not a crash."""
-    got = peer_table.bare_engine(argparse.Namespace(model="digits", engine="eager"))
+    gives its one-line reason, which the report turns into n/a, not a crash."""
+    got = peer_table.bare_engine(argparse.Namespace(model="digits", engine="eager"), seconds=0.02)
     assert got["rows_s"] == max(got["by_batch"].values()) > 0
     assert got["by_batch"][got["batch"]] == got["rows_s"]
     assert set(got["by_batch"]) == {1, 2, 4, 8, 16, 32, 64, 128}
-    bad = peer_table.bare_engine(argparse.Namespace(model="digits", engine="tensorrt"))
-    assert "tensorrt" in bad["error"]
+    bad = peer_table.bare_engine(argparse.Namespace(model="digits", engine="nonesuch"), seconds=0.02)
+    assert "unknown engine 'nonesuch'" in bad["error"] and "Traceback" not in bad["error"]
+
+
+def test_flowmaps_share_counts_the_rows_it_ran_and_the_peers_their_answers():
+    """On a mix, flowmap's refusals fall more on 4-step requests: its share comes from the rows it counted
+    (/metrics), not its 2xx answers x the bodies' 2.5 steps; a peer (no count) from its answers."""
+    rep = {
+        "bare": {"rows_s": 400.0},
+        "flowmap": {"c32": {"req_s": 150.0, "row_steps_s": 300.0}},
+        "litserve-8": {"c32": {"req_s": 100.0}},
+    }
+    assert peer_table.share(rep, "flowmap", "d") == 300 / 400
+    assert peer_table.share(rep, "litserve-8", "d") == 100 * 2.5 / 400
 
 
 def test_bare_engine_cli_refuses_bad_batches(capsys):
