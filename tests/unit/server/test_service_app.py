@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import io
 import re
 import time
@@ -485,6 +486,36 @@ def test_a_connection_closed_during_a_step_is_cancelled_after_it_and_sent_nothin
     core.server.core.run_until_idle()
     outs = [(ident, type(m.decode(f)).__name__) for ident, f in core.server.outbox]
     assert outs == [(8, "Done")] and not core.server.jobs and not core.server.owner
+
+
+def test_a_close_found_by_a_send_inside_a_step_ends_that_connections_jobs_after_it():
+    """The link finds a connection closed while a step's result is sent to it (on_close from inside the
+    scheduler's update): the step finishes, its batch-mate's result still goes out, and the closed
+    connection's other job is cancelled at the next receive()."""
+    core = InProcessCore(ServerSettings(max_steps=4, max_samples=16))
+    sent = []
+
+    class ClosingLink:  # link.Listener's contract: send() to a closed connection calls on_close, False
+        inbox = collections.deque()
+
+        def send(self, ident, frame):
+            if ident == 7:
+                core.server.dropped(7)
+                return False
+            sent.append((ident, type(m.decode(frame)).__name__))
+            return True
+
+    core.server.link = ClosingLink()
+    gen = lambda i, steps: m.encode(m.Generate(i, 2, i, steps, [1, 2], 1.0, time.monotonic() + 10))
+    core.server.handle(7, gen(1, 1))
+    core.server.handle(7, gen(2, 4))
+    core.server.handle(8, gen(1, 1))
+    core.server.core.step()  # 7's 1-step result closes 7 as it is sent; 8's, in the same update, goes out
+    assert sent == [(8, "Done")] and (7, 2) in core.server.jobs
+    core.server.receive()
+    assert not core.server.jobs and not core.server.owner
+    core.server.core.run_until_idle()
+    assert sent == [(8, "Done")]
 
 
 def test_a_result_past_the_links_bound_is_refused_naming_num_samples(stack, monkeypatch):
