@@ -21,16 +21,14 @@ import json
 import os
 import platform
 import random
-import re
 import sys
 from datetime import date
 
-import httpx
 import numpy as np
 
 from loadtests import httpload
 from loadtests.bare_engine import time_bare
-from loadtests.procs import Proc, start_baselines, start_module
+from loadtests.procs import Proc, batch_stats, start_baselines, start_module
 
 
 def start_server(model: str, engine: str, batching: str, max_batch: int) -> Proc:
@@ -45,15 +43,6 @@ def body(n: int, steps, seed_base: int = 0):
         "steps": steps(i) if callable(steps) else steps,
         "seed": seed_base + i,
     }
-
-
-def batch_stats(url: str) -> tuple[float, float]:
-    """(sum, count) of flowmap_batch_samples over all models."""
-    text = httpx.get(url + "/metrics").text
-    get = lambda k: sum(
-        float(v) for v in re.findall(rf"^flowmap_batch_samples_{k}{{[^}}]*}} (\S+)$", text, re.M)
-    )
-    return get("sum"), get("count")
 
 
 def engine_throughput(model: str, engine: str, batch: int, seconds: float = 2.0) -> float:

@@ -28,8 +28,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from loadtests import openloop, wrkload
-from loadtests.bench_server import batch_stats
-from loadtests.procs import free_port, start_module
+from loadtests.procs import batch_stats, free_port, start_module
 
 PROBE_EVERY = 0.05  # seconds between /healthz probes
 PROBE_TIMEOUT = 5.0  # the deployment's livenessProbe timeoutSeconds

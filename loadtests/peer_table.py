@@ -27,8 +27,7 @@ import time
 from datetime import date
 
 from loadtests import wrkload
-from loadtests.bench_server import batch_stats
-from loadtests.procs import Proc, free_port, start_baselines
+from loadtests.procs import Proc, batch_stats, free_port, start_baselines
 
 WORKLOADS = {  # key: (label, samples per request, steps or None for mixed 1-4)
     "a": ("1 sample, 1 step", 1, 1),

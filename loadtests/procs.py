@@ -4,6 +4,7 @@ ready once a URL answers, stopped with all its children."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -86,3 +87,12 @@ def start_module(module: str, model: str, engine: str, ready: str, *flags: str) 
 
 def start_baselines(model: str, engine: str) -> Proc:
     return start_module("loadtests.baselines", model, engine, "/openapi.json")
+
+
+def batch_stats(url: str) -> tuple[float, float]:
+    """(sum, count) of flowmap_batch_samples over all models."""
+    text = httpx.get(url + "/metrics").text
+    get = lambda k: sum(
+        float(v) for v in re.findall(rf"^flowmap_batch_samples_{k}{{[^}}]*}} (\S+)$", text, re.M)
+    )
+    return get("sum"), get("count")
