@@ -155,8 +155,9 @@ def span(values: list[float], spec: str = ".0f", suffix: str = "") -> str:
 
 
 def get(rep: dict, server: str, conc: str, field: str) -> float | None:
-    case = rep.get(server) or {}
-    return case[conc][field] if conc in case else None
+    """A measured number, or None where the server, the phase or the number (row_steps_s: flowmap's) is
+    missing."""
+    return ((rep.get(server) or {}).get(conc) or {}).get(field)
 
 
 def best_litserve(rep: dict) -> str | None:
@@ -177,7 +178,7 @@ def share(rep: dict, server: str | None, key: str | None) -> float | None:
     bare = rep.get("bare") or {}
     if server is None or key is None or "rows_s" not in bare:
         return None
-    served = ((rep.get(server) or {}).get("c32") or {}).get("row_steps_s")
+    served = get(rep, server, "c32", "row_steps_s")
     if served is not None:
         return served / bare["rows_s"]
     rps = get(rep, server, "c32", "req_s")

@@ -227,6 +227,8 @@ class CoreServer:
 
     def cancel_closed(self) -> None:
         """Cancel the requests of the connections closed since the last call, so they stop taking rows."""
+        if not self.closed:  # the common case, on every loop turn: no walk over the jobs
+            return
         closed, self.closed = self.closed, set()
         for key in [k for k in self.jobs if k[0] in closed]:
             job = self.jobs.pop(key)
