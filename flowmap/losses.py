@@ -298,7 +298,8 @@ class Distill:
     X^teacher_{s,t}(x_s) by solving the teacher ODE, in u units; diagonal pairs learn the teacher velocity.
 
     The solve takes `ode_steps` steps per pair or, with `ode_dt` > 0, steps no longer than `ode_dt`
-    (ceil((s - t) / ode_dt) of them): a short segment then costs as little as its length asks.
+    (ceil((s - t) / ode_dt) of them, and at least `min_steps`): a short segment then costs as little as
+    its length asks, and `min_steps` buys the short segments accuracy without the long ones' cost.
     `solver`: heun (two teacher calls a step) or ab2 (Adams-Bashforth, one call a step)."""
 
     interpolant: object = field(default_factory=Linear)
@@ -308,11 +309,12 @@ class Distill:
     ode_dt: float = 0.0
     guidance: float = 1.0
     solver: str = "heun"
+    min_steps: int = 1
     uses: ClassVar[tuple[str, ...]] = ("teacher",)
 
     def __post_init__(self):
-        if self.ode_steps < 1:
-            raise ValueError(f"ode_steps must be >= 1, got {self.ode_steps}")
+        if self.ode_steps < 1 or self.min_steps < 1:
+            raise ValueError(f"ode_steps and min_steps must be >= 1, got {self.ode_steps}, {self.min_steps}")
         if self.solver not in SOLVERS:
             names = ", ".join(SOLVERS)
             raise ValueError(f"solver (--teacher-solver) must be one of {names}, got {self.solver!r}")
@@ -342,7 +344,7 @@ class Distill:
         """Steps of the teacher solve per pair of this segment length."""
         if self.ode_dt == 0.0:
             return torch.full_like(length, self.ode_steps, dtype=torch.long)
-        return torch.ceil(length / self.ode_dt - 1e-4).clamp_min(1).long()
+        return torch.ceil(length / self.ode_dt - 1e-4).clamp_min(self.min_steps).long()
 
 
 @dataclass

@@ -64,13 +64,14 @@ class TrainConfig:
     teacher: str | None = None  # teacher checkpoint for cd, distill, lmd, emd
     teacher_dt: float = 0.0  # distill: the teacher solve's longest step; 0: a fixed count per pair
     teacher_solver: str = "heun"  # distill: heun (2 teacher calls a step) or ab2 (Adams-Bashforth, 1 call)
+    teacher_min_steps: int = 1  # distill with teacher_dt: the fewest solver steps a pair takes, however short
     init: str | None = None  # start from this checkpoint's weights (a second stage, e.g. esd then esdt)
     threads: int = 1
     precision: str = "fp32"  # fp32, or bf16 (autocast; esd JVP targets on a bf16 copy, lsd JVP in fp32)
     micro_batch: int = 0  # rows per forward/backward; 0: the whole batch if it fits memory, else split
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "ckpt_every", "threads"):
+        for name in ("steps", "batch_size", "ckpt_every", "threads", "teacher_min_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or not 0 <= self.ema < 1:
@@ -121,6 +122,10 @@ def build_loss(cfg: TrainConfig):
                 f"method {cfg.method!r} does not solve the teacher ODE; drop --teacher-dt (distill)"
             )
         kwargs["ode_dt"] = cfg.teacher_dt
+    if cfg.teacher_min_steps != 1:
+        if not cfg.teacher_dt:
+            raise ValueError("--teacher-min-steps bounds the steps --teacher-dt gives: pass --teacher-dt too")
+        kwargs["min_steps"] = cfg.teacher_min_steps
     if cfg.teacher_solver != "heun":
         if not hasattr(default, "solver"):
             raise ValueError(

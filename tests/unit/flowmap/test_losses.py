@@ -280,6 +280,8 @@ def test_distill_solves_each_segment_in_steps_no_longer_than_ode_dt():
     lengths = torch.tensor([1.0, 0.5, 1 / 3, 0.25, 0.01, 0.0])
     assert loss.solve_steps(lengths).tolist() == [8, 4, 3, 2, 1, 1]
     assert losses.Distill(ode_steps=5).solve_steps(lengths).tolist() == [5] * 6
+    # --teacher-min-steps: short segments take at least that many, long ones are unchanged
+    assert losses.Distill(ode_dt=0.125, min_steps=3).solve_steps(lengths).tolist() == [8, 4, 3, 3, 3, 3]
     with pytest.raises(ValueError, match="ode_dt"):
         losses.Distill(ode_dt=-0.1)
 

@@ -105,6 +105,12 @@ def test_teacher_errors_are_clear(tmp_path, teacher):
     with pytest.raises(ValueError, match="drop --teacher-dt"):
         build_loss(TrainConfig(method="cd", teacher_dt=0.125, out=str(tmp_path / "f.safetensors"), **SMALL))
     assert build_loss(TrainConfig(method="distill", teacher_dt=0.125, out="g", **SMALL)).ode_dt == 0.125
+    with pytest.raises(ValueError, match="pass --teacher-dt too"):
+        build_loss(TrainConfig(method="distill", teacher_min_steps=8, out="g", **SMALL))
+    with pytest.raises(ValueError, match="teacher_min_steps must be >= 1"):
+        TrainConfig(method="distill", teacher_dt=0.125, teacher_min_steps=0, out="g", **SMALL)
+    cfg = TrainConfig(method="distill", teacher_dt=0.125, teacher_min_steps=3, out="g", **SMALL)
+    assert build_loss(cfg).min_steps == 3
     with pytest.raises(ValueError, match="drop --teacher-solver"):
         build_loss(TrainConfig(method="cd", teacher_solver="ab2", out="h", **SMALL))
     with pytest.raises(ValueError, match="one of heun, ab2"):
