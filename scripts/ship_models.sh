@@ -30,7 +30,7 @@ mnist() {
   train_mnist --data mnist --method distill --teacher "$OUT/mnist_fm.safetensors" \
     --init "$OUT/mnist_fm.safetensors" --time-dist grid --diagonal 0.1 --guidance 1.25 --batch-size 64 \
     --steps 2500 --lr 3e-4 --warmup 50 --ema 0.998 --ckpt-every 100 --teacher-dt 0.0625 --teacher-solver ab2 \
-    --out "$OUT/mnist.safetensors"
+    --teacher-min-steps 8 --out "$OUT/mnist.safetensors"
   $FLOWMAP eval --model "$OUT/mnist.safetensors" --steps 1,2,4 --ode-steps 64
 }
 if [ "$ONLY" = mnist ]; then
