@@ -74,11 +74,25 @@ class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self):
-        self.registry = r = CollectorRegistry()
-        model = ["model"]
-        hist = lambda name, doc, labels, buckets: Histogram(name, doc, labels, buckets=buckets, registry=r)
-        count = lambda name, doc, labels: Counter(name, doc, labels, registry=r)
-        gauge = lambda name, doc, labels, mode: Gauge(name, doc, labels, registry=r, multiprocess_mode=mode)
+        self.registry = CollectorRegistry()
+        self._request_series()
+        self._engine_series()
+        self.cores_up = self._gauge("flowmap_engine_cores_up", "Engine cores loaded and serving", [], "max")
+        build = ["version", "torch", "python", "engine", "kernels"]
+        self.info = self._gauge("flowmap_build_info", "Build information (value 1)", build, "max")
+
+    def _hist(self, name: str, doc: str, labels: list[str], buckets) -> Histogram:
+        return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
+
+    def _count(self, name: str, doc: str, labels: list[str]) -> Counter:
+        return Counter(name, doc, labels, registry=self.registry)
+
+    def _gauge(self, name: str, doc: str, labels: list[str], mode: str) -> Gauge:
+        return Gauge(name, doc, labels, registry=self.registry, multiprocess_mode=mode)
+
+    def _request_series(self) -> None:
+        """What a request sees: its latency, its queue wait and depth, and refusals."""
+        hist, count, gauge, model = self._hist, self._count, self._gauge, ["model"]
         self.latency = hist(
             "flowmap_request_duration_seconds",
             "Request latency (arrival to response)",
@@ -91,11 +105,6 @@ class Metrics:
             model,
             LATENCY_BUCKETS,
         )
-        self.call = hist(
-            "flowmap_engine_call_seconds", "One batched network call plus its step", model, CALL_BUCKETS
-        )
-        self.batch = hist("flowmap_batch_samples", "Samples advanced per network call", model, BATCH_BUCKETS)
-        self.in_flight = gauge("flowmap_samples_in_flight", "Samples being computed", model, "livesum")
         self.depth = gauge("flowmap_queue_depth", "Requests waiting for admission", model, "livesum")
         self.depth_seconds = gauge(
             "flowmap_queue_depth_seconds",
@@ -103,6 +112,18 @@ class Metrics:
             model,
             "livemax",
         )
+        self.rejections = count(
+            "flowmap_rejections_total", "Requests turned away, by reason", ["reason", "model"]
+        )
+
+    def _engine_series(self) -> None:
+        """What the engine cores do: calls, batches, rows, failures and restarts."""
+        hist, count, gauge, model = self._hist, self._count, self._gauge, ["model"]
+        self.call = hist(
+            "flowmap_engine_call_seconds", "One batched network call plus its step", model, CALL_BUCKETS
+        )
+        self.batch = hist("flowmap_batch_samples", "Samples advanced per network call", model, BATCH_BUCKETS)
+        self.in_flight = gauge("flowmap_samples_in_flight", "Samples being computed", model, "livesum")
         self.nfe = count(
             "flowmap_network_evaluations_total", "Network rows evaluated (a guided sample: 2)", model
         )
@@ -123,9 +144,6 @@ class Metrics:
             CANCEL_BUCKETS,
         )
         self.failed = count("flowmap_engine_failures_total", "Network calls that raised", model)
-        self.rejections = count(
-            "flowmap_rejections_total", "Requests turned away, by reason", ["reason", "model"]
-        )
         self.restarts = count(
             "flowmap_engine_core_restarts_total", "Engine-core processes restarted after they died", model
         )
@@ -135,9 +153,6 @@ class Metrics:
             model,
             "livemax",  # a restarted core may measure another cap: only live processes count
         )
-        self.cores_up = gauge("flowmap_engine_cores_up", "Engine cores loaded and serving", [], "max")
-        build = ["version", "torch", "python", "engine", "kernels"]
-        self.info = gauge("flowmap_build_info", "Build information (value 1)", build, "max")
 
     # ---------------------------------------------------------------- recording
     def build_info(self, version: str, engine: str, kernels: str) -> None:
